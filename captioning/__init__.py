@@ -1,0 +1,1 @@
+"""Caption refinement: captioners, CLAP scoring, filtering and merging."""

@@ -1,0 +1,1 @@
+"""The ``qamdt`` command line."""

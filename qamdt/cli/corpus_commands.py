@@ -1,0 +1,89 @@
+"""``qamdt corpus``: build and describe the embedded music corpus."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    """Adds the ``corpus`` command group."""
+    parser = groups.add_parser(
+        "corpus",
+        help="build and describe the embedded music corpus",
+        description="The embedded corpus: real music21 scores rendered with FluidSynth, "
+        "with seeded quality degradations and weak original captions.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+
+    build = commands.add_parser(
+        "build",
+        help="render, degrade and caption clips into a folder with a manifest",
+        description="Builds the corpus into OUT: audio/<split>/*.wav, manifest.jsonl, "
+        "corpus.json. Deterministic for a seed; resumes after a kill; a second run with "
+        "the same settings does nothing.",
+    )
+    build.add_argument("--out", required=True, type=Path, help="output folder")
+    build.add_argument("--clips", type=int, default=1000, help="number of clips (default 1000)")
+    build.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
+    build.add_argument(
+        "--preset", default="embedded", choices=["embedded", "paper"], help="audio preset"
+    )
+    build.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
+    build.add_argument(
+        "--clean-fraction", type=float, default=None, help="share of undegraded clips"
+    )
+    build.add_argument("--format", default="wav", choices=["wav", "flac"], dest="audio_format")
+    build.add_argument("--soundfont", default=None, help="a .sf2 file instead of FluidR3_GM")
+    build.add_argument(
+        "--overwrite", action="store_true", help="replace a corpus built with other settings"
+    )
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.set_defaults(run=run_build)
+
+    describe = commands.add_parser(
+        "describe",
+        help="tables and a picture of a built corpus",
+        description="Writes corpus.md (make-up tables) and corpus.png (spectrograms of a "
+        "clean and a degraded clip, reference-quality distribution) for a built corpus.",
+    )
+    describe.add_argument("corpus", type=Path, help="folder given to 'corpus build --out'")
+    describe.add_argument("--out", type=Path, default=None, help="folder (default: CORPUS)")
+    describe.set_defaults(run=run_describe)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    """Runs ``qamdt corpus build``."""
+    from qamdt.corpus.build import CorpusConfig, build_corpus
+    from qamdt.corpus.degrade import DegradationSettings
+
+    options = {}
+    if args.clean_fraction is not None:
+        options["degradation"] = DegradationSettings(clean_fraction=args.clean_fraction)
+    config = CorpusConfig(
+        clips=args.clips,
+        seed=args.seed,
+        preset=args.preset,
+        audio_format=args.audio_format,
+        **options,
+    )
+    manifest = build_corpus(
+        args.out,
+        config,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        soundfont=args.soundfont,
+    )
+    print(manifest)
+    return 0
+
+
+def run_describe(args: argparse.Namespace) -> int:
+    """Runs ``qamdt corpus describe``."""
+    from qamdt.corpus.describe import describe_corpus
+
+    markdown, picture = describe_corpus(args.corpus, args.out)
+    print(markdown)
+    print(picture)
+    return 0

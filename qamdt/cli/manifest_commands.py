@@ -1,0 +1,95 @@
+"""``qamdt manifest``: validate, summarise and merge clip manifests."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    """Adds the ``manifest`` command group."""
+    parser = groups.add_parser(
+        "manifest",
+        help="validate, summarise and merge clip manifests",
+        description="The clip manifest (JSONL, one row per clip) holds every label a clip "
+        "gets; these commands check and combine manifests.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+
+    validate = commands.add_parser(
+        "validate",
+        help="check every row; report each error with its line and field",
+        description="Validates a manifest and, with --check-audio, that each audio file "
+        "exists. Exit status 1 when errors are found.",
+    )
+    validate.add_argument("manifest", type=Path)
+    validate.add_argument("--check-audio", action="store_true", help="also check audio files")
+    validate.add_argument("--max-errors", type=int, default=50)
+    validate.set_defaults(run=run_validate)
+
+    stats = commands.add_parser("stats", help="summary statistics of a manifest")
+    stats.add_argument("manifest", type=Path)
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.set_defaults(run=run_stats)
+
+    merge = commands.add_parser(
+        "merge",
+        help="merge per-shard manifests written by several processes",
+        description="Without --base, concatenates the shards. With --base, keeps the base's "
+        "rows and order and replaces each row a shard holds by the shard's version.",
+    )
+    merge.add_argument("shards", type=Path, nargs="+", help="shard manifests")
+    merge.add_argument("--out", type=Path, required=True, help="merged manifest")
+    merge.add_argument("--base", type=Path, default=None, help="manifest the shards update")
+    merge.add_argument(
+        "--on-conflict",
+        choices=["error", "last"],
+        default="error",
+        help="what to do when two shards hold the same id",
+    )
+    merge.set_defaults(run=run_merge)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    """Runs ``qamdt manifest validate``."""
+    from qamdt.manifest import find_manifest_errors, iter_manifest
+
+    errors = [str(e) for e in find_manifest_errors(args.manifest, limit=args.max_errors)]
+    rows = 0
+    if not errors:
+        for record in iter_manifest(args.manifest):
+            rows += 1
+            if args.check_audio and not record.audio_path(args.manifest.parent).is_file():
+                errors.append(f"{args.manifest}: row id '{record.id}': audio file "
+                              f"{record.audio_path(args.manifest.parent)} is missing")  # fmt: skip
+                if len(errors) >= args.max_errors:
+                    break
+    for error in errors:
+        print(error, file=sys.stderr)
+    if errors:
+        print(f"{args.manifest}: {len(errors)} error(s)", file=sys.stderr)
+        return 1
+    print(f"{args.manifest}: {rows} rows, valid")
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    """Runs ``qamdt manifest stats``."""
+    from qamdt.manifest import format_summary, iter_manifest, summarize
+
+    summary = summarize(iter_manifest(args.manifest))
+    print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """Runs ``qamdt manifest merge``."""
+    from qamdt.manifest import merge_manifests
+
+    result = merge_manifests(
+        args.out, args.shards, base_path=args.base, on_conflict=args.on_conflict
+    )
+    print(json.dumps(result if isinstance(result, dict) else vars(result)))
+    return 0

@@ -1,0 +1,60 @@
+"""Exceptions that name the file, line or field a problem came from."""
+
+from __future__ import annotations
+
+import os
+
+
+class QamdtError(Exception):
+    """Base class of the project's user-facing errors."""
+
+
+class AudioError(QamdtError, ValueError):
+    """An audio file that cannot be used, with the file named in the message.
+
+    Args:
+        path: The offending file (or a label such as ``"<array>"`` for in-memory audio).
+        reason: What is wrong with it.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = None if path is None else os.fspath(path)
+        self.reason = reason
+        where = self.path if self.path is not None else "<array>"
+        super().__init__(f"{where}: {reason}")
+
+
+class ManifestError(QamdtError, ValueError):
+    """A manifest row or field that fails validation.
+
+    Args:
+        path: The manifest file, when known.
+        line: 1-based line number in that file, when known.
+        field: The field at fault, when one is.
+        reason: What is wrong.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        path: str | os.PathLike | None = None,
+        line: int | None = None,
+        field: str | None = None,
+    ):
+        self.path = None if path is None else os.fspath(path)
+        self.line = line
+        self.field = field
+        self.reason = reason
+        where = []
+        if self.path is not None:
+            where.append(self.path)
+        if line is not None:
+            where.append(f"line {line}")
+        if field is not None:
+            where.append(f"field '{field}'")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {reason}" if prefix else reason)
+
+
+class ConfigError(QamdtError, ValueError):
+    """A configuration with an unknown key or an invalid value, naming the key."""
