@@ -282,7 +282,8 @@ def _check_row(
             if not (isinstance(v, str) and v.strip()):
                 bad(name, f"must be a non-empty string, got {_show(v)}")
 
-    offset = _finite_float(v := d.get("offset", 0.0))
+    v = d.get("offset", 0.0)
+    offset = _finite_float(v)
     if offset is None or offset < 0:
         bad("offset", f"must be a finite number >= 0, got {_show(v)}")
 
@@ -819,7 +820,7 @@ class ManifestAppender:
                     f"{self.path}: removed truncated last line {line} ({cause.reason}), "
                     "left by an interrupted write",
                     ManifestWarning,
-                    stacklevel=3,
+                    stacklevel=2,
                 )
             elif existed and f.tell() > 0:
                 # A complete row whose newline was never written: end it before appending.
@@ -956,16 +957,22 @@ def merge_manifests(
     shard_dirs = [_folder_of(p) for p in shards]
     base = None if base_path is None else os.fspath(base_path)
     stats = MergeStats()
-    read = dict(validate=validate, allow_truncated_tail=allow_truncated_tail)
+
+    def first_pass(path: str) -> Iterator[tuple[ClipRecord, int, int]]:
+        return _scan_input(path, validate, allow_truncated_tail, warn=True)
+
+    def second_pass(path: str) -> Iterator[tuple[ClipRecord, int, int]]:
+        # Already validated, and a skipped tail was already warned about.
+        return _scan_input(path, False, allow_truncated_tail, warn=False)
 
     base_ids: set[str] | None = None
     if base is not None:
-        base_ids = {r.id for r in iter_manifest(base, **read)}
+        base_ids = {record.id for record, _, _ in first_pass(base)}
 
     # id -> (shard index, line, byte offset) of the row that wins.
     index: dict[str, tuple[int, int, int]] = {}
     for si, shard in enumerate(shards):
-        for record, line, offset in _scan_for_merge(shard, read):
+        for record, line, offset in first_pass(shard):
             stats.shard_rows += 1
             rid = record.id
             if base_ids is not None and rid not in base_ids:
@@ -990,7 +997,7 @@ def merge_manifests(
 
     def concatenated() -> Iterator[tuple[ClipRecord, str]]:
         for si, shard in enumerate(shards):
-            for record, line, _ in _scan_for_merge(shard, read, validate=False):
+            for record, line, _ in second_pass(shard):
                 if index[record.id][:2] == (si, line):
                     yield record, shard_dirs[si]
 
@@ -998,16 +1005,15 @@ def merge_manifests(
         base_dir = _folder_of(base)
         with ExitStack() as stack:
             handles = [stack.enter_context(open(p, "rb")) for p in shards]
-            for record in iter_manifest(base, validate=False, **_quiet(read)):
+            for record, _, _ in second_pass(base):
                 hit = index.get(record.id)
                 if hit is None:
                     stats.unchanged += 1
                     yield record, base_dir
                     continue
                 si, line, offset = hit
-                handle = handles[si]
-                handle.seek(offset)
-                obj = _load_line(handle.readline(), shards[si], line)
+                handles[si].seek(offset)
+                obj = _load_line(handles[si].readline(), shards[si], line)
                 stats.replaced += 1
                 yield _record_unchecked(obj, shards[si], line), shard_dirs[si]
 
@@ -1016,32 +1022,23 @@ def merge_manifests(
     return stats
 
 
-def _quiet(read: dict[str, Any]) -> dict[str, Any]:
-    """Reading options for a second pass: a skipped tail was already warned about."""
-    return {"allow_truncated_tail": read["allow_truncated_tail"]}
-
-
-def _scan_for_merge(
-    path: str, read: dict[str, Any], validate: bool | None = None
+def _scan_input(
+    path: str, validate: bool, allow_truncated_tail: bool, *, warn: bool
 ) -> Iterator[tuple[ClipRecord, int, int]]:
-    on_truncated = None
-    if read["allow_truncated_tail"]:
-        first_pass = validate is None
+    """:func:`_scan` for merge inputs, skipping a truncated tail when allowed."""
+    if not allow_truncated_tail:
+        return _scan(path, validate=validate, on_truncated=None)
 
-        def on_truncated(line: int, offset: int, cause: ManifestError) -> None:
-            if first_pass:
-                warnings.warn(
-                    f"{path}: skipped truncated last line {line} ({cause.reason}), most "
-                    "likely an interrupted write",
-                    ManifestWarning,
-                    stacklevel=4,
-                )
+    def on_truncated(line: int, offset: int, cause: ManifestError) -> None:
+        if warn:
+            warnings.warn(
+                f"{path}: skipped truncated last line {line} ({cause.reason}), most likely "
+                "an interrupted write",
+                ManifestWarning,
+                stacklevel=4,
+            )
 
-    return _scan(
-        path,
-        validate=read["validate"] if validate is None else validate,
-        on_truncated=on_truncated,
-    )
+    return _scan(path, validate=validate, on_truncated=on_truncated)
 
 
 def shard_records(
@@ -1163,8 +1160,7 @@ def summarize(records: Iterable[ClipRecord]) -> dict[str, Any]:
         },
         "captions": {**captions, "source": sources},
         "clap": {
-            name: {"count": n, "mean": total / n}
-            for name, (n, total) in sorted(clap_sums.items())
+            name: {"count": n, "mean": total / n} for name, (n, total) in sorted(clap_sums.items())
         },
         "pmos": {
             "count": pm_n,

@@ -32,7 +32,7 @@ from qamdt.corpus.arrangement import choose_arrangement, estimate_key, excerpt_n
 from qamdt.corpus.captions import CaptionSettings, clip_tags, original_caption, true_caption
 from qamdt.corpus.degrade import DegradationSettings, degrade_clip, reference_quality
 from qamdt.corpus.render import find_fluidsynth, find_soundfont, render_midi
-from qamdt.corpus.sources import SOURCES, list_pieces, load_piece
+from qamdt.corpus.sources import SOURCES, list_pieces, load_piece_cached
 from qamdt.errors import ConfigError, QamdtError
 from qamdt.manifest import ClipRecord, ManifestAppender, read_manifest, write_manifest
 
@@ -178,7 +178,7 @@ def render_task(task: Task, config: CorpusConfig) -> TaskResult:
         _init_worker(str(find_soundfont()))
     spec = get_audio_spec(config.preset)
     try:
-        piece = load_piece(task.source, task.path)
+        piece = load_piece_cached(task.source, task.path)
     except Exception as error:  # a score music21 cannot read is recorded, not fatal
         return TaskResult(task, [], f"{task.path}: {type(error).__name__}: {error}")
     clips = []

@@ -10,6 +10,8 @@ touches music21 objects.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 import warnings
 from functools import cache
@@ -118,7 +120,7 @@ SOURCES: dict[str, ScoreSource] = {
             folders=("trecento",),
             suffixes=(".xml",),
             style="medieval",
-            form="song",
+            form="polyphonic song",
             tradition="Italian trecento",
             composer=None,
             polyphonic=True,
@@ -218,6 +220,37 @@ def _title_for(score, path: str) -> str:
     md = score.metadata
     title = (md.title if md is not None else None) or Path(path).stem
     return str(title).strip() or Path(path).stem
+
+
+def piece_cache_dir() -> Path:
+    """Where parsed pieces are kept (``$QAMDT_CACHE`` or ``~/.cache/qamdt``)."""
+    root = os.environ.get("QAMDT_CACHE") or Path.home() / ".cache" / "qamdt"
+    import music21
+
+    return Path(root) / f"pieces-music21-{music21.__version__}"
+
+
+def load_piece_cached(source_name: str, path: str) -> Piece:
+    """``load_piece`` through an on-disk JSON cache, since parsing a long score takes seconds.
+
+    The cache is keyed by music21 version and file; a damaged entry is parsed again.
+    """
+    cache = piece_cache_dir() / source_name / (path.replace("/", "__") + ".json")
+    if cache.is_file():
+        try:
+            data = json.loads(cache.read_text())
+            data["parts"] = [[tuple(note) for note in part] for part in data["parts"]]
+            if data["declared_key"] is not None:
+                data["declared_key"] = tuple(data["declared_key"])
+            return Piece(**data)
+        except (ValueError, TypeError, KeyError):
+            pass
+    piece = load_piece(source_name, path)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    temporary = cache.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(dataclasses.asdict(piece)))
+    os.replace(temporary, cache)
+    return piece
 
 
 def load_piece(source_name: str, path: str) -> Piece:

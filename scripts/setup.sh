@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian machine with Python 3.11:
+# FluidSynth and the FluidR3 General MIDI soundfont from Debian, and a virtual environment
+# in .venv with the CPU build of torch and the package in editable mode. Safe to run again:
+# each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=()
+command -v fluidsynth >/dev/null 2>&1 || packages+=(fluidsynth)
+[ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || packages+=(fluid-soundfont-gm)
+if [ ${#packages[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "setup: installing Debian packages: ${packages[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+  python=$(command -v python3.11 || command -v python3)
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $python"
+  "$python" -m venv .venv
+fi
+
+stamp=.venv/.qamdt-install-stamp
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  # torch first, pinned: a looser requirement would pull the CUDA build.
+  .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+  echo "$want" > "$stamp"
+fi
+echo "setup: ready (.venv/bin/qamdt)"
