@@ -143,7 +143,8 @@ def true_caption(tags: dict[str, object], rng: np.random.Generator) -> str:
     templates = (
         f"{_article(style).capitalize()} {style} {form} {origin}, played by {_article(players)}"
         f" {players} at {_article(tempo)} {tempo} tempo of {bpm} BPM, in {key} and {meter} time.",
-        f"{players[0].upper()}{players[1:]} performs {_article(style)} {style} {form} {origin}"
+        f"{_article(players).capitalize()} {players} performs {_article(style)} {style} {form}"
+        f" {origin}"
         f" in {key}, {meter} time, {tempo} at {bpm} BPM.",
         f"{tempo.capitalize()} {style} music in {key}: {_article(form)} {form} {origin} for"
         f" {players}, in {meter} at about {bpm} BPM.",
