@@ -14,6 +14,7 @@ from qamdt.corpus.arrangement import (
     write_midi,
 )
 from qamdt.corpus.captions import (
+    CAPTION_KINDS,
     WRONG_TAGS,
     CaptionSettings,
     clip_tags,
@@ -149,7 +150,7 @@ def test_original_caption_kinds_follow_their_rates():
         else:
             assert sum(t in WRONG_TAGS for t in caption.split(", ")) >= 2
     shares = {k: kinds.count(k) / len(kinds) for k in set(kinds)}
-    for kind, expected in zip(("sentence", "tags", "missing", "wrong"), settings.probabilities()):
+    for kind, expected in zip(CAPTION_KINDS, settings.probabilities(), strict=True):
         assert shares[kind] == pytest.approx(expected, abs=0.04)
 
 

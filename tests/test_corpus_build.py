@@ -1,4 +1,5 @@
 import hashlib
+import itertools
 import json
 import shutil
 
@@ -89,9 +90,9 @@ def test_killed_build_resumes_to_the_same_corpus(corpus, tmp_path):
 def test_splits_are_by_piece(corpus):
     plan = plan_tasks(CorpusConfig(clips=1000, seed=0))
     split_of = {}
-    for _, task in zip(range(400), plan):
+    for task in itertools.islice(plan, 400):
         assert split_of.setdefault(task.path, task.split) == task.split
-    first_ten = {t.split for _, t in zip(range(10), plan_tasks(CorpusConfig(clips=1, seed=5)))}
+    first_ten = {t.split for t in itertools.islice(plan_tasks(CorpusConfig(clips=1, seed=5)), 10)}
     assert first_ten == {"train", "valid", "test"}
     records = read_manifest(corpus / MANIFEST_NAME)
     pieces = {}
@@ -101,7 +102,7 @@ def test_splits_are_by_piece(corpus):
 
 def test_plan_is_deterministic_and_seed_dependent():
     def first(seed):
-        return [t.path for _, t in zip(range(30), plan_tasks(CorpusConfig(clips=1, seed=seed)))]
+        return [t.path for t in itertools.islice(plan_tasks(CorpusConfig(clips=1, seed=seed)), 30)]
 
     assert first(0) == first(0)
     assert first(0) != first(1)
@@ -150,3 +151,28 @@ def test_describe_writes_tables_and_a_picture(corpus, tmp_path):
     assert "| train |" in text and "Degradations" in text
     assert picture.stat().st_size > 10_000
     assert np.frombuffer(picture.read_bytes()[:8], dtype=np.uint8).tolist()[:4] == [137, 80, 78, 71]
+
+
+def test_shipped_config_matches_the_defaults():
+    from pathlib import Path
+
+    from qamdt.corpus.build import load_corpus_config
+
+    path = Path(__file__).parent.parent / "configs" / "corpus.yaml"
+    assert load_corpus_config(path) == CorpusConfig(clips=1000)
+    assert load_corpus_config(path, clips=7, seed=None).clips == 7
+
+
+def test_config_file_errors_name_the_key_and_file(tmp_path):
+    from qamdt.corpus.build import load_corpus_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("clips: 5\nseeds: 3\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml.*unknown key.*seeds"):
+        load_corpus_config(path)
+    path.write_text("clips: 5\ndegradation:\n  clean_share: 0.5\n")
+    with pytest.raises(ConfigError, match=r"degradation.*clean_share"):
+        load_corpus_config(path)
+    path.write_text("clips: 5\ndegradation:\n  clean_fraction: 1.5\n")
+    with pytest.raises(ConfigError, match=r"clean_fraction"):
+        load_corpus_config(path)

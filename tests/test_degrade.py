@@ -22,7 +22,8 @@ SR = 22050
 def music_like(seconds=2.0, seed=0):
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * SR)) / SR
-    x = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) / (i + 1) for i, f in enumerate([220, 330, 440, 660]))
+    freqs = [220, 330, 440, 660]
+    x = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) / (i + 1) for i, f in enumerate(freqs))
     return 0.5 * x / np.abs(x).max()
 
 

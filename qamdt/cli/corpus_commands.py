@@ -24,16 +24,19 @@ def register(groups: argparse._SubParsersAction) -> None:
         "the same settings does nothing.",
     )
     build.add_argument("--out", required=True, type=Path, help="output folder")
-    build.add_argument("--clips", type=int, default=1000, help="number of clips (default 1000)")
-    build.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
     build.add_argument(
-        "--preset", default="embedded", choices=["embedded", "paper"], help="audio preset"
+        "--config", type=Path, default=None, help="YAML settings (see configs/corpus.yaml)"
+    )
+    build.add_argument("--clips", type=int, default=None, help="number of clips (default 1000)")
+    build.add_argument("--seed", type=int, default=None, help="master seed (default 0)")
+    build.add_argument(
+        "--preset", default=None, choices=["embedded", "paper"], help="audio preset (embedded)"
     )
     build.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
     build.add_argument(
         "--clean-fraction", type=float, default=None, help="share of undegraded clips"
     )
-    build.add_argument("--format", default="wav", choices=["wav", "flac"], dest="audio_format")
+    build.add_argument("--format", default=None, choices=["wav", "flac"], dest="audio_format")
     build.add_argument("--soundfont", default=None, help="a .sf2 file instead of FluidR3_GM")
     build.add_argument(
         "--overwrite", action="store_true", help="replace a corpus built with other settings"
@@ -54,19 +57,24 @@ def register(groups: argparse._SubParsersAction) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     """Runs ``qamdt corpus build``."""
-    from qamdt.corpus.build import CorpusConfig, build_corpus
-    from qamdt.corpus.degrade import DegradationSettings
+    import dataclasses
 
-    options = {}
+    from qamdt.corpus.build import CorpusConfig, build_corpus, load_corpus_config
+
+    overrides = {
+        "clips": args.clips,
+        "seed": args.seed,
+        "preset": args.preset,
+        "audio_format": args.audio_format,
+    }
+    if args.config is not None:
+        config = load_corpus_config(args.config, **overrides)
+    else:
+        values = {key: value for key, value in overrides.items() if value is not None}
+        config = CorpusConfig.from_dict({"clips": 1000, **values})
     if args.clean_fraction is not None:
-        options["degradation"] = DegradationSettings(clean_fraction=args.clean_fraction)
-    config = CorpusConfig(
-        clips=args.clips,
-        seed=args.seed,
-        preset=args.preset,
-        audio_format=args.audio_format,
-        **options,
-    )
+        degradation = dataclasses.replace(config.degradation, clean_fraction=args.clean_fraction)
+        config = dataclasses.replace(config, degradation=degradation)
     manifest = build_corpus(
         args.out,
         config,

@@ -89,6 +89,57 @@ class CorpusConfig:
         """JSON form, stored in ``corpus.json`` and compared on resume."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "corpus config") -> CorpusConfig:
+        """Builds a config from a mapping such as ``configs/corpus.yaml``.
+
+        Args:
+            values: Field values; ``degradation`` and ``captions`` are nested mappings and
+                ``source_weights`` maps source names to weights.
+            where: Name of the file, for error messages.
+
+        Raises:
+            ConfigError: On an unknown key, naming it and the file.
+        """
+        values = dict(values)
+        nested = {"degradation": DegradationSettings, "captions": CaptionSettings}
+        _check_keys(values, cls, where)
+        for key, settings_class in nested.items():
+            if key in values:
+                _check_keys(values[key], settings_class, f"{where}: {key}")
+                inner = {k: tuple(v) if isinstance(v, list) else v for k, v in values[key].items()}
+                try:
+                    values[key] = settings_class(**inner)
+                except ValueError as error:
+                    raise ConfigError(f"{where}: {key}: {error}") from None
+        if "source_weights" in values:
+            weights = values["source_weights"]
+            if isinstance(weights, dict):
+                weights = weights.items()
+            values["source_weights"] = tuple((str(k), float(v)) for k, v in weights)
+        return cls(**values)
+
+
+def _check_keys(values: Any, target: type, where: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {field.name for field in dataclasses.fields(target)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+
+
+def load_corpus_config(path: str | os.PathLike, **overrides: Any) -> CorpusConfig:
+    """Reads a YAML corpus config; keyword overrides (not None) replace its values."""
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        values = yaml.safe_load(handle) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return CorpusConfig.from_dict(values, where=str(path))
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:

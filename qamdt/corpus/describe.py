@@ -76,7 +76,11 @@ def describe_corpus(corpus_dir: str | Path, out_dir: str | Path | None = None) -
         lines.append(f"| {split} | {summary['clips_per_split'].get(split, 0)} | {pieces} |")
     lines.append("")
     lines += _table("Score sources", summary["sources"], total, "source")
-    lines += _table("Ensembles", summary["ensembles"], total, "ensemble")
+    ensembles: dict[str, int] = {}
+    for name, count in summary["ensembles"].items():
+        name = "two melody instruments in unison" if name.endswith(" in unison") else name
+        ensembles[name] = ensembles.get(name, 0) + count
+    lines += _table("Ensembles", ensembles, total, "ensemble")
     lines += _table("Original captions", summary["caption_kinds"], total, "kind")
     degradations = dict(summary["degradations"], clean=summary["clean_clips"])
     lines += _table("Degradations (a clip can have several)", degradations, total, "type")
