@@ -147,7 +147,8 @@ def true_caption(tags: dict[str, object], rng: np.random.Generator) -> str:
         f" {origin}"
         f" in {key}, {meter} time, {tempo} at {bpm} BPM.",
         f"{tempo.capitalize()} {style} music in {key}: {_article(form)} {form} {origin} for"
-        f" {players}, in {meter} at about {bpm} BPM.",
+        f" {'' if players.startswith('solo') else _article(players) + ' '}{players}, in {meter}"
+        f" at about {bpm} BPM.",
     )
     return templates[int(rng.integers(len(templates)))]
 

@@ -1,0 +1,174 @@
+"""Per-process shards: splitting records among processes and merging their manifests."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+from qamdt.errors import ManifestError
+from qamdt.manifest.reading import _load_line, _scan, _warn_skipped_tail
+from qamdt.manifest.record import ClipRecord, _record_unchecked
+from qamdt.manifest.writing import _atomic_write, _folder_of
+
+
+@dataclass
+class MergeStats:
+    """What :func:`merge_manifests` did.
+
+    Attributes:
+        written: Rows in the output.
+        shard_rows: Rows read from the shards.
+        replaced: Base rows replaced by a shard row (0 without a base).
+        unchanged: Base rows present in no shard (0 without a base).
+        conflicts: Shard rows that lost to a later shard row with the same id
+            (``on_conflict="last"``).
+    """
+
+    written: int = 0
+    shard_rows: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    conflicts: int = 0
+
+
+def merge_manifests(
+    out_path: str | os.PathLike,
+    shard_paths: Iterable[str | os.PathLike],
+    base_path: str | os.PathLike | None = None,
+    on_conflict: str = "error",
+    *,
+    validate: bool = True,
+    allow_truncated_tail: bool = False,
+) -> MergeStats:
+    """Merge per-shard manifests written by several processes, atomically.
+
+    Without ``base_path`` the output is the shards concatenated in order. With it, the
+    output has the base's rows in the base's order, each replaced by its shard version
+    where a shard has one; shards may only hold ids of the base. Audio paths are rebased
+    from each input's folder to the output's folder. ``out_path`` may be the base itself.
+
+    Only ids and byte offsets are held in memory: shard rows are read again from disk
+    when written.
+
+    Args:
+        out_path: Destination manifest.
+        shard_paths: Shard manifests, in order.
+        base_path: Optional manifest whose rows and order the output keeps.
+        on_conflict: An id in several shard rows: ``"error"`` raises, ``"last"`` keeps
+            the last one (without a base it then also takes that row's position).
+        validate: Validate every input row.
+        allow_truncated_tail: Skip a truncated last line of an input with a warning
+            instead of raising.
+
+    Returns:
+        Counts of what was merged.
+
+    Raises:
+        ManifestError: An invalid input row, a conflicting id, or a shard id missing from
+            the base, naming the shard file and line.
+        ValueError: An unknown ``on_conflict``.
+    """
+    if on_conflict not in ("error", "last"):
+        raise ValueError(f"on_conflict must be 'error' or 'last', got {on_conflict!r}")
+    shards = [os.fspath(p) for p in shard_paths]
+    shard_dirs = [_folder_of(p) for p in shards]
+    base = None if base_path is None else os.fspath(base_path)
+    stats = MergeStats()
+
+    def first_pass(path: str) -> Iterator[tuple[ClipRecord, int, int]]:
+        warn = _warn_skipped_tail(path) if allow_truncated_tail else None
+        return _scan(path, validate=validate, on_truncated=warn)
+
+    def second_pass(path: str) -> Iterator[tuple[ClipRecord, int, int]]:
+        # Already validated, and a skipped tail was already warned about.
+        skip = (lambda *_: None) if allow_truncated_tail else None
+        return _scan(path, validate=False, on_truncated=skip)
+
+    base_ids: set[str] | None = None
+    if base is not None:
+        base_ids = {record.id for record, _, _ in first_pass(base)}
+
+    # id -> (shard index, line, byte offset) of the row that wins.
+    index: dict[str, tuple[int, int, int]] = {}
+    for si, shard in enumerate(shards):
+        for record, line, offset in first_pass(shard):
+            stats.shard_rows += 1
+            rid = record.id
+            if base_ids is not None and rid not in base_ids:
+                raise ManifestError(
+                    f"id {rid!r} is not in the base manifest {base}",
+                    path=shard,
+                    line=line,
+                    field="id",
+                )
+            prev = index.get(rid)
+            if prev is not None:
+                if on_conflict == "error":
+                    raise ManifestError(
+                        f"id {rid!r} is also in {shards[prev[0]]}, line {prev[1]} "
+                        "(pass on_conflict='last' to keep the later row)",
+                        path=shard,
+                        line=line,
+                        field="id",
+                    )
+                stats.conflicts += 1
+            index[rid] = (si, line, offset)
+
+    def concatenated() -> Iterator[tuple[ClipRecord, str]]:
+        for si, shard in enumerate(shards):
+            for record, line, _ in second_pass(shard):
+                if index[record.id][:2] == (si, line):
+                    yield record, shard_dirs[si]
+
+    def rebuilt() -> Iterator[tuple[ClipRecord, str]]:
+        base_dir = _folder_of(base)
+        with ExitStack() as stack:
+            handles = [stack.enter_context(open(p, "rb")) for p in shards]
+            for record, _, _ in second_pass(base):
+                hit = index.get(record.id)
+                if hit is None:
+                    stats.unchanged += 1
+                    yield record, base_dir
+                    continue
+                si, line, offset = hit
+                handles[si].seek(offset)
+                obj = _load_line(handles[si].readline(), shards[si], line)
+                stats.replaced += 1
+                yield _record_unchecked(obj, shards[si], line), shard_dirs[si]
+
+    items = concatenated() if base is None else rebuilt()
+    stats.written = _atomic_write(out_path, items, validate=False, check_duplicates=False)
+    return stats
+
+
+def shard_records(
+    records: Iterable[ClipRecord], num_shards: int, shard_index: int
+) -> list[ClipRecord]:
+    """Take one process's share of the records, round-robin by position.
+
+    Record ``i`` goes to shard ``i % num_shards``: deterministic, and the shards differ in
+    size by at most one.
+
+    Args:
+        records: All records, in manifest order (any iterable).
+        num_shards: Number of processes (e.g. ``accelerator.num_processes``).
+        shard_index: This process's index (e.g. ``accelerator.process_index``).
+
+    Returns:
+        The records of shard ``shard_index``, in order.
+
+    Raises:
+        ValueError: ``num_shards < 1`` or ``shard_index`` out of range.
+    """
+    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
+        raise ValueError(f"num_shards must be a positive integer, got {num_shards!r}")
+    if (
+        isinstance(shard_index, bool)
+        or not isinstance(shard_index, int)
+        or not 0 <= shard_index < num_shards
+    ):
+        raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index!r}")
+    return list(itertools.islice(records, shard_index, None, num_shards))
