@@ -176,3 +176,13 @@ def test_config_file_errors_name_the_key_and_file(tmp_path):
     path.write_text("clips: 5\ndegradation:\n  clean_fraction: 1.5\n")
     with pytest.raises(ConfigError, match=r"clean_fraction"):
         load_corpus_config(path)
+
+
+def test_piece_cache_round_trips(tmp_path, monkeypatch):
+    from qamdt.corpus.sources import list_pieces, load_piece, load_piece_cached, piece_cache_dir
+
+    monkeypatch.setenv("QAMDT_CACHE", str(tmp_path))
+    path = list_pieces("bach")[0]
+    first = load_piece_cached("bach", path)
+    assert any(piece_cache_dir().rglob("*.json"))
+    assert load_piece_cached("bach", path) == first == load_piece("bach", path)

@@ -10,6 +10,7 @@ touches music21 objects.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -223,11 +224,16 @@ def _title_for(score, path: str) -> str:
 
 
 def piece_cache_dir() -> Path:
-    """Where parsed pieces are kept (``$QAMDT_CACHE`` or ``~/.cache/qamdt``)."""
-    root = os.environ.get("QAMDT_CACHE") or Path.home() / ".cache" / "qamdt"
+    """Where parsed pieces are kept (``$QAMDT_CACHE`` or ``~/.cache/qamdt``).
+
+    The folder name carries the music21 version and a hash of this module, so a change to
+    either the parser or the way pieces are read starts a fresh cache.
+    """
     import music21
 
-    return Path(root) / f"pieces-music21-{music21.__version__}"
+    root = os.environ.get("QAMDT_CACHE") or Path.home() / ".cache" / "qamdt"
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    return Path(root) / f"pieces-music21-{music21.__version__}-{code}"
 
 
 def load_piece_cached(source_name: str, path: str) -> Piece:
