@@ -186,3 +186,35 @@ def test_piece_cache_round_trips(tmp_path, monkeypatch):
     first = load_piece_cached("bach", path)
     assert any(piece_cache_dir().rglob("*.json"))
     assert load_piece_cached("bach", path) == first == load_piece("bach", path)
+
+
+def test_unreadable_scores_are_recorded_and_the_build_goes_on(monkeypatch, tmp_path):
+    from qamdt.corpus import build
+
+    real = build.load_piece_cached
+    config = CorpusConfig(clips=4, seed=3)
+    damaged = next(plan_tasks(config)).path
+
+    def flaky(source, path):
+        if path == damaged:
+            raise ValueError("damaged score")
+        return real(source, path)
+
+    monkeypatch.setattr(build, "load_piece_cached", flaky)
+    build_corpus(tmp_path, config, workers=1, progress=False)
+    lines = (tmp_path / "failures.jsonl").read_text().splitlines()
+    failures = [json.loads(line) for line in lines]
+    assert [f["piece"] for f in failures] == [damaged]
+    assert "damaged score" in failures[0]["error"]
+    assert len(read_manifest(tmp_path / MANIFEST_NAME)) == 4
+
+
+def test_a_build_where_nothing_renders_stops_with_the_reason(monkeypatch, tmp_path):
+    from qamdt.corpus import build
+
+    def broken(*args, **kwargs):
+        raise render.RenderError("fluidsynth failed: bad soundfont")
+
+    monkeypatch.setattr(build, "render_midi", broken)
+    with pytest.raises(QamdtError, match="in a row gave no clip.*bad soundfont"):
+        build_corpus(tmp_path, CorpusConfig(clips=2), workers=1, progress=False)

@@ -41,6 +41,9 @@ PARTIAL_NAME = "manifest.partial.jsonl"
 INFO_NAME = "corpus.json"
 FAILURES_NAME = "failures.jsonl"
 SPLITS = ("train", "valid", "test")
+# A build stops when this many pieces in a row yield nothing (a broken soundfont, say),
+# instead of drawing pieces for ever.
+MAX_FRUITLESS_TASKS = 25
 # Splits are assigned per piece in blocks of ten so every ten pieces hold all three.
 _SPLIT_BLOCK = ("train",) * 8 + ("valid", "test")
 
@@ -377,6 +380,7 @@ def build_corpus(
                desc="corpus", disable=not progress, file=sys.stderr)  # fmt: skip
     plan = plan_tasks(config)
     pending: collections.deque = collections.deque()
+    fruitless = 0
     with (
         ManifestAppender(partial) as appender,
         futures.ProcessPoolExecutor(workers, initializer=_init_worker,
@@ -397,6 +401,12 @@ def build_corpus(
             if result.error:
                 failures.append({"task": result.task.index, "piece": result.task.path,
                                  "error": result.error})  # fmt: skip
+            fruitless = 0 if result.clips else fruitless + 1
+            if fruitless >= MAX_FRUITLESS_TASKS:
+                raise QamdtError(
+                    f"{fruitless} pieces in a row gave no clip; the last error was: "
+                    f"{failures[-1]['error'] if failures else 'none (all clips silent)'}"
+                )
             for clip in result.clips:
                 if written >= config.clips:
                     break
