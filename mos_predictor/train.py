@@ -1,0 +1,333 @@
+"""Training and evaluation of MOS models with Accelerate.
+
+``train_mos_model`` fits a model built from a ``MosModelConfig`` on rated clips (the
+embedded corpus, MusicEval, or a CSV), keeps the checkpoint with the best validation
+SRCC in ``OUT/model`` (safetensors + config), logs every epoch to ``OUT/train_log.jsonl``
+and saves the Accelerate state each epoch so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mos_predictor.config import MosModelConfig
+from mos_predictor.data import (
+    RatedClip,
+    RatedClipDataset,
+    collate_rated,
+    load_ratings,
+    system_ids,
+)
+from mos_predictor.metrics import evaluate_predictions
+from mos_predictor.models import build_mos_model
+from qamdt.audio_io import load_audio
+from qamdt.errors import ConfigError, QamdtError
+
+STATE_DIR = "checkpoint"
+MODEL_DIR = "model"
+LOG_NAME = "train_log.jsonl"
+METRICS_NAME = "metrics.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class MosTrainConfig:
+    """Everything that determines a MOS training run (model settings under ``model``).
+
+    Attributes:
+        data: Rated clips: "corpus:MANIFEST", "musiceval:ROOT" or "csv:FILE".
+        model: ``MosModelConfig`` fields.
+        train_split: Split trained on.
+        valid_split: Split that selects the best epoch.
+        valid_data: Another source for validation (default: ``data``).
+        exclude_degradations: Corpus degradation kinds left out of training (hold-out).
+        epochs: Passes over the training clips.
+        batch_size: Clips per step.
+        learning_rate: Peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear warm-up before the cosine decay.
+        grad_clip: Gradient-norm clip.
+        ta_weight: Weight of the text-alignment loss (text-aware models with TA targets).
+        max_minutes: Stop after this much training time (None: no limit).
+        system_rule: How system ids are derived for system-level metrics.
+        seed: Seed of initialisation, shuffling and crops.
+        num_workers: DataLoader workers.
+        mixed_precision: Accelerate precision ("no", "fp16", "bf16").
+    """
+
+    data: str
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+    train_split: str = "train"
+    valid_split: str = "valid"
+    valid_data: str | None = None
+    exclude_degradations: tuple[str, ...] = ()
+    epochs: int = 30
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    ta_weight: float = 1.0
+    max_minutes: float | None = None
+    system_rule: str = "field"
+    seed: int = 0
+    num_workers: int = 0
+    mixed_precision: str = "no"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "mos train config") -> MosTrainConfig:
+        """Builds a config from a mapping, naming unknown keys.
+
+        Raises:
+            ConfigError: On an unknown key or a bad value.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        values = dict(values)
+        if "data" not in values:
+            raise ConfigError(f"{where}: 'data' is required (e.g. corpus:DIR/manifest.jsonl)")
+        values["exclude_degradations"] = tuple(values.get("exclude_degradations") or ())
+        MosModelConfig.from_dict(values.get("model") or {})
+        config = cls(**values)
+        if config.epochs <= 0 or config.batch_size <= 0:
+            raise ConfigError(f"{where}: epochs and batch_size must be > 0")
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form, saved beside the checkpoints."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def load_train_config(path: str | os.PathLike | None, **overrides: Any) -> MosTrainConfig:
+    """Reads a YAML training config; keyword overrides that are not None replace values."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return MosTrainConfig.from_dict(values, where=str(path or "mos train config"))
+
+
+def _load_clips(config: MosTrainConfig) -> tuple[list[RatedClip], list[RatedClip]]:
+    train = load_ratings(
+        config.data, split=config.train_split, exclude_degradations=config.exclude_degradations
+    )
+    valid = load_ratings(config.valid_data or config.data, split=config.valid_split)
+    if not train:
+        raise QamdtError(f"{config.data}: no clips in split '{config.train_split}'")
+    if not valid:
+        raise QamdtError(f"{config.valid_data or config.data}: no clips in split "
+                         f"'{config.valid_split}'")  # fmt: skip
+    return train, valid
+
+
+def predict_clips(
+    model, clips: list[RatedClip], batch_size: int = 16, with_text: bool | None = None
+) -> list[dict[str, float]]:
+    """Scores whole clips (mean over the model's windows), as labelling does.
+
+    Args:
+        model: A ``MosModel``.
+        clips: Clips to score.
+        batch_size: Windows per forward pass.
+        with_text: Pass captions (default: when the model is text-aware).
+
+    Returns:
+        One ``{"omq": ..., ["ta": ...]}`` per clip.
+    """
+    with_text = model.config.kind == "text-aware" if with_text is None else with_text
+    results = []
+    for start in range(0, len(clips), batch_size):
+        chunk = clips[start : start + batch_size]
+        waves, rates = [], []
+        for clip in chunk:
+            wave, rate = load_audio(
+                clip.path, offset=clip.offset, duration=clip.duration, allow_silent=True
+            )
+            waves.append(wave)
+            rates.append(rate)
+        texts = [clip.caption or "" for clip in chunk] if with_text else None
+        results.extend(model.predict(waves, rates, texts=texts, batch_size=batch_size))
+    return results
+
+
+def evaluate_model(
+    model, clips: list[RatedClip], batch_size: int = 16, system_rule: str = "field"
+) -> dict[str, Any]:
+    """Utterance- and system-level MSE, LCC, SRCC and Kendall tau of a model on clips.
+
+    Returns:
+        ``{"omq": {...}, "ta": {...} (text-aware models with TA targets)}``.
+    """
+    scores = predict_clips(model, clips, batch_size)
+    systems = system_ids(clips, system_rule) if system_rule != "none" else None
+    if systems is not None and len(set(systems)) < 2:
+        systems = None
+    true = np.array([c.mos for c in clips], dtype=np.float64)
+    pred = np.array([s["omq"] for s in scores], dtype=np.float64)
+    result = {"omq": evaluate_predictions(pred, true, systems)}
+    have_ta = [i for i, c in enumerate(clips) if c.ta is not None and "ta" in scores[i]]
+    if have_ta:
+        ta_true = np.array([clips[i].ta for i in have_ta], dtype=np.float64)
+        ta_pred = np.array([scores[i]["ta"] for i in have_ta], dtype=np.float64)
+        ta_systems = [systems[i] for i in have_ta] if systems else None
+        result["ta"] = evaluate_predictions(ta_pred, ta_true, ta_systems)
+    return result
+
+
+def _loss(output, batch: dict[str, torch.Tensor], ta_weight: float) -> torch.Tensor:
+    loss = torch.nn.functional.mse_loss(output.omq, batch["mos"])
+    if output.ta is not None:
+        mask = ~torch.isnan(batch["ta"])
+        if mask.any():
+            loss = loss + ta_weight * torch.nn.functional.mse_loss(
+                output.ta[mask], batch["ta"][mask]
+            )
+    if output.aux_loss is not None:
+        loss = loss + output.aux_loss
+    return loss
+
+
+def train_mos_model(
+    config: MosTrainConfig, out_dir: str | os.PathLike, progress: bool = True
+) -> dict[str, Any]:
+    """Trains a MOS model; resumes from ``OUT/checkpoint`` when present.
+
+    Args:
+        config: Training settings.
+        out_dir: Run folder: ``model/`` (best checkpoint), ``checkpoint/`` (Accelerate
+            state), ``train_log.jsonl``, ``metrics.json``, ``train_config.json``.
+        progress: Show a progress bar.
+
+    Returns:
+        The best validation metrics and where the model is.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    set_seed(config.seed)
+    train_clips, valid_clips = _load_clips(config)
+
+    targets = np.array([c.mos for c in train_clips], dtype=np.float64)
+    model_config = MosModelConfig.from_dict(
+        {
+            **config.model,
+            "score_offset": float(targets.mean()),
+            "score_scale": float(max(targets.std(), 1e-3)),
+        }
+    )
+    model = build_mos_model(model_config)
+    dataset = RatedClipDataset(
+        train_clips,
+        model_config.sample_rate,
+        model_config.window_seconds,
+        train=True,
+        seed=config.seed,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=len(dataset) > config.batch_size,
+        collate_fn=collate_rated,
+        num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        parameters, lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    total_steps = config.epochs * max(1, len(loader))
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, min(config.warmup_steps, total_steps // 10), total_steps
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    state_dir = out / STATE_DIR
+    progress_file = state_dir / "progress.json"
+    first_epoch, best = 0, {"srcc": -math.inf, "epoch": None}
+    if progress_file.is_file():
+        accelerator.load_state(str(state_dir))
+        saved = json.loads(progress_file.read_text())
+        first_epoch, best = saved["next_epoch"], saved["best"]
+        accelerator.print(f"resuming at epoch {first_epoch + 1}")
+    (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1))
+
+    text_aware = model_config.kind == "text-aware"
+    started = time.time()
+    for epoch in range(first_epoch, config.epochs):
+        dataset.set_epoch(epoch)
+        accelerator.unwrap_model(model).train()
+        losses = []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                   disable=not progress or not accelerator.is_main_process)  # fmt: skip
+        for batch in bar:
+            output = model(batch["wave"], batch["caption"] if text_aware else None)
+            loss = _loss(output, batch, config.ta_weight)
+            accelerator.backward(loss)
+            if config.grad_clip:
+                accelerator.clip_grad_norm_(parameters, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.eval()
+        metrics = evaluate_model(unwrapped, valid_clips, config.batch_size, config.system_rule)
+        srcc = metrics["omq"]["utterance"]["srcc"]
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(losses)) if losses else None,
+            "valid": metrics,
+            "seconds": round(time.time() - started, 1),
+        }
+        if accelerator.is_main_process:
+            with open(out / LOG_NAME, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if np.isfinite(srcc) and srcc > best["srcc"]:
+                best = {"srcc": float(srcc), "epoch": epoch + 1, "valid": metrics}
+                unwrapped.save_pretrained(out / MODEL_DIR)
+            accelerator.print(
+                f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, valid SRCC {srcc:.4f}, "
+                f"LCC {metrics['omq']['utterance']['lcc']:.4f}"
+            )
+        accelerator.save_state(str(state_dir))
+        if accelerator.is_main_process:
+            progress_file.write_text(json.dumps({"next_epoch": epoch + 1, "best": best}))
+        accelerator.wait_for_everyone()
+        elapsed_minutes = (time.time() - started) / 60.0
+        if config.max_minutes is not None and elapsed_minutes >= config.max_minutes:
+            accelerator.print(f"stopping after {elapsed_minutes:.1f} min (max_minutes)")
+            break
+    summary = {
+        "best_epoch": best["epoch"],
+        "best_valid_srcc": best["srcc"],
+        "model": str(out / MODEL_DIR),
+        "train_seconds": round(time.time() - started, 1),
+        "train_clips": len(train_clips),
+        "valid_clips": len(valid_clips),
+    }
+    if accelerator.is_main_process:
+        (out / METRICS_NAME).write_text(json.dumps({**summary, "valid": best.get("valid")},
+                                                   indent=1))  # fmt: skip
+    return summary

@@ -1,0 +1,231 @@
+"""``qamdt mos``: train and evaluate MOS models, label manifests with p-MOS, fit quality levels."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    """Adds the ``mos`` command group."""
+    parser = groups.add_parser(
+        "mos",
+        help="MOS predictor: train, evaluate, label p-MOS, quality statistics",
+        description="The MOS predictor turns audio into p-MOS; the quality statistics turn "
+        "p-MOS into quality levels (1-5) and text prefixes.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+
+    train = commands.add_parser(
+        "train",
+        help="train a MOS model (runs under 'accelerate launch' too)",
+        description="Trains a MOS model on rated clips and keeps the best checkpoint in "
+        "OUT/model. Resumes from OUT/checkpoint. Flags override the config file.",
+    )
+    train.add_argument("--config", type=Path, default=None, help="YAML (configs/mos/*.yaml)")
+    train.add_argument("--data", default=None, help="corpus:MANIFEST | musiceval:ROOT | csv:FILE")
+    train.add_argument("--out", type=Path, required=True, help="run folder")
+    train.add_argument("--epochs", type=int, default=None)
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--max-minutes", type=float, default=None, help="training time budget")
+    train.add_argument(
+        "--exclude-degradation",
+        action="append",
+        default=None,
+        dest="exclude_degradations",
+        help="corpus degradation kind to hold out of training (repeatable)",
+    )
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(run=run_train)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="MSE, LCC, SRCC, Kendall tau of a model on rated clips",
+        description="Evaluates at utterance and system level; prints a table, or JSON.",
+    )
+    evaluate.add_argument("--model", required=True, help="model folder or name")
+    evaluate.add_argument(
+        "--data", required=True, help="corpus:MANIFEST | musiceval:ROOT | csv:FILE"
+    )
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument(
+        "--only-degradations",
+        default=None,
+        help="comma-separated corpus degradation kinds: keep clips degraded only by these",
+    )
+    evaluate.add_argument(
+        "--system-rule",
+        default="field",
+        help="system id rule: field | first_underscore | parent | meta:KEY | regex:PATTERN | none",
+    )
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.set_defaults(run=run_eval)
+
+    label = commands.add_parser(
+        "label",
+        help="write p-MOS into every row of a manifest (resumable, shardable)",
+        description="Scores every row without a p-MOS (mean over the model's windows) and "
+        "writes it back. Run under 'accelerate launch' to split the rows across processes.",
+    )
+    label.add_argument("manifest", type=Path)
+    label.add_argument("--model", required=True, help="model folder or name")
+    label.add_argument("--batch-size", type=int, default=16)
+    label.add_argument("--overwrite", action="store_true", help="re-score rows with a p-MOS")
+    label.add_argument("--quiet", action="store_true")
+    label.set_defaults(run=run_label)
+
+    predict = commands.add_parser(
+        "predict",
+        help="score loose audio files; prints one JSON object",
+        description="Prints {path: score} (or {path: {omq, ta}} for text-aware models).",
+    )
+    predict.add_argument("audio", nargs="+", type=Path)
+    predict.add_argument("--model", required=True, help="model folder or name")
+    predict.add_argument("--text", default=None, help="caption for text-aware models")
+    predict.add_argument("--batch-size", type=int, default=16)
+    predict.set_defaults(run=run_predict)
+
+    stats = commands.add_parser(
+        "stats",
+        help="fit mu, sigma and a skew-normal; assign quality levels and prefixes",
+        description="Fits the p-MOS statistics of a labelled manifest, writes quality_level "
+        "and quality_prefix into its rows, and writes quality_stats.json and "
+        "quality_distribution.png beside it.",
+    )
+    stats.add_argument("manifest", type=Path)
+    stats.add_argument(
+        "--level-rule",
+        default="five-bin",
+        choices=["five-bin", "eq1"],
+        help="five-bin (default, as released) or the paper's eq. 1 as printed",
+    )
+    stats.add_argument(
+        "--prefix-sigmas",
+        type=float,
+        default=1.25,
+        help="prefix thresholds at mu -/+ this many sigma (default 1.25)",
+    )
+    stats.add_argument(
+        "--prefix-thresholds",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW_BELOW", "HIGH_FROM"),
+        help="absolute p-MOS thresholds instead",
+    )
+    stats.add_argument("--stats", type=Path, default=None, help="reuse these statistics")
+    stats.add_argument("--no-plot", action="store_true")
+    stats.set_defaults(run=run_stats)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Runs ``qamdt mos train``."""
+    from mos_predictor.train import load_train_config, train_mos_model
+
+    config = load_train_config(
+        args.config,
+        data=args.data,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_minutes=args.max_minutes,
+        exclude_degradations=args.exclude_degradations,
+        seed=args.seed,
+    )
+    summary = train_mos_model(config, args.out, progress=not args.quiet)
+    print(json.dumps(summary))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Runs ``qamdt mos eval``."""
+    from mos_predictor.data import load_ratings
+    from mos_predictor.metrics import format_metrics
+    from mos_predictor.models import load_mos_model
+    from mos_predictor.train import evaluate_model
+
+    options = {}
+    if args.only_degradations:
+        options["only_degradations"] = set(args.only_degradations.split(","))
+    clips = load_ratings(args.data, split=args.split, **options)
+    if not clips:
+        print(f"qamdt: error: {args.data}: no clips in split '{args.split}'", file=sys.stderr)
+        return 2
+    model = load_mos_model(args.model)
+    result = evaluate_model(model, clips, args.batch_size, args.system_rule)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for target, metrics in result.items():
+            print(f"{target} ({len(clips)} clips)")
+            print(format_metrics(metrics))
+    return 0
+
+
+def run_label(args: argparse.Namespace) -> int:
+    """Runs ``qamdt mos label``."""
+    from mos_predictor.label import label_manifest
+    from mos_predictor.models import load_mos_model
+
+    model = load_mos_model(args.model)
+    summary = label_manifest(
+        args.manifest,
+        model,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(json.dumps(summary))
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Runs ``qamdt mos predict``."""
+    from mos_predictor.models import load_mos_model
+    from qamdt.audio_io import load_audio
+    from qamdt.errors import QamdtError
+
+    model = load_mos_model(args.model)
+    result, waves, rates, paths = {}, [], [], []
+    for path in args.audio:
+        try:
+            wave, rate = load_audio(path)
+        except QamdtError as error:
+            result[str(path)] = {"error": str(error)}
+            continue
+        waves.append(wave)
+        rates.append(rate)
+        paths.append(str(path))
+    if waves:
+        texts = [args.text or ""] * len(waves) if model.config.kind == "text-aware" else None
+        scores = model.predict(waves, rates, texts=texts, batch_size=args.batch_size)
+        for path, score in zip(paths, scores, strict=True):
+            result[path] = (
+                round(score["omq"], 4)
+                if len(score) == 1
+                else {k: round(v, 4) for k, v in score.items()}
+            )
+    print(json.dumps({str(p): result[str(p)] for p in args.audio}))
+    return 1 if any(isinstance(v, dict) and "error" in v for v in result.values()) else 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    """Runs ``qamdt mos stats``."""
+    from mos_predictor.stats import QualityStats, run_stats
+
+    options = {}
+    if args.stats is not None:
+        options["stats"] = QualityStats.load(args.stats)
+    summary = run_stats(
+        args.manifest,
+        level_rule=args.level_rule,
+        prefix_sigmas=args.prefix_sigmas,
+        prefix_thresholds=tuple(args.prefix_thresholds) if args.prefix_thresholds else None,
+        plot=not args.no_plot,
+        **options,
+    )
+    print(json.dumps(summary, default=str))
+    return 0

@@ -1,0 +1,142 @@
+"""Train -> evaluate -> label -> predict -> stats on a tiny synthetic rated set."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from qamdt.cli.main import main
+from qamdt.manifest import ClipRecord, read_manifest, write_manifest
+
+SR = 22050
+
+
+def tone_with_noise(snr_db, seconds, rng):
+    t = np.arange(int(seconds * SR)) / SR
+    clean = 0.4 * sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate([220, 440, 660], 1))
+    noise = rng.standard_normal(t.size)
+    noise *= np.sqrt(np.mean(clean**2) / np.mean(noise**2)) / 10 ** (snr_db / 20)
+    return (clean + noise).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def rated_set(tmp_path_factory):
+    """24 clips whose reference quality falls with their noise level."""
+    root = tmp_path_factory.mktemp("rated")
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(24):
+        snr = 40.0 - 40.0 * (i % 8) / 7
+        quality = 5.0 - 4.0 * (i % 8) / 7
+        seconds = 3.0 if i % 3 else 5.0
+        audio = root / "audio" / f"clip{i}.wav"
+        audio.parent.mkdir(exist_ok=True)
+        sf.write(audio, tone_with_noise(snr, seconds, rng), SR)
+        split = "train" if i < 16 else "valid" if i < 20 else "test"
+        records.append(
+            ClipRecord(
+                id=f"clip{i}",
+                audio=f"audio/clip{i}.wav",
+                duration=seconds,
+                sample_rate=SR,
+                split=split,
+                original_caption="a tone",
+                meta={
+                    "reference_quality": quality,
+                    "degradations": [] if snr >= 40 else [{"type": "noise", "severity": 1.0}],
+                    "caption_kind": "sentence",
+                    "source": "synthetic",
+                },
+            )
+        )
+    write_manifest(root / "manifest.jsonl", records)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(rated_set, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mos-run")
+    config = out / "tiny.yaml"
+    config.write_text(
+        "model:\n  kind: embedded\n  window_seconds: 2.0\n"
+        "epochs: 3\nbatch_size: 8\nlearning_rate: 0.003\nwarmup_steps: 1\n"
+    )
+    data = f"corpus:{rated_set / 'manifest.jsonl'}"
+    args = ["mos", "train", "--config", str(config), "--data", data, "--out", str(out)]
+    assert main([*args, "--quiet"]) == 0
+    return out
+
+
+def test_training_writes_a_loadable_model_and_a_log(trained):
+    from mos_predictor.models import load_mos_model
+
+    model = load_mos_model(trained / "model")
+    assert model.config.kind == "embedded"
+    log = [json.loads(line) for line in (trained / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["epoch"] for entry in log] == [1, 2, 3]
+    assert "srcc" in log[0]["valid"]["omq"]["utterance"]
+    assert json.loads((trained / "metrics.json").read_text())["best_epoch"] in (1, 2, 3)
+
+
+def test_training_resumes_and_finishes_at_once(trained, rated_set, capsys):
+    data = f"corpus:{rated_set / 'manifest.jsonl'}"
+    config = trained / "tiny.yaml"
+    args = ["mos", "train", "--config", str(config), "--data", data, "--out", str(trained)]
+    assert main([*args, "--quiet"]) == 0
+    lines = (trained / "train_log.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # nothing retrained
+
+
+def test_eval_prints_utterance_and_system_metrics(trained, rated_set, capsys):
+    data = f"corpus:{rated_set / 'manifest.jsonl'}"
+    args = ["mos", "eval", "--model", str(trained / "model"), "--data", data, "--split", "test"]
+    assert main([*args, "--json", "--system-rule", "none"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["omq"]["count"] == 4
+    assert set(result["omq"]["utterance"]) >= {"mse", "lcc", "srcc", "ktau"}
+
+
+def test_label_scores_every_row_resumes_and_records_failures(trained, rated_set, tmp_path):
+    records = read_manifest(rated_set / "manifest.jsonl")
+    (tmp_path / "audio").symlink_to(rated_set / "audio")
+    (tmp_path / "broken.wav").write_bytes(b"not audio at all")
+    records.append(records[0].replace(id="broken", audio="broken.wav"))
+    records[1] = records[1].replace(pmos=4.25)  # already scored: must be kept
+    manifest = tmp_path / "manifest.jsonl"
+    write_manifest(manifest, records)
+    model = str(trained / "model")
+    assert main(["mos", "label", str(manifest), "--model", model, "--quiet"]) == 0
+    labelled = {r.id: r for r in read_manifest(manifest)}
+    assert labelled["clip1"].pmos == 4.25
+    assert all(r.pmos is not None for k, r in labelled.items() if k != "broken")
+    assert labelled["broken"].pmos is None and "broken.wav" in labelled["broken"].errors["mos"]
+    assert not list(tmp_path.glob("*shard*"))
+    before = manifest.read_text()
+    assert main(["mos", "label", str(manifest), "--model", model, "--quiet"]) == 0
+    assert manifest.read_text() == before
+
+
+def test_predict_prints_one_json_object(trained, rated_set, tmp_path, capsys):
+    bad = tmp_path / "silent.wav"
+    sf.write(bad, np.zeros(SR, dtype=np.float32), SR)
+    good = [str(rated_set / "audio" / f"clip{i}.wav") for i in (0, 7)]
+    code = main(["mos", "predict", *good, str(bad), "--model", str(trained / "model")])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert list(result) == [*good, str(bad)]
+    assert all(isinstance(result[g], float) for g in good)
+    assert "silent" in result[str(bad)]["error"]
+
+
+def test_stats_writes_levels_prefixes_and_a_stats_file(trained, rated_set, tmp_path, capsys):
+    records = read_manifest(rated_set / "manifest.jsonl")
+    rng = np.random.default_rng(1)
+    records = [r.replace(pmos=float(np.clip(rng.normal(3.8, 0.4), 1, 5))) for r in records]
+    manifest = tmp_path / "manifest.jsonl"
+    write_manifest(manifest, records, source_dir=rated_set)
+    assert main(["mos", "stats", str(manifest)]) == 0
+    labelled = read_manifest(manifest)
+    assert all(1 <= r.quality_level <= 5 and r.quality_prefix for r in labelled)
+    assert (tmp_path / "quality_stats.json").is_file()
+    assert (tmp_path / "quality_distribution.png").is_file()
