@@ -117,7 +117,12 @@ def register(groups: argparse._SubParsersAction) -> None:
         metavar=("LOW_BELOW", "HIGH_FROM"),
         help="absolute p-MOS thresholds instead",
     )
-    stats.add_argument("--stats", type=Path, default=None, help="reuse these statistics")
+    stats.add_argument(
+        "--stats",
+        type=Path,
+        default=None,
+        help="reuse saved statistics (e.g. the training set's) instead of fitting new ones",
+    )
     stats.add_argument("--no-plot", action="store_true")
     stats.set_defaults(run=run_stats)
 
@@ -214,18 +219,16 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_stats(args: argparse.Namespace) -> int:
     """Runs ``qamdt mos stats``."""
-    from mos_predictor.stats import QualityStats, run_stats
+    from mos_predictor.stats import run_stats
 
-    options = {}
     if args.stats is not None:
-        options["stats"] = QualityStats.load(args.stats)
-    summary = run_stats(
-        args.manifest,
-        level_rule=args.level_rule,
-        prefix_sigmas=args.prefix_sigmas,
-        prefix_thresholds=tuple(args.prefix_thresholds) if args.prefix_thresholds else None,
-        plot=not args.no_plot,
-        **options,
-    )
+        options = {"stats": args.stats}
+    else:
+        options = {
+            "level_rule": args.level_rule,
+            "prefix_sigmas": args.prefix_sigmas,
+            "prefix_thresholds": tuple(args.prefix_thresholds) if args.prefix_thresholds else None,
+        }
+    summary = run_stats(args.manifest, plot=not args.no_plot, **options)
     print(json.dumps(summary, default=str))
     return 0
