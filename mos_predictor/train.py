@@ -189,6 +189,16 @@ def evaluate_model(
     return result
 
 
+def _fit_distillation(model, dataset: RatedClipDataset, config: MosTrainConfig) -> None:
+    """Fits the DistilMOS k-means targets on (up to 256) training clips before training."""
+    from mos_predictor.distill import fit_distillation_targets
+
+    rng = np.random.default_rng(config.seed)
+    chosen = rng.permutation(len(dataset))[:256]
+    waves = [dataset.load(int(i)) for i in chosen]
+    fit_distillation_targets(model, waves, batch_size=config.batch_size, seed=config.seed)
+
+
 def _loss(output, batch: dict[str, torch.Tensor], ta_weight: float) -> torch.Tensor:
     loss = torch.nn.functional.mse_loss(output.omq, batch["mos"])
     if output.ta is not None:
@@ -252,6 +262,8 @@ def train_mos_model(
         num_workers=config.num_workers,
         generator=torch.Generator().manual_seed(config.seed),
     )
+    if model_config.distill_layers:
+        _fit_distillation(model, dataset, config)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         parameters, lr=config.learning_rate, weight_decay=config.weight_decay

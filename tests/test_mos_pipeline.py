@@ -140,3 +140,41 @@ def test_stats_writes_levels_prefixes_and_a_stats_file(trained, rated_set, tmp_p
     assert all(1 <= r.quality_level <= 5 and r.quality_prefix for r in labelled)
     assert (tmp_path / "quality_stats.json").is_file()
     assert (tmp_path / "quality_distribution.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"kind": "ssl", "window_seconds": 0.5, "distill_layers": [1], "distill_clusters": 4},
+        {"kind": "text-aware", "window_seconds": 1.0, "ot_weight": 0.1},
+    ],
+    ids=["ssl-distilled", "text-aware"],
+)
+def test_other_model_kinds_train_through_the_same_loop(model, rated_set, tmp_path):
+    from test_mos_models import TINY_BERT, TINY_WAV2VEC2
+
+    from mos_predictor.models import load_mos_model
+    from mos_predictor.train import MosTrainConfig, evaluate_model, train_mos_model
+
+    model = dict(model, ssl_config=TINY_WAV2VEC2)
+    if model["kind"] == "text-aware":
+        model.update(audio_encoder="embedded", text_config=TINY_BERT)
+        model.pop("ssl_config")
+    config = MosTrainConfig.from_dict(
+        {
+            "data": f"corpus:{rated_set / 'manifest.jsonl'}",
+            "model": model,
+            "epochs": 1,
+            "batch_size": 8,
+            "warmup_steps": 1,
+        }
+    )
+    summary = train_mos_model(config, tmp_path, progress=False)
+    loaded = load_mos_model(summary["model"])
+    from mos_predictor.data import load_corpus_ratings
+
+    clips = load_corpus_ratings(rated_set / "manifest.jsonl", splits="test")
+    result = evaluate_model(loaded, clips, system_rule="none")
+    assert result["omq"]["count"] == 4
+    if model["kind"] == "text-aware":
+        assert result["ta"]["count"] == 4

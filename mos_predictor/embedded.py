@@ -1,0 +1,191 @@
+"""The embedded MOS model: log-mel, a small 2-D CNN, statistics pooling, a score head.
+
+It trains from scratch on a CPU in minutes. Design choices that matter for quality cues:
+
+* The mel bands reach the Nyquist frequency (11.025 kHz), not the vocoder's 8 kHz: band
+  limiting and quantisation aliasing show up there.
+* The log-mel goes through a fixed affine (``mel_mean``, ``mel_std``), not per-clip
+  standardisation: the level of the noise floor against the music (noise, quantisation,
+  hum) is exactly what per-clip statistics would erase. The waveform itself is peak
+  normalised by the caller, as for every model here.
+* The conv stack down-samples frequency and time, then the channels and the remaining
+  frequency bins are flattened and projected per time step, so absolute frequency
+  position survives (band limiting, hum at 50/60 Hz).
+* Statistics pooling (mean and standard deviation over time) lets the head see how
+  steady or bursty a cue is (crackle, clipping on peaks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from mos_predictor.base import (
+    MosModel,
+    MosOutput,
+    ScoreHead,
+    lengths_to_mask,
+    masked_mean,
+    register_mos_model,
+    stats_pool,
+)
+from mos_predictor.config import MosModelConfig
+from qamdt.audio_spec import get_audio_spec
+from qamdt.mel import MelFrontEnd
+
+
+class ConvBlock(nn.Sequential):
+    """3x3 convolution (strided for down-sampling), batch norm and GELU.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        stride: ``(frequency, time)`` stride.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: tuple[int, int]):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.GELU(),
+        )
+
+
+class MelCnnEncoder(nn.Module):
+    """Waveform to a ``(B, T, D)`` sequence: log-mel, fixed affine, conv blocks, projection.
+
+    Args:
+        config: Uses ``mel_preset``, ``mel_mean``, ``mel_std``, ``cnn_channels``,
+            ``cnn_strides`` and ``embed_dim``.
+    """
+
+    def __init__(self, config: MosModelConfig):
+        super().__init__()
+        spec = get_audio_spec(config.mel_preset)
+        fmax = spec.sample_rate / 2 if config.mel_fmax is None else config.mel_fmax
+        spec = dataclasses.replace(spec, fmax=float(fmax))
+        self.mel = MelFrontEnd(spec)
+        self.mel_mean = float(config.mel_mean)
+        self.mel_std = float(config.mel_std)
+        blocks = []
+        channels = 1
+        freq = self.mel.spec.n_mels
+        for out_channels, stride in zip(config.cnn_channels, config.cnn_strides, strict=True):
+            blocks.append(ConvBlock(channels, out_channels, stride))
+            channels = out_channels
+            freq = math.ceil(freq / stride[0])
+        self.blocks = nn.Sequential(*blocks)
+        self.time_strides = [s[1] for s in config.cnn_strides]
+        self.proj = nn.Sequential(nn.Linear(channels * freq, config.embed_dim), nn.GELU())
+        self.out_dim = config.embed_dim
+        self.temporal = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                config.embed_dim,
+                nhead=4,
+                dim_feedforward=2 * config.embed_dim,
+                dropout=config.dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            for _ in range(config.temporal_layers)
+        )
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Valid output steps for inputs of ``lengths`` valid samples.
+
+        Args:
+            lengths: ``(B,)`` sample counts.
+
+        Returns:
+            ``(B,)`` step counts, at least 1.
+        """
+        frames = torch.div(lengths, self.mel.spec.hop_length, rounding_mode="floor").clamp_min(1)
+        for stride in self.time_strides:
+            # Conv k=3, padding=1: out = ceil(in / stride).
+            frames = torch.div(frames + stride - 1, stride, rounding_mode="floor")
+        return frames
+
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encodes a batch.
+
+        Args:
+            waveforms: ``(B, S)`` normalised audio at the mel preset's rate.
+            lengths: ``(B,)`` valid samples per row, or ``None``.
+
+        Returns:
+            ``(sequence, mask)``: ``(B, T, D)`` and a ``(B, T)`` validity mask (``None``
+            when ``lengths`` is ``None``).
+        """
+        x = (self.mel(waveforms) - self.mel_mean) / self.mel_std
+        x = self.blocks(x.unsqueeze(1))  # (B, C, F', T')
+        x = self.proj(x.permute(0, 3, 1, 2).flatten(2))  # (B, T', C * F') -> (B, T', D)
+        mask = None if lengths is None else lengths_to_mask(self.frame_lengths(lengths), x.shape[1])
+        for layer in self.temporal:
+            x = layer(x, src_key_padding_mask=None if mask is None else ~mask)
+        return x, mask
+
+
+@register_mos_model("embedded")
+class EmbeddedMosModel(MosModel):
+    """Log-mel CNN MOS model, trained from scratch (the ``embedded`` preset's p-MOS model).
+
+    Args:
+        config: Hyperparameters; ``kind`` must be ``"embedded"``.
+        load_pretrained: Unused (nothing pretrained); kept for the shared signature.
+        asset_dir: Unused.
+    """
+
+    def __init__(self, config: MosModelConfig, *, load_pretrained: bool = True, asset_dir=None):
+        super().__init__(config, load_pretrained=load_pretrained, asset_dir=asset_dir)
+        self.encoder = MelCnnEncoder(config)
+        width = self.encoder.out_dim * (2 if config.pooling == "stats" else 1)
+        self.head = ScoreHead(width, config.head_hidden, config.dropout)
+        self._freeze()
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The encoder when ``freeze_encoder`` is set."""
+        return [self.encoder] if self.config.freeze_encoder else []
+
+    def encode(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """The encoder's output sequence.
+
+        Args:
+            waveforms: ``(B, S)`` normalised audio at ``config.sample_rate``.
+
+        Returns:
+            ``(B, T, D)``.
+        """
+        return self.encoder(waveforms)[0]
+
+    def pool(self, sequence: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Pools a sequence over time with the configured pooling."""
+        if self.config.pooling == "stats":
+            return stats_pool(sequence, mask)
+        return masked_mean(sequence, mask)
+
+    def forward(
+        self,
+        waveforms: torch.Tensor,
+        texts: Sequence[str | None] | None = None,
+        lengths: torch.Tensor | None = None,
+    ) -> MosOutput:
+        """Scores a batch of windows.
+
+        Args:
+            waveforms: ``(B, S)`` mono, normalised audio at ``config.sample_rate``.
+            texts: Ignored.
+            lengths: ``(B,)`` valid samples per row, or ``None``.
+
+        Returns:
+            ``omq`` of shape ``(B,)``; ``ta`` and ``aux_loss`` are ``None``.
+        """
+        sequence, mask = self.encoder(waveforms, lengths)
+        raw = self.head(self.pool(sequence, mask))
+        return MosOutput(omq=self.scale_omq(raw))
