@@ -22,6 +22,13 @@ Level rules (``level_rule``):
     4 on ``(mu, mu+sigma)`` and 5 from ``mu+sigma`` on: level 3 is (almost) never used and
     the outer levels are much wider than the paper's "empirical rule" wording suggests.
     Offered for reproducing the paper's text, not recommended.
+``"quantile"``
+    Edges at quantiles of the p-MOS set, so the levels hold set shares of the clips
+    (``level_shares``; default :data:`NORMAL_LEVEL_SHARES`, the shares the five-bin rule
+    gives a normal distribution: 2.3%, 13.6%, 68.3%, 13.6%, 2.3%). For a bell-shaped set
+    it matches ``"five-bin"``; for a flat or bounded set, where ``mu -/+ 2 sigma`` falls
+    outside the scores and levels 1 and 5 stay empty, it still fills every level.
+    ``level_shares`` of 0.2 each give quintiles.
 ``"edges"``
     Four fixed, increasing thresholds given by the user (``level_edges``), with the same
     left-closed bins as ``"five-bin"``.
@@ -63,11 +70,14 @@ QUALITY_STATS_NAME = "quality_stats.json"
 QUALITY_PLOT_NAME = "quality_distribution.png"
 """File name of the distribution picture drawn by :func:`run_stats`."""
 
-LEVEL_RULES = ("five-bin", "eq1", "edges")
+LEVEL_RULES = ("five-bin", "eq1", "quantile", "edges")
 """Known level rules; see the module docstring."""
 
 PREFIXES = ("low quality", "medium quality", "high quality")
 """The text prefixes, lowest quality first."""
+
+NORMAL_LEVEL_SHARES = (0.02275, 0.13591, 0.68269, 0.13591, 0.02275)
+"""Shares of levels 1-5 that the five-bin rule gives a normal distribution."""
 
 DEFAULT_PREFIX_SIGMAS = 1.25
 """Default distance of the prefix thresholds from ``mu``, in units of ``sigma``."""
@@ -284,7 +294,7 @@ class QualityStats:
                 f"level_rule must be one of {', '.join(LEVEL_RULES)}, got {self.level_rule!r}"
             )
         edges = _edges(self.level_edges, allow_equal=self.level_rule == "eq1")
-        if self.level_rule != "edges":
+        if self.level_rule not in ("edges", "quantile"):
             # Edges derived from mu and sigma must agree with them (a hand-edited file).
             expected = _rule_edges(self.level_rule, mu, sigma)
             if not all(
@@ -365,15 +375,17 @@ class QualityStats:
         if sigma <= 0:
             raise ConfigError(f"sigma must be > 0, got {sigma}")
         if level_edges is not None:
-            if level_rule not in ("five-bin", "edges"):
+            if level_rule not in ("five-bin", "edges", "quantile"):
                 raise ConfigError(
                     f"level_edges replace the level rule; do not combine them with "
                     f"level_rule {level_rule!r}"
                 )
-            level_rule = "edges"
+            level_rule = "quantile" if level_rule == "quantile" else "edges"
             edges = _edges(level_edges, allow_equal=False)
-        elif level_rule == "edges":
-            raise ConfigError("level_rule 'edges' needs level_edges (four increasing numbers)")
+        elif level_rule in ("edges", "quantile"):
+            raise ConfigError(
+                f"level_rule {level_rule!r} needs level_edges (four increasing numbers)"
+            )
         elif level_rule in LEVEL_RULES:
             edges = _rule_edges(level_rule, mu, sigma)
         else:
@@ -608,6 +620,7 @@ def fit_quality_stats(
     prefix_sigmas: float | None = DEFAULT_PREFIX_SIGMAS,
     prefix_thresholds: tuple[float, float] | None = None,
     level_edges: Iterable[float] | None = None,
+    level_shares: Iterable[float] | None = None,
 ) -> QualityStats:
     """Fit quality statistics to a p-MOS set.
 
@@ -620,6 +633,8 @@ def fit_quality_stats(
         prefix_sigmas: Prefix thresholds at ``mu -/+ prefix_sigmas * sigma``.
         prefix_thresholds: Absolute ``(low_below, high_from)``; overrides ``prefix_sigmas``.
         level_edges: Four increasing fixed thresholds between levels (rule ``"edges"``).
+        level_shares: Shares of levels 1-5 for the ``"quantile"`` rule (five positive
+            numbers summing to 1; default :data:`NORMAL_LEVEL_SHARES`).
 
     Returns:
         The statistics, with level and prefix counts of ``scores``.
@@ -646,6 +661,10 @@ def fit_quality_stats(
             f"all {s.size} scores are equal ({s[0]}): zero variance, "
             "no quality levels to tell apart"
         )
+    if level_rule == "quantile":
+        level_edges = _quantile_edges(s, level_shares)
+    elif level_shares is not None:
+        raise ConfigError("level_shares only apply to level_rule 'quantile'")
     stats = QualityStats.from_mu_sigma(
         mu,
         sigma,
@@ -658,6 +677,24 @@ def fit_quality_stats(
     )
     level_counts, prefix_counts = stats.count_labels(s)
     return dataclasses.replace(stats, level_counts=level_counts, prefix_counts=prefix_counts)
+
+
+def _quantile_edges(scores: np.ndarray, shares: Iterable[float] | None) -> list[float]:
+    shares = np.asarray(NORMAL_LEVEL_SHARES if shares is None else list(shares), dtype=float)
+    if (
+        shares.shape != (5,)
+        or (shares <= 0).any()
+        or not math.isclose(shares.sum(), 1.0, abs_tol=1e-3)
+    ):
+        raise ConfigError(f"level_shares must be five positive numbers summing to 1, "
+                          f"got {shares.tolist()}")  # fmt: skip
+    edges = np.quantile(scores, np.cumsum(shares)[:4])
+    if not (np.diff(edges) > 0).all():
+        raise QualityStatsError(
+            f"the quantile edges {edges.tolist()} are not increasing: too many equal scores "
+            "for these level shares"
+        )
+    return edges.tolist()
 
 
 def label_manifest_quality(
@@ -741,6 +778,7 @@ def run_stats(
     plot: bool = True,
     *,
     level_edges: Iterable[float] | None = None,
+    level_shares: Iterable[float] | None = None,
     stats: QualityStats | str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Everything ``qamdt mos stats MANIFEST`` does.
@@ -758,6 +796,7 @@ def run_stats(
         prefix_thresholds: Absolute prefix thresholds when fitting.
         plot: Draw the distribution picture.
         level_edges: Fixed level thresholds when fitting.
+        level_shares: Level shares of the ``"quantile"`` rule when fitting.
         stats: Statistics to reuse instead of fitting (object or saved file); the fitting
             options must then stay at their defaults. They are saved at the stats path too,
             so that later stages find them beside this manifest.
@@ -778,6 +817,8 @@ def run_stats(
         fit_kwargs["prefix_thresholds"] = prefix_thresholds
     if level_edges is not None:
         fit_kwargs["level_edges"] = level_edges
+    if level_shares is not None:
+        fit_kwargs["level_shares"] = level_shares
     fitted = stats is None
     used, scores, rows = _label_manifest(manifest, out, stats, fit_kwargs)
     manifest_out = Path(manifest if out is None else out)

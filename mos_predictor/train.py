@@ -48,7 +48,8 @@ class MosTrainConfig:
         train_split: Split trained on.
         valid_split: Split that selects the best epoch.
         valid_data: Another source for validation (default: ``data``).
-        exclude_degradations: Corpus degradation kinds left out of training (hold-out).
+        exclude_degradations: Corpus degradation kinds left out of training and validation
+            (a hold-out experiment).
         epochs: Passes over the training clips.
         batch_size: Clips per step.
         learning_rate: Peak AdamW learning rate.
@@ -123,10 +124,11 @@ def load_train_config(path: str | os.PathLike | None, **overrides: Any) -> MosTr
 
 
 def _load_clips(config: MosTrainConfig) -> tuple[list[RatedClip], list[RatedClip]]:
-    train = load_ratings(
-        config.data, split=config.train_split, exclude_degradations=config.exclude_degradations
-    )
-    valid = load_ratings(config.valid_data or config.data, split=config.valid_split)
+    # A held-out degradation kind is kept out of model selection too, not only training.
+    options = {"exclude_degradations": config.exclude_degradations}
+    options = options if config.exclude_degradations else {}
+    train = load_ratings(config.data, split=config.train_split, **options)
+    valid = load_ratings(config.valid_data or config.data, split=config.valid_split, **options)
     if not train:
         raise QamdtError(f"{config.data}: no clips in split '{config.train_split}'")
     if not valid:

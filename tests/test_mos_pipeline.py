@@ -178,3 +178,27 @@ def test_other_model_kinds_train_through_the_same_loop(model, rated_set, tmp_pat
     assert result["omq"]["count"] == 4
     if model["kind"] == "text-aware":
         assert result["ta"]["count"] == 4
+
+
+def test_shipped_mos_configs_are_valid():
+    from pathlib import Path
+
+    from mos_predictor.train import load_train_config
+
+    configs = sorted((Path(__file__).parent.parent / "configs" / "mos").glob("*.yaml"))
+    assert len(configs) >= 3
+    for path in configs:
+        load_train_config(path)
+
+
+def test_unknown_training_key_is_named(tmp_path):
+    from mos_predictor.train import load_train_config
+    from qamdt.errors import ConfigError
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("data: csv:x.csv\nepoch: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*unknown key.*epoch"):
+        load_train_config(path)
+    path.write_text("data: csv:x.csv\nmodel:\n  kind: embedded\n  channels: 3\n")
+    with pytest.raises(ConfigError, match="channels"):
+        load_train_config(path)

@@ -377,3 +377,40 @@ def test_plot_is_png(tmp_path, rule):
     assert out.read_bytes().startswith(PNG_MAGIC)
     with pytest.raises(QualityStatsError):
         plot_quality_distribution([], st, tmp_path / "empty.png")
+
+
+def test_quantile_rule_fills_every_level_of_a_flat_set():
+    from mos_predictor.stats import NORMAL_LEVEL_SHARES, fit_quality_stats
+
+    flat = np.linspace(1.0, 5.0, 1001)
+    five_bin = fit_quality_stats(flat)
+    assert five_bin.level_counts[1] == 0 and five_bin.level_counts[5] == 0
+    quantile = fit_quality_stats(flat, level_rule="quantile")
+    shares = np.array([quantile.level_counts[k] for k in (1, 2, 3, 4, 5)]) / flat.size
+    np.testing.assert_allclose(shares, NORMAL_LEVEL_SHARES, atol=0.003)
+    quintiles = fit_quality_stats(flat, level_rule="quantile", level_shares=[0.2] * 5)
+    counts = [quintiles.level_counts[k] for k in (1, 2, 3, 4, 5)]
+    assert sum(counts) == 1001 and all(abs(c - 200) <= 1 for c in counts)
+
+
+def test_quantile_rule_matches_five_bin_on_a_normal_set():
+    from mos_predictor.stats import fit_quality_stats
+
+    scores = np.random.default_rng(0).normal(3.8, 0.2, 200_000)
+    a = fit_quality_stats(scores)
+    b = fit_quality_stats(scores, level_rule="quantile")
+    np.testing.assert_allclose(a.level_edges, b.level_edges, atol=0.005)
+
+
+def test_quantile_rule_rejects_bad_shares_and_round_trips(tmp_path):
+    from mos_predictor.stats import QualityStats, fit_quality_stats
+    from qamdt.errors import ConfigError
+
+    scores = np.linspace(1, 5, 100)
+    with pytest.raises(ConfigError, match="level_shares"):
+        fit_quality_stats(scores, level_rule="quantile", level_shares=[0.5, 0.5])
+    with pytest.raises(ConfigError, match="level_shares only apply"):
+        fit_quality_stats(scores, level_shares=[0.2] * 5)
+    stats = fit_quality_stats(scores, level_rule="quantile")
+    stats.save(tmp_path / "s.json")
+    assert QualityStats.load(tmp_path / "s.json") == stats

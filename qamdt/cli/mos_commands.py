@@ -50,7 +50,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--data", required=True, help="corpus:MANIFEST | musiceval:ROOT | csv:FILE"
     )
-    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--split", default="test", help="split to evaluate, or 'all'")
     evaluate.add_argument(
         "--only-degradations",
         default=None,
@@ -100,8 +100,18 @@ def register(groups: argparse._SubParsersAction) -> None:
     stats.add_argument(
         "--level-rule",
         default="five-bin",
-        choices=["five-bin", "eq1"],
-        help="five-bin (default, as released) or the paper's eq. 1 as printed",
+        choices=["five-bin", "eq1", "quantile"],
+        help="five-bin (default, as released), the paper's eq. 1 as printed, or quantile "
+        "(edges at quantiles of the p-MOS set; see --level-shares)",
+    )
+    stats.add_argument(
+        "--level-shares",
+        type=float,
+        nargs=5,
+        default=None,
+        metavar="SHARE",
+        help="shares of levels 1-5 for --level-rule quantile (default: a normal set's "
+        "shares under five-bin, 2.3/13.6/68.3/13.6/2.3%%)",
     )
     stats.add_argument(
         "--prefix-sigmas",
@@ -155,7 +165,8 @@ def run_eval(args: argparse.Namespace) -> int:
     options = {}
     if args.only_degradations:
         options["only_degradations"] = set(args.only_degradations.split(","))
-    clips = load_ratings(args.data, split=args.split, **options)
+    split = None if args.split == "all" else args.split
+    clips = load_ratings(args.data, split=split, **options)
     if not clips:
         print(f"qamdt: error: {args.data}: no clips in split '{args.split}'", file=sys.stderr)
         return 2
@@ -228,6 +239,7 @@ def run_stats(args: argparse.Namespace) -> int:
             "level_rule": args.level_rule,
             "prefix_sigmas": args.prefix_sigmas,
             "prefix_thresholds": tuple(args.prefix_thresholds) if args.prefix_thresholds else None,
+            "level_shares": args.level_shares,
         }
     summary = run_stats(args.manifest, plot=not args.no_plot, **options)
     print(json.dumps(summary, default=str))
