@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from qamdt.audio_io import load_audio
 from qamdt.errors import QamdtError
@@ -63,7 +64,8 @@ def label_manifest(
     from accelerate import PartialState
     from tqdm import tqdm
 
-    state = PartialState()
+    # cpu=True lets processes started by torchrun on a machine without GPUs form a group.
+    state = PartialState(cpu=not torch.cuda.is_available())
     manifest = Path(manifest)
     if not manifest.is_file():
         raise QamdtError(f"{manifest}: manifest not found")

@@ -235,7 +235,10 @@ def train_mos_model(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    # cpu=True lets processes started by torchrun on a machine without GPUs form a group.
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available()
+    )
     set_seed(config.seed)
     train_clips, valid_clips = _load_clips(config)
 
@@ -315,11 +318,14 @@ def train_mos_model(
             "valid": metrics,
             "seconds": round(time.time() - started, 1),
         }
+        # Every process evaluates the whole validation set, so all agree on the best epoch.
+        improved = bool(np.isfinite(srcc) and srcc > best["srcc"])
+        if improved:
+            best = {"srcc": float(srcc), "epoch": epoch + 1, "valid": metrics}
         if accelerator.is_main_process:
             with open(out / LOG_NAME, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
-            if np.isfinite(srcc) and srcc > best["srcc"]:
-                best = {"srcc": float(srcc), "epoch": epoch + 1, "valid": metrics}
+            if improved:
                 unwrapped.save_pretrained(out / MODEL_DIR)
             accelerator.print(
                 f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, valid SRCC {srcc:.4f}, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -151,7 +152,8 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     summary = train_mos_model(config, args.out, progress=not args.quiet)
-    print(json.dumps(summary))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
     return 0
 
 
