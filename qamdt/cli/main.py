@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from qamdt import __version__
-from qamdt.cli import corpus_commands, manifest_commands, mos_commands
+from qamdt.cli import captions_commands, corpus_commands, manifest_commands, mos_commands
 from qamdt.errors import QamdtError
 
-COMMAND_GROUPS = (corpus_commands, manifest_commands, mos_commands)
+COMMAND_GROUPS = (corpus_commands, manifest_commands, mos_commands, captions_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

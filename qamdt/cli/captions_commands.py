@@ -1,0 +1,166 @@
+"""``qamdt captions``: caption audio, score captions with CLAP, refine a manifest, train models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    """Adds the ``captions`` command group."""
+    parser = groups.add_parser(
+        "captions",
+        help="captioners, CLAP scores and caption refinement",
+        description="Caption refinement (paper eqs. 8-10): generated captions, CLAP "
+        "filtering and merging with the original captions.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+
+    score = commands.add_parser(
+        "score",
+        help="CLAP cosine similarity of texts to one audio file; prints JSON",
+        description="Prints {text: cosine} for each --text against --audio.",
+    )
+    score.add_argument("--audio", type=Path, required=True)
+    score.add_argument("--text", action="append", required=True, help="repeatable")
+    score.add_argument("--model", required=True, help="CLAP scorer folder or name")
+    score.set_defaults(run=run_score)
+
+    caption = commands.add_parser(
+        "caption",
+        help="caption audio files; prints JSON",
+        description="Prints {path: caption} for each audio file.",
+    )
+    caption.add_argument("audio", type=Path, nargs="+")
+    caption.add_argument("--model", required=True, help="captioner folder or name")
+    caption.add_argument("--batch-size", type=int, default=8)
+    caption.set_defaults(run=run_caption)
+
+    refine = commands.add_parser(
+        "refine",
+        help="generate, CLAP-filter and merge captions of a manifest (eqs. 8-10)",
+        description="Writes generated_caption, clap scores, final_caption and caption_source "
+        "into every row; resumable; split across processes under torchrun / accelerate "
+        "launch. Thresholds are numbers or percentiles ('p8.9').",
+    )
+    refine.add_argument("manifest", type=Path)
+    refine.add_argument("--clap", required=True, help="CLAP scorer folder or name")
+    refine.add_argument("--captioner", default=None, help="captioner folder or name")
+    refine.add_argument("--merger", default="rule", choices=["rule", "llm"])
+    refine.add_argument("--llm-model", default=None, help="local instruct model folder")
+    refine.add_argument("--rho1", default="0.1", help="eq. 8 threshold (number or pX)")
+    refine.add_argument("--rho2", default="0.1", help="eq. 9 threshold (number or pX)")
+    refine.add_argument("--rho3", default="0.25", help="eq. 10 threshold (number or pX)")
+    refine.add_argument("--batch-size", type=int, default=16)
+    refine.add_argument("--regenerate", action="store_true", help="caption every clip again")
+    refine.add_argument("--quiet", action="store_true")
+    refine.set_defaults(run=run_refine)
+
+    for name, what in (("train-clap", "CLAP scorer"), ("train-captioner", "captioner")):
+        train = commands.add_parser(
+            name,
+            help=f"train the embedded {what} on a corpus manifest",
+            description=f"Trains the embedded {what} on the train split (true captions and "
+            "tags of the embedded corpus) and keeps the best validation epoch in --out.",
+        )
+        train.add_argument("--data", type=Path, required=True, help="corpus manifest")
+        train.add_argument("--out", type=Path, required=True, help="model folder")
+        train.add_argument("--epochs", type=int, default=None)
+        train.add_argument("--batch-size", type=int, default=None)
+        train.add_argument("--max-minutes", type=float, default=None)
+        train.add_argument("--seed", type=int, default=0)
+        train.set_defaults(run=run_train_clap if name == "train-clap" else run_train_captioner)
+
+
+def _score_threshold(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """Runs ``qamdt captions score``."""
+    from captioning.base import load_clap
+    from qamdt.audio_io import load_audio
+
+    scorer = load_clap(args.model)
+    wave, rate = load_audio(args.audio)
+    scores = scorer.text_audio_scores([wave] * len(args.text), rate, list(args.text))
+    print(json.dumps({text: round(float(s), 5) for text, s in zip(args.text, scores, strict=True)}))
+    return 0
+
+
+def run_caption(args: argparse.Namespace) -> int:
+    """Runs ``qamdt captions caption``."""
+    from captioning.base import load_captioner
+    from qamdt.audio_io import load_audio
+    from qamdt.errors import QamdtError
+
+    captioner = load_captioner(args.model)
+    result, waves, rates, paths = {}, [], [], []
+    for path in args.audio:
+        try:
+            wave, rate = load_audio(path)
+        except QamdtError as error:
+            result[str(path)] = {"error": str(error)}
+            continue
+        waves.append(wave)
+        rates.append(rate)
+        paths.append(str(path))
+    if waves:
+        captions = captioner.caption(waves, rates, batch_size=args.batch_size)
+        result.update(zip(paths, captions, strict=True))
+    print(json.dumps({str(p): result[str(p)] for p in args.audio}))
+    return 1 if any(isinstance(v, dict) for v in result.values()) else 0
+
+
+def run_refine(args: argparse.Namespace) -> int:
+    """Runs ``qamdt captions refine``."""
+    import os
+
+    from captioning.base import load_captioner, load_clap
+    from captioning.merge import build_merger
+    from captioning.refine import RefineSettings, refine_manifest
+
+    settings = RefineSettings(
+        rho1=_score_threshold(args.rho1),
+        rho2=_score_threshold(args.rho2),
+        rho3=_score_threshold(args.rho3),
+    )
+    summary = refine_manifest(
+        args.manifest,
+        load_clap(args.clap),
+        load_captioner(args.captioner) if args.captioner else None,
+        build_merger(args.merger, args.llm_model),
+        settings,
+        batch_size=args.batch_size,
+        regenerate=args.regenerate,
+        progress=not args.quiet,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
+    return 0
+
+
+def _options(args: argparse.Namespace) -> dict:
+    names = ("epochs", "batch_size", "max_minutes", "seed")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def run_train_clap(args: argparse.Namespace) -> int:
+    """Runs ``qamdt captions train-clap``."""
+    from captioning.train_clap import train_embedded_clap
+
+    print(json.dumps(train_embedded_clap(args.data, args.out, **_options(args)), default=str))
+    return 0
+
+
+def run_train_captioner(args: argparse.Namespace) -> int:
+    """Runs ``qamdt captions train-captioner``."""
+    from captioning.train_captioner import train_embedded_captioner
+
+    summary = train_embedded_captioner(args.data, args.out, **_options(args))
+    print(json.dumps(summary, default=str))
+    return 0
