@@ -178,3 +178,49 @@ def test_threshold_parsing():
     assert parse_threshold("p8.9") == ("percentile", 8.9)
     with pytest.raises(ConfigError, match="rho1"):
         RefineSettings(rho1="top-ten")
+
+
+def test_evaluation_scores_each_caption_set_against_the_truth():
+    from captioning.evaluate import evaluate_captions, format_evaluation
+
+    tags = {
+        "style": "baroque",
+        "instruments": ["violin", "cello"],
+        "tempo": "andante",
+        "tempo_class": "medium",
+        "bpm": 92,
+        "mode": "minor",
+        "meter": "3/4",
+    }
+    truth = "A baroque piece for violin and cello, andante at 92 BPM, in A minor and 3/4 time."
+    rows = [
+        ClipRecord(
+            id="a",
+            audio="a.wav",
+            original_caption="speech, car",
+            generated_caption=truth,
+            final_caption=truth,
+            clap={"original_audio": 0.05, "generated_audio": 0.4},
+            meta={"tags": tags, "caption_kind": "wrong", "refine": {"rho2": 0.1}},
+        ),
+        ClipRecord(
+            id="b",
+            audio="b.wav",
+            original_caption=truth,
+            generated_caption="A piece for violin.",
+            final_caption=truth,
+            clap={"original_audio": 0.3, "generated_audio": 0.2},
+            meta={"tags": tags, "caption_kind": "sentence", "refine": {"rho2": 0.1}},
+        ),
+    ]
+    result = evaluate_captions(rows)
+    f1 = {name: scores["overall"]["f1"] for name, scores in result["tag_f1"].items()}
+    assert f1["D_merge (final)"] == pytest.approx(1.0)
+    assert f1["D_o (original)"] < f1["D_merge (final)"]
+    assert result["eq9"] == {
+        "wrong_captions": 1,
+        "wrong_removed_share": 1.0,
+        "correct_captions": 1,
+        "correct_removed_share": 0.0,
+    }
+    assert "D_g (generated)" in format_evaluation({"split": "test", **result})

@@ -57,6 +57,18 @@ def register(groups: argparse._SubParsersAction) -> None:
     refine.add_argument("--quiet", action="store_true")
     refine.set_defaults(run=run_refine)
 
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="tag F1 of original, generated and final captions against the truth",
+        description="For manifests whose rows keep their true tags (the embedded corpus): "
+        "tag-level F1 of D_o, D_g and D_merge, and how many wrong / correct original "
+        "captions eq. 9 removed.",
+    )
+    evaluate.add_argument("manifest", type=Path)
+    evaluate.add_argument("--split", default="test", help="split, or 'all'")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(run=run_evaluate)
+
     for name, what in (("train-clap", "CLAP scorer"), ("train-captioner", "captioner")):
         train = commands.add_parser(
             name,
@@ -141,6 +153,15 @@ def run_refine(args: argparse.Namespace) -> int:
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Runs ``qamdt captions evaluate``."""
+    from captioning.evaluate import evaluate_manifest, format_evaluation
+
+    result = evaluate_manifest(args.manifest, None if args.split == "all" else args.split)
+    print(json.dumps(result) if args.json else format_evaluation(result))
     return 0
 
 
