@@ -1,0 +1,750 @@
+"""The LP-MusicCaps captioner (Doh et al., ISMIR 2023), rebuilt so its released weights load.
+
+Expected real checkpoint: ``transfer.pth`` from huggingface.co/seungheondoh/lp-music-caps (the
+"transfer" model: pretrained on LP-MusicCaps-MSD, fine-tuned on MusicCaps), a torch pickle
+``{"state_dict": ..., "epoch": ...}`` of the class ``BartCaptionModel`` in
+github.com/seungheondoh/lp-music-caps (``lpmc/music_captioning/model/bart.py`` and the
+``AudioEncoder``/``MelEncoder`` of ``model/modules.py``), plus a local copy of the
+``facebook/bart-base`` folder (``config.json``, ``vocab.json``, ``merges.txt``), whose config
+builds the BART and whose tokenizer decodes the captions.
+
+The model, as in that repository:
+
+* 16 kHz mono audio in 10 s chunks (160,000 samples; shorter audio is zero-padded);
+* ``MelEncoder``: STFT (n_fft 1024, win 1024, hop 160, Hann, centred, reflect padding) ->
+  *the square of the real part* of the STFT (the original takes ``spec.real.abs().pow(2)``, not
+  the squared magnitude; kept so the released weights see the features they were trained on) ->
+  128 HTK mel bands over 0-8 kHz (torchaudio ``MelScale``, no normalisation) ->
+  ``10 * log10(max(x, 1e-10))`` (torchaudio ``AmplitudeToDB``, no ``top_db``): 1001 frames;
+* ``AudioEncoder``: ``conv1`` (n_mels -> 768, kernel 3, padding 1) and ``conv_stack``, five
+  convs (768 -> 768, kernel 3, stride 2, padding 1), each followed by GELU: 1001 -> 32 frames,
+  plus a fixed sinusoidal ``positional_embedding`` buffer of ``(32, 768)``;
+* ``BartForConditionalGeneration`` (bart-base: d_model 768, 6 + 6 layers) whose encoder takes
+  the 32 frames as ``inputs_embeds`` and whose decoder writes the caption (beam search, 5 beams,
+  ``max_length`` 128, ``min_length`` 2 in the original inference script).
+
+State-dict keys of the released checkpoint (read from the repository source, the checkpoint
+itself was not available offline): ``audio_encoder.mel_encoder.spec_fn.window`` (1024,),
+``audio_encoder.mel_encoder.mel_scale.fb`` (513, 128), ``audio_encoder.conv1.{weight,bias}``,
+``audio_encoder.conv_stack.{0..4}.{weight,bias}``, ``audio_encoder.positional_embedding``
+(32, 768) and ``bart.*`` (``bart.final_logits_bias``, ``bart.model.shared.weight``,
+``bart.model.{encoder,decoder}.*``, ``bart.lm_head.weight``). The torchaudio modules are
+replaced by torch-only ones with the same buffer names, so loading stays strict.
+
+Generation: the original ``BartCaptionModel.generate`` passes only beams and lengths; everything
+else came from the bart-base ``config.json`` (``no_repeat_ngram_size`` 3, ``early_stopping``,
+``forced_bos_token_id`` 0, ``forced_eos_token_id`` 2). Those inherited values are read from the
+BART folder's ``config.json`` when the captioner is built and kept in ``generation_defaults``.
+
+Long audio: split into whole 10 s chunks like the original (``floor(len / 10 s)`` chunks, the
+remainder dropped; shorter audio padded). ``long_audio`` picks what a clip's caption is:
+``"center"`` (default) captions only the most central chunk (the earlier of two), ``"first"`` the
+first one, ``"join"`` captions every chunk and joins the captions with spaces (consecutive
+duplicates dropped). The corpus clips (10.03 s) are one chunk either way.
+
+Audio level: the original fed decoded audio unchanged, and the dB features depend on the level,
+so by default (``peak`` None) clips are not peak-normalised; set ``peak`` (e.g. 0.5, the QA-MDT
+convention) to normalise them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import pickle
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from captioning.base import CONFIG_NAME, Captioner, register_captioner
+from mos_predictor.base import CheckpointError
+from qamdt.audio_io import normalize_waveform, resample, to_mono, validate_waveform
+from qamdt.errors import ConfigError
+
+WEIGHTS_NAME = "model.safetensors"
+BART_DIR = "bart"
+FORMAT_VERSION = 1
+LONG_AUDIO_MODES = ("center", "first", "join")
+
+# Generation settings the released model inherited from the bart-base config.json.
+INHERITED_GENERATION_KEYS = (
+    "no_repeat_ngram_size",
+    "early_stopping",
+    "length_penalty",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+)
+
+
+# --------------------------------------------------------------------------- state-dict helpers
+
+
+def _short_list(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(f"'{k}'" for k in keys[:limit])
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"[{shown}]{more}"
+
+
+def load_state_strict(
+    module: nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike
+) -> None:
+    """Loads every parameter and buffer of ``module`` from ``state``, nothing more or less.
+
+    Args:
+        module: The module to fill.
+        state: Tensors by state-dict key.
+        source: The file they came from, named in errors.
+
+    Raises:
+        CheckpointError: Naming the missing or unexpected keys, or the first key whose shape
+            differs from the module's.
+    """
+    source = os.fspath(source)
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing key(s) {_short_list(missing)}")
+        if unexpected:
+            parts.append(f"unexpected key(s) {_short_list(unexpected)}")
+        raise CheckpointError(f"{source}: {'; '.join(parts)}")
+    converted = {}
+    for name, target in expected.items():
+        value = state[name]
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: key '{name}' holds a {type(value).__name__}")
+        if tuple(value.shape) != tuple(target.shape):
+            raise CheckpointError(
+                f"{source}: key '{name}' has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(target.shape)}"
+            )
+        converted[name] = value.to(dtype=target.dtype)
+    module.load_state_dict(converted, strict=True)
+
+
+def save_state_file(module: nn.Module, path: str | os.PathLike) -> None:
+    """Writes a module's state dict as safetensors, tied tensors stored once.
+
+    A key whose tensor is the same view of the same storage as an earlier key's is recorded
+    as an alias of it in the file's metadata (safetensors refuses shared tensors).
+
+    Args:
+        module: The module.
+        path: The ``.safetensors`` file to write.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    storages: set[int] = set()
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach()
+        storage = tensor.untyped_storage().data_ptr()
+        key = (storage, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+        if tensor.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        if tensor.numel() and storage in storages:
+            tensor = tensor.clone()  # another view of a storage already written
+        storages.add(storage)
+        seen[key] = name
+        tensors[name] = tensor.contiguous().cpu()
+    metadata = {"format": "pt", "aliases": json.dumps(aliases, sort_keys=True)}
+    safetensors.torch.save_file(tensors, os.fspath(path), metadata=metadata)
+
+
+def read_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Reads a file written by :func:`save_state_file`, aliases filled in.
+
+    Raises:
+        CheckpointError: If the file is missing or unreadable, or an alias is dangling.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except (OSError, safetensors.SafetensorError) as exc:
+        raise CheckpointError(f"{path}: cannot be read as safetensors ({exc})") from exc
+    for alias, target in json.loads(metadata.get("aliases", "{}")).items():
+        if target not in state:
+            raise CheckpointError(f"{path}: alias '{alias}' points at missing '{target}'")
+        state[alias] = state[target]
+    return state
+
+
+def load_torch_checkpoint(path: str | os.PathLike) -> Any:
+    """``torch.load`` with ``weights_only=True`` on the CPU, errors naming the file.
+
+    Raises:
+        CheckpointError: If the file is missing or holds anything but tensors and plain
+            containers (nothing else is unpickled).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: cannot be loaded with torch.load(weights_only=True) ({exc})"
+        ) from exc
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+
+    Raises:
+        ConfigError: On an unknown device name.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device: unknown device {name!r}") from exc
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Runs a block with torch's global generators seeded, restoring their state after."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> torch.Tensor:
+    """Whisper's sinusoidal position table, ``(length, channels)``: sines then cosines."""
+    log_timescale_increment = np.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = torch.exp(-log_timescale_increment * torch.arange(channels // 2))
+    scaled_time = torch.arange(length)[:, np.newaxis] * inv_timescales[np.newaxis, :]
+    return torch.cat([torch.sin(scaled_time), torch.cos(scaled_time)], dim=1)
+
+
+def melscale_fbanks(
+    n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int
+) -> torch.Tensor:
+    """The HTK, unnormalised mel filter bank of torchaudio's ``MelScale``, ``(n_freqs, n_mels)``."""
+    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs)
+    m_min = 2595.0 * math.log10(1.0 + f_min / 700.0)
+    m_max = 2595.0 * math.log10(1.0 + f_max / 700.0)
+    m_pts = torch.linspace(m_min, m_max, n_mels + 2)
+    f_pts = 700.0 * (10.0 ** (m_pts / 2595.0) - 1.0)
+    f_diff = f_pts[1:] - f_pts[:-1]
+    slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)
+    down_slopes = (-1.0 * slopes[:, :-2]) / f_diff[:-1]
+    up_slopes = slopes[:, 2:] / f_diff[1:]
+    return torch.max(torch.zeros(1), torch.min(down_slopes, up_slopes))
+
+
+class Spectrogram(nn.Module):
+    """Complex centred STFT, torchaudio ``Spectrogram(power=None)`` with its ``window`` buffer."""
+
+    def __init__(self, n_fft: int, win_length: int, hop_length: int):
+        super().__init__()
+        self.n_fft = n_fft
+        self.win_length = win_length
+        self.hop_length = hop_length
+        self.register_buffer("window", torch.hann_window(win_length))
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """``(B, samples)`` -> complex ``(B, n_fft // 2 + 1, frames)``."""
+        return torch.stft(
+            wav,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.win_length,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            normalized=False,
+            onesided=True,
+            return_complex=True,
+        )
+
+
+class MelScale(nn.Module):
+    """torchaudio ``MelScale`` (HTK, no norm) with its ``fb`` buffer."""
+
+    def __init__(self, n_mels: int, sample_rate: int, f_min: float, f_max: float, n_stft: int):
+        super().__init__()
+        self.register_buffer("fb", melscale_fbanks(n_stft, f_min, f_max, n_mels, sample_rate))
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        """``(B, freq, frames)`` -> ``(B, n_mels, frames)``."""
+        return torch.matmul(spec.transpose(-1, -2), self.fb).transpose(-1, -2)
+
+
+class MelEncoder(nn.Module):
+    """LP-MusicCaps' log-mel front end (see the module docstring)."""
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        f_min: float = 0.0,
+        f_max: float = 8000.0,
+        n_fft: int = 1024,
+        win_length: int = 1024,
+        hop_length: int = 160,
+        n_mels: int = 128,
+    ):
+        super().__init__()
+        self.spec_fn = Spectrogram(n_fft, win_length, hop_length)
+        self.mel_scale = MelScale(n_mels, sample_rate, f_min, f_max, n_fft // 2 + 1)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """``(B, samples)`` -> ``(B, n_mels, frames)`` in dB."""
+        spec = self.spec_fn(wav)
+        # Real part only, as in the released model (not the squared magnitude).
+        power_spec = spec.real.abs().pow(2)
+        mel_spec = self.mel_scale(power_spec)
+        return 10.0 * torch.log10(torch.clamp(mel_spec, min=1e-10))
+
+
+class AudioEncoder(nn.Module):
+    """Log-mel -> conv1 + strided conv stack (GELU) -> + sinusoidal positions."""
+
+    def __init__(
+        self,
+        n_mels: int,
+        n_ctx: int,
+        audio_dim: int,
+        text_dim: int,
+        num_of_stride_conv: int,
+        sample_rate: int = 16000,
+    ):
+        super().__init__()
+        if audio_dim != text_dim:
+            raise ConfigError(
+                f"audio_dim {audio_dim} must equal the BART width {text_dim} (no projection)"
+            )
+        self.mel_encoder = MelEncoder(
+            sample_rate=sample_rate,
+            f_max=sample_rate / 2,
+            hop_length=int(0.01 * sample_rate),
+            n_mels=n_mels,
+        )
+        self.conv1 = nn.Conv1d(n_mels, audio_dim, kernel_size=3, padding=1)
+        self.conv_stack = nn.ModuleList(
+            nn.Conv1d(audio_dim, audio_dim, kernel_size=3, stride=2, padding=1)
+            for _ in range(num_of_stride_conv)
+        )
+        self.register_buffer("positional_embedding", sinusoids(n_ctx, text_dim))
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """``(B, samples)`` -> ``(B, n_ctx, text_dim)``."""
+        x = self.mel_encoder(wav)
+        x = F.gelu(self.conv1(x))
+        for conv in self.conv_stack:
+            x = F.gelu(conv(x))
+        x = x.permute(0, 2, 1)
+        return (x + self.positional_embedding).to(x.dtype)
+
+
+class BartCaptionModel(nn.Module):
+    """LP-MusicCaps' ``BartCaptionModel``: same submodules, parameter and buffer names.
+
+    Args:
+        bart_config: A transformers ``BartConfig`` (bart-base for the released weights).
+        n_mels: Mel bands (128).
+        num_of_conv: Convolutions in the audio front end, the first unstrided (6).
+        sr: Sample rate (16000).
+        duration: Chunk length in seconds (10).
+    """
+
+    def __init__(
+        self, bart_config, n_mels: int = 128, num_of_conv: int = 6, sr: int = 16000, duration=10
+    ):
+        super().__init__()
+        from transformers import BartForConditionalGeneration
+
+        self.bart = BartForConditionalGeneration(bart_config)
+        self.n_sample = int(sr * duration)
+        self.hop_length = int(0.01 * sr)
+        self.n_frames = int(self.n_sample // self.hop_length)
+        self.num_of_stride_conv = num_of_conv - 1
+        self.n_ctx = int(self.n_frames // 2**self.num_of_stride_conv) + 1
+        self.audio_encoder = AudioEncoder(
+            n_mels=n_mels,
+            n_ctx=self.n_ctx,
+            audio_dim=bart_config.d_model,
+            text_dim=bart_config.d_model,
+            num_of_stride_conv=self.num_of_stride_conv,
+            sample_rate=sr,
+        )
+
+    def encode(self, audio: torch.Tensor):
+        """``(B, n_sample)`` chunks -> the BART encoder's output (``last_hidden_state``)."""
+        audio_embs = self.audio_encoder(audio)
+        return self.bart.model.encoder(inputs_embeds=audio_embs, return_dict=True)
+
+    @torch.no_grad()
+    def generate(self, audio: torch.Tensor, generation_config) -> torch.Tensor:
+        """Token ids of the captions of ``(B, n_sample)`` chunks."""
+        encoder_outputs = self.encode(audio)
+        return self.bart.generate(
+            encoder_outputs=encoder_outputs, generation_config=generation_config
+        )
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclasses.dataclass
+class LpMusicCapsConfig:
+    """Settings of an LP-MusicCaps captioner (all JSON-serialisable).
+
+    Attributes:
+        checkpoint: The released ``transfer.pth`` the weights came from (provenance only
+            once saved; a saved folder holds its own weights).
+        bart: The BART folder (config + tokenizer) it was built with (provenance likewise).
+        n_mels: Mel bands of the front end.
+        num_of_conv: Convolutions of the front end (1 plain + ``num_of_conv - 1`` strided).
+        duration: Chunk length in seconds.
+        num_beams: Beam width (5 in the original inference).
+        max_length: Longest caption in tokens, start token included (128).
+        min_length: Shortest caption (2).
+        repetition_penalty: 1.0 (no penalty) in the original beam search.
+        do_sample: Nucleus sampling instead of beam search.
+        top_p: Nucleus mass when sampling.
+        seed: Seed of the sampler (sampling only), for reproducible captions.
+        generation_defaults: Other ``GenerationConfig`` values, by default those inherited
+            from the BART ``config.json`` (see ``INHERITED_GENERATION_KEYS``).
+        long_audio: ``"center"``, ``"first"`` or ``"join"`` (module docstring).
+        peak: Peak-normalise clips to this before the front end; None keeps their level.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+    """
+
+    checkpoint: str | None = None
+    bart: str | None = None
+    n_mels: int = 128
+    num_of_conv: int = 6
+    duration: int = 10
+    num_beams: int = 5
+    max_length: int = 128
+    min_length: int = 2
+    repetition_penalty: float = 1.0
+    do_sample: bool = False
+    top_p: float = 0.9
+    seed: int = 0
+    generation_defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    long_audio: str = "center"
+    peak: float | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.long_audio not in LONG_AUDIO_MODES:
+            raise ConfigError(f"long_audio: {self.long_audio!r} is not one of {LONG_AUDIO_MODES}")
+        for name in ("n_mels", "num_of_conv", "duration", "num_beams", "max_length"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.min_length < 0 or self.min_length > self.max_length:
+            raise ConfigError(f"min_length: {self.min_length} is outside 0..max_length")
+        if self.peak is not None and not 0 < self.peak <= 1:
+            raise ConfigError(f"peak: must be in (0, 1] or null, got {self.peak}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "<config>") -> LpMusicCapsConfig:
+        """Builds a config, rejecting unknown keys (``kind`` and ``format_version`` ignored).
+
+        Raises:
+            ConfigError: Naming an unknown key or an invalid value.
+        """
+        values = {k: v for k, v in values.items() if k not in ("kind", "format_version")}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown lp-musiccaps setting(s) {unknown}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict."""
+        return dataclasses.asdict(self)
+
+
+def inherited_generation_defaults(bart_dir: str | os.PathLike) -> dict[str, Any]:
+    """The generation values a BART folder's raw ``config.json`` sets (bart-base: 4 of them).
+
+    Read from the JSON itself, since newer transformers move such keys out of the model config.
+    """
+    path = Path(bart_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"bart: {path} is missing; not a BART model folder")
+    raw = json.loads(path.read_text())
+    return {key: raw[key] for key in INHERITED_GENERATION_KEYS if raw.get(key) is not None}
+
+
+# --------------------------------------------------------------------------- the captioner
+
+
+def split_chunks(wave: np.ndarray, n_samples: int) -> list[np.ndarray]:
+    """LP-MusicCaps' chunking: pad to one chunk, else ``floor(len / n)`` whole chunks."""
+    if len(wave) < n_samples:
+        padded = np.zeros(n_samples, dtype=np.float32)
+        padded[: len(wave)] = wave
+        return [padded]
+    count = len(wave) // n_samples
+    return [wave[i * n_samples : (i + 1) * n_samples] for i in range(count)]
+
+
+def select_chunks(count: int, mode: str) -> list[int]:
+    """Indices of the chunks to caption: the central one, the first one, or all."""
+    if mode == "join":
+        return list(range(count))
+    if mode == "first":
+        return [0]
+    return [(count - 1) // 2]
+
+
+def join_captions(captions: list[str]) -> str:
+    """Chunk captions joined by spaces, consecutive repeats dropped."""
+    kept: list[str] = []
+    for text in captions:
+        text = text.strip()
+        if text and (not kept or kept[-1] != text):
+            kept.append(text)
+    return " ".join(kept)
+
+
+@register_captioner("lp-musiccaps")
+class LpMusicCapsCaptioner(Captioner):
+    """LP-MusicCaps behind the :class:`~captioning.base.Captioner` interface.
+
+    Build it from the released files with :meth:`from_checkpoint`, or reload a saved one with
+    :meth:`from_pretrained`.
+
+    Args:
+        model: The :class:`BartCaptionModel` (weights loaded).
+        tokenizer: The BART tokenizer.
+        config: Its settings.
+    """
+
+    sample_rate = 16000
+
+    def __init__(self, model: BartCaptionModel, tokenizer, config: LpMusicCapsConfig):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device).eval()
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+
+    # ----------------------------------------------------------------------- building
+
+    @staticmethod
+    def _load_bart(bart_dir: str | os.PathLike):
+        from transformers import AutoTokenizer, BartConfig
+
+        bart_dir = Path(bart_dir)
+        if not (bart_dir / CONFIG_NAME).is_file():
+            raise ConfigError(f"bart: {bart_dir} has no {CONFIG_NAME}; not a BART model folder")
+        try:
+            bart_config = BartConfig.from_pretrained(os.fspath(bart_dir), local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(os.fspath(bart_dir), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"bart: cannot load config/tokenizer from {bart_dir} ({exc})"
+            ) from exc
+        return bart_config, tokenizer
+
+    @staticmethod
+    def _build_model(bart_config, config: LpMusicCapsConfig) -> BartCaptionModel:
+        return BartCaptionModel(
+            bart_config,
+            n_mels=config.n_mels,
+            num_of_conv=config.num_of_conv,
+            sr=LpMusicCapsCaptioner.sample_rate,
+            duration=config.duration,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: str | os.PathLike, bart: str | os.PathLike, **settings: Any
+    ) -> LpMusicCapsCaptioner:
+        """Builds the captioner from a released ``transfer.pth`` and a local bart-base folder.
+
+        Args:
+            checkpoint: A torch checkpoint holding ``{"state_dict": ...}`` (or a bare state
+                dict) of ``BartCaptionModel``; loaded with ``weights_only=True``, strictly. A
+                ``module.`` prefix on every key (DDP training) is removed.
+            bart: Folder with the BART ``config.json`` and tokenizer files.
+            **settings: Other :class:`LpMusicCapsConfig` fields.
+
+        Raises:
+            CheckpointError: If the checkpoint cannot be read or its keys or shapes differ
+                from the model's (the keys are named).
+            ConfigError: On a bad setting or BART folder.
+        """
+        generation_defaults = inherited_generation_defaults(bart)
+        generation_defaults.update(settings.pop("generation_defaults", None) or {})
+        config = LpMusicCapsConfig.from_dict(
+            {
+                **settings,
+                "checkpoint": os.fspath(checkpoint),
+                "bart": os.fspath(bart),
+                "generation_defaults": generation_defaults,
+            }
+        )
+        bart_config, tokenizer = cls._load_bart(bart)
+        model = cls._build_model(bart_config, config)
+        obj = load_torch_checkpoint(checkpoint)
+        if isinstance(obj, Mapping) and "state_dict" in obj:
+            state = obj["state_dict"]
+        elif isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            state = obj
+        else:
+            raise CheckpointError(f"{checkpoint}: no 'state_dict' entry")
+        state = dict(state)
+        if state and all(k.startswith("module.") for k in state):
+            state = {k[len("module.") :]: v for k, v in state.items()}
+        load_state_strict(model, state, checkpoint)
+        return cls(model, tokenizer, config)
+
+    # ----------------------------------------------------------------------- captioning
+
+    def generation_config(self):
+        """The ``GenerationConfig`` the captions are decoded with."""
+        from transformers import GenerationConfig
+
+        bart_config = self.model.bart.config
+        values: dict[str, Any] = {
+            "decoder_start_token_id": bart_config.decoder_start_token_id,
+            "bos_token_id": bart_config.bos_token_id,
+            "eos_token_id": bart_config.eos_token_id,
+            "pad_token_id": bart_config.pad_token_id,
+        }
+        values.update(self.config.generation_defaults)
+        values.update(
+            max_length=self.config.max_length,
+            min_length=self.config.min_length,
+            repetition_penalty=self.config.repetition_penalty,
+        )
+        if self.config.do_sample:
+            values.update(do_sample=True, top_p=self.config.top_p, num_beams=1)
+        else:
+            values.update(do_sample=False, num_beams=self.config.num_beams)
+        if values["num_beams"] == 1:
+            # Beam-only settings; dropping them keeps transformers from warning.
+            values.pop("early_stopping", None)
+            values.pop("length_penalty", None)
+        return GenerationConfig(**values)
+
+    def _prepare(self, audio: list[np.ndarray], sample_rates: int | list[int]) -> list[np.ndarray]:
+        if len(audio) == 0:
+            raise ValueError("no audio given")
+        rates = [sample_rates] * len(audio) if isinstance(sample_rates, int) else list(sample_rates)
+        if len(rates) != len(audio):
+            raise ValueError(f"{len(audio)} clips but {len(rates)} sample rates")
+        prepared = []
+        for index, (wave, rate) in enumerate(zip(audio, rates, strict=True)):
+            wave = np.asarray(wave, dtype=np.float32)
+            validate_waveform(wave, int(rate), path=f"<audio[{index}]>", allow_silent=True)
+            wave = resample(to_mono(wave), int(rate), self.sample_rate)
+            if self.config.peak is not None:
+                wave = normalize_waveform(wave, peak=self.config.peak)
+            prepared.append(wave.astype(np.float32, copy=False))
+        return prepared
+
+    def caption_chunks(self, chunks: np.ndarray, batch_size: int = 8) -> list[str]:
+        """Captions ``(N, duration * 16000)`` chunks of 16 kHz audio, one string each."""
+        generation_config = self.generation_config()
+        captions: list[str] = []
+        for start in range(0, len(chunks), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(chunks[start : start + batch_size]))
+            with contextlib.ExitStack() as stack:
+                if self.config.do_sample:
+                    stack.enter_context(seeded(self.config.seed + start, self.device))
+                ids = self.model.generate(batch.to(self.device), generation_config)
+            texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            captions.extend(text.strip() for text in texts)
+        return captions
+
+    def caption(
+        self, audio: list[np.ndarray], sample_rates: int | list[int], batch_size: int = 8
+    ) -> list[str]:
+        """One caption per clip (see the module docstring for long audio).
+
+        Args:
+            audio: 1-D (or ``(channels, samples)``) float arrays at any rate.
+            sample_rates: One rate for all clips or one per clip.
+            batch_size: Chunks per forward pass.
+
+        Raises:
+            ValueError: On an empty batch or a rate list of the wrong length.
+            AudioError: On NaN/inf samples or an absurd rate.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        waves = self._prepare(audio, sample_rates)
+        chunks: list[np.ndarray] = []
+        owners: list[int] = []
+        for index, wave in enumerate(waves):
+            clip_chunks = split_chunks(wave, self.model.n_sample)
+            for chunk_index in select_chunks(len(clip_chunks), self.config.long_audio):
+                chunks.append(clip_chunks[chunk_index])
+                owners.append(index)
+        texts = self.caption_chunks(np.stack(chunks), batch_size=batch_size)
+        per_clip: list[list[str]] = [[] for _ in waves]
+        for owner, text in zip(owners, texts, strict=True):
+            per_clip[owner].append(text)
+        return [join_captions(parts) for parts in per_clip]
+
+    # ----------------------------------------------------------------------- save and load
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Writes ``config.json``, ``model.safetensors`` and ``bart/`` (BART config + tokenizer).
+
+        Args:
+            directory: The folder; created if missing, existing files replaced.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_state_file(self.model, directory / WEIGHTS_NAME)
+        bart_dir = directory / BART_DIR
+        bart_dir.mkdir(exist_ok=True)
+        self.model.bart.config.save_pretrained(bart_dir)
+        self.tokenizer.save_pretrained(bart_dir)
+        payload = {"kind": self.kind, "format_version": FORMAT_VERSION, **self.config.to_dict()}
+        (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> LpMusicCapsCaptioner:
+        """Rebuilds a captioner written by :meth:`save_pretrained` from that folder alone.
+
+        Raises:
+            CheckpointError: If a file is missing or the weights do not match (keys named).
+            ConfigError: If the config is not an lp-musiccaps one or holds unknown keys.
+        """
+        directory = Path(path)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise CheckpointError(f"{config_path}: missing; not a saved captioner")
+        values = json.loads(config_path.read_text())
+        if values.get("kind") != cls.kind:
+            raise ConfigError(f"{config_path}: kind {values.get('kind')!r} is not {cls.kind!r}")
+        config = LpMusicCapsConfig.from_dict(values, source=os.fspath(config_path))
+        bart_config, tokenizer = cls._load_bart(directory / BART_DIR)
+        model = cls._build_model(bart_config, config)
+        load_state_strict(
+            model, read_state_file(directory / WEIGHTS_NAME), directory / WEIGHTS_NAME
+        )
+        return cls(model, tokenizer, config)
