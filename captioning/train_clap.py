@@ -1,0 +1,538 @@
+"""Training of the embedded CLAP model on a corpus manifest, and retrieval metrics.
+
+:func:`train_embedded_clap` pairs each clip of the train split with its true caption
+(``meta.true_caption``) and, as augmentation with probability ``tag_caption_prob``, with
+the tag-list form of the truth (the values of ``meta.tags`` joined by commas). It
+minimises the symmetric InfoNCE loss of CLIP with AdamW and a cosine schedule. Clips
+with the same true caption (windows of one piece and variant) are all positives of each
+other in a batch, so they are not pushed apart as false negatives.
+
+Speed on a CPU comes from work done once: every clip's log-mel is computed once and kept
+in memory (training crops random windows from it; the front end has no weights), and the
+frozen text encoder embeds each distinct caption once. The epoch with the best validation
+retrieval (``select_metric``, text-to-audio recall@1 by default) is kept.
+
+Output folder: the model (``config.json`` + ``model.safetensors``, so ``load_clap(out)``
+loads it), ``train_log.jsonl`` (one line per epoch), ``metrics.json`` (best epoch,
+validation and test retrieval, timings), and while training runs ``checkpoint.pt`` (the
+last epoch, for ``resume=True``), removed at the end.
+
+Determinism: the initial weights, each epoch's order, crops and caption forms and the
+dropout masks derive from ``seed`` (and the epoch), so a run repeats exactly on the same
+machine, thread count and library versions, and a resumed run continues as an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from captioning.base import ClapScorer
+from captioning.embedded_clap import EmbeddedClapConfig, EmbeddedClapScorer
+from qamdt.audio_io import load_audio, normalize_waveform
+from qamdt.errors import ConfigError, QamdtError
+from qamdt.manifest import ClipRecord, read_manifest
+
+LOG_NAME = "train_log.jsonl"
+METRICS_NAME = "metrics.json"
+CHECKPOINT_NAME = "checkpoint.pt"
+SELECT_METRICS = ("t2a_r1", "t2a_r5", "a2t_r1", "a2t_r5", "caption_t2a_r1", "caption_a2t_r1")
+# Later tie-breakers of select_metric, in order.
+_TIE_BREAKERS = ("t2a_r5", "caption_t2a_r1", "a2t_r1")
+_TAG_ORDER = (
+    "style",
+    "form",
+    "composer",
+    "tradition",
+    "ensemble",
+    "instruments",
+    "tempo",
+    "bpm",
+    "key",
+    "meter",
+)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """Order of each row's candidates, best first, ties broken by the lower index."""
+    return np.argsort(-scores, axis=1, kind="stable")
+
+
+def _first_hit(order: np.ndarray, hit: np.ndarray) -> np.ndarray:
+    """Rank (0-based) of the first candidate of each row marked in ``hit``."""
+    marked = np.take_along_axis(hit, order, axis=1)
+    return np.argmax(marked, axis=1)
+
+
+def retrieval_metrics(
+    audio_emb: np.ndarray, text_emb: np.ndarray, captions: Sequence[str]
+) -> dict[str, float]:
+    """Retrieval recall of paired embeddings (text ``i`` belongs to audio ``i``).
+
+    Exact metrics count a hit only for the paired item; ties are broken by index, so an
+    embedding that scores everything alike ranks item 0 first. Caption-level metrics
+    accept any clip whose caption equals the query's (text to audio) and rank the
+    distinct captions (audio to text): clips of one piece and variant share a caption, so
+    the exact task is partly ambiguous.
+
+    Args:
+        audio_emb: ``(N, D)`` L2-normalised audio embeddings.
+        text_emb: ``(N, D)`` L2-normalised text embeddings.
+        captions: The ``N`` captions the text embeddings came from.
+
+    Returns:
+        ``t2a_r1``, ``t2a_r5``, ``a2t_r1``, ``a2t_r5``, ``caption_t2a_r1``,
+        ``caption_t2a_r5``, ``caption_a2t_r1``, ``caption_a2t_r5``, ``count`` (N) and
+        ``distinct_captions``.
+
+    Raises:
+        ValueError: If the shapes or counts do not match or N is 0.
+    """
+    audio_emb = np.asarray(audio_emb, dtype=np.float64)
+    text_emb = np.asarray(text_emb, dtype=np.float64)
+    n = len(captions)
+    if n == 0 or audio_emb.shape[0] != n or text_emb.shape[0] != n:
+        raise ValueError(
+            f"need N > 0 matching rows, got {audio_emb.shape[0]} audio, {text_emb.shape[0]} "
+            f"text embeddings and {n} captions"
+        )
+    sim = text_emb @ audio_emb.T  # (texts, audio)
+    eye = np.eye(n, dtype=bool)
+    t2a = _first_hit(_ranks(sim), eye)
+    a2t = _first_hit(_ranks(sim.T), eye)
+
+    distinct, caption_ids = np.unique(np.asarray(captions, dtype=object), return_inverse=True)
+    same = caption_ids[:, None] == caption_ids[None, :]
+    caption_t2a = _first_hit(_ranks(sim), same)
+    # Audio to distinct captions: the first text of each caption stands for it.
+    first = np.array([np.flatnonzero(caption_ids == c)[0] for c in range(len(distinct))])
+    owns = caption_ids[:, None] == np.arange(len(distinct))[None, :]
+    caption_a2t = _first_hit(_ranks(sim.T[:, first]), owns)
+
+    def recall(rank: np.ndarray, k: int) -> float:
+        return float(np.mean(rank < k))
+
+    return {
+        "t2a_r1": recall(t2a, 1),
+        "t2a_r5": recall(t2a, 5),
+        "a2t_r1": recall(a2t, 1),
+        "a2t_r5": recall(a2t, 5),
+        "caption_t2a_r1": recall(caption_t2a, 1),
+        "caption_t2a_r5": recall(caption_t2a, 5),
+        "caption_a2t_r1": recall(caption_a2t, 1),
+        "caption_a2t_r5": recall(caption_a2t, 5),
+        "count": n,
+        "distinct_captions": len(distinct),
+    }
+
+
+def evaluate_retrieval(
+    scorer: ClapScorer,
+    clips_audio: Sequence[np.ndarray],
+    captions: Sequence[str],
+    sample_rates: int | Sequence[int] | None = None,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Text-to-audio and audio-to-text retrieval recall of any CLAP scorer.
+
+    Args:
+        scorer: The scorer.
+        clips_audio: One clip per caption.
+        captions: ``captions[i]`` describes ``clips_audio[i]``.
+        sample_rates: Rate(s) of the clips; ``None`` means the scorer's own rate.
+        batch_size: Passed to ``embed_audio``.
+
+    Returns:
+        See :func:`retrieval_metrics`.
+
+    Raises:
+        ValueError: If the counts differ or nothing is given.
+    """
+    if len(clips_audio) != len(captions):
+        raise ValueError(f"{len(clips_audio)} clips but {len(captions)} captions")
+    rates = scorer.sample_rate if sample_rates is None else sample_rates
+    rates = rates if isinstance(rates, int) else list(rates)
+    audio_emb = scorer.embed_audio(list(clips_audio), rates, batch_size=batch_size)
+    text_emb = scorer.embed_text(list(captions))
+    return retrieval_metrics(audio_emb, text_emb, list(captions))
+
+
+# -------------------------------------------------------------------------------- data
+
+
+def tag_caption(tags: Mapping[str, Any]) -> str:
+    """The tag-list form of a clip's truth: ``meta.tags`` values joined by commas.
+
+    Known fields come first in a fixed order (``instrument_families``, ``tempo_class``
+    and ``mode`` are left out: they repeat other fields); lists are flattened and the
+    tempo in BPM is written ``"66 BPM"``.
+
+    Args:
+        tags: The clip's ``meta.tags``.
+
+    Returns:
+        E.g. ``"renaissance, madrigal, Claudio Monteverdi, ..., adagio, 66 BPM, F# minor, 4/4"``.
+    """
+    parts: list[str] = []
+    for key in _TAG_ORDER:
+        value = tags.get(key)
+        if value is None or value == "" or value == []:
+            continue
+        if isinstance(value, (list, tuple)):
+            parts += [str(v) for v in value]
+        elif key == "bpm":
+            parts.append(f"{value} BPM")
+        else:
+            parts.append(str(value))
+    return ", ".join(parts)
+
+
+def _true_caption(record: ClipRecord) -> str | None:
+    caption = (record.meta or {}).get("true_caption")
+    return caption if isinstance(caption, str) and caption.strip() else None
+
+
+class _Split:
+    """The clips of one split: log-mels and caption indices into the text table."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.mels: list[torch.Tensor] = []
+        self.captions: list[str] = []
+        self.sentence_ids: list[int] = []
+        self.tag_ids: list[int | None] = []
+
+
+def _load_splits(
+    manifest: str | os.PathLike,
+    scorer: EmbeddedClapScorer,
+    log: Callable[[str], None],
+) -> tuple[dict[str, _Split], list[str]]:
+    """Reads the manifest, decodes and log-mels every clip with a true caption."""
+    manifest = Path(manifest)
+    records = read_manifest(manifest)
+    texts: list[str] = []
+    text_index: dict[str, int] = {}
+
+    def text_id(text: str) -> int:
+        if text not in text_index:
+            text_index[text] = len(texts)
+            texts.append(text)
+        return text_index[text]
+
+    splits = {name: _Split(name) for name in ("train", "valid", "test")}
+    skipped = 0
+    for record in records:
+        caption = _true_caption(record)
+        if record.split not in splits or caption is None:
+            skipped += 1
+            continue
+        wave, _ = load_audio(
+            record.audio_path(manifest.parent),
+            sample_rate=scorer.sample_rate,
+            offset=float(record.offset or 0.0),
+            duration=record.duration,
+            allow_silent=True,
+        )
+        split = splits[record.split]
+        split.mels.append(scorer.log_mel(normalize_waveform(wave)).cpu())
+        split.captions.append(caption)
+        split.sentence_ids.append(text_id(caption))
+        tags = (record.meta or {}).get("tags")
+        tag_text = tag_caption(tags) if isinstance(tags, Mapping) else ""
+        split.tag_ids.append(text_id(tag_text) if tag_text else None)
+    if skipped:
+        log(f"skipped {skipped} clip(s) outside train/valid/test or without meta.true_caption")
+    if len(splits["train"].mels) < 2:
+        raise QamdtError(f"{manifest}: need at least 2 train clips with meta.true_caption")
+    if not splits["valid"].mels:
+        raise QamdtError(f"{manifest}: no valid clips with meta.true_caption to select on")
+    return splits, texts
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def _contrastive_loss(
+    audio: torch.Tensor, text: torch.Tensor, groups: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE; every pair with the same group id is a positive."""
+    logits = scale * audio @ text.T
+    positives = (groups[:, None] == groups[None, :]).to(logits.dtype)
+    targets = positives / positives.sum(dim=1, keepdim=True)
+    a2t = torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
+    t2a = torch.sum(-targets * F.log_softmax(logits.T, dim=1), dim=1).mean()
+    return (a2t + t2a) / 2
+
+
+def _random_crop(mel: torch.Tensor, frames: int, rng: np.random.Generator) -> torch.Tensor:
+    if mel.shape[1] <= frames:
+        return F.pad(mel, (0, frames - mel.shape[1]), value=math.log(1e-5))
+    start = int(rng.integers(0, mel.shape[1] - frames + 1))
+    return mel[:, start : start + frames]
+
+
+def _spec_augment(
+    mel: torch.Tensor, freq_mask: int, time_mask: int, fill: float, rng: np.random.Generator
+) -> torch.Tensor:
+    """One frequency band and one time span of random width set to ``fill``."""
+    mel = mel.clone()
+    for axis, limit in ((0, freq_mask), (1, time_mask)):
+        width = int(rng.integers(0, limit + 1)) if limit > 0 else 0
+        if 0 < width < mel.shape[axis]:
+            start = int(rng.integers(0, mel.shape[axis] - width + 1))
+            mel.narrow(axis, start, width).fill_(fill)
+    return mel
+
+
+def _evaluate(
+    scorer: EmbeddedClapScorer, split: _Split, text_features: torch.Tensor
+) -> dict[str, float]:
+    audio_emb = scorer.embed_mels(split.mels, batch_size=32)
+    with torch.no_grad():
+        scorer.heads.eval()
+        text_emb = scorer.heads.embed_sentences(text_features[split.sentence_ids])
+    return retrieval_metrics(audio_emb, text_emb.cpu().numpy(), split.captions)
+
+
+def _selection_key(metrics: Mapping[str, float], select_metric: str) -> tuple[float, ...]:
+    return tuple(metrics[k] for k in (select_metric, *_TIE_BREAKERS))
+
+
+def _cosine_lr(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_embedded_clap(
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    epochs: int = 40,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    max_minutes: float | None = None,
+    *,
+    config: EmbeddedClapConfig | Mapping[str, Any] | None = None,
+    weight_decay: float = 0.05,
+    tag_caption_prob: float = 0.25,
+    freq_mask: int = 0,
+    time_mask: int = 0,
+    warmup_epochs: float = 1.0,
+    select_metric: str = "t2a_r1",
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Trains the embedded CLAP model on a corpus manifest and saves the best epoch.
+
+    Args:
+        manifest: Corpus ``manifest.jsonl`` (clips need ``meta.true_caption``; train and
+            valid splits are required, test is evaluated when present).
+        out_dir: Output folder (see the module docstring).
+        epochs: Passes over the train split.
+        batch_size: Clips per step (the negatives of each contrastive step).
+        lr: Peak AdamW learning rate (linear warmup, cosine decay over ``epochs``).
+        seed: Seed of everything random.
+        max_minutes: Stop before an epoch that would end past this budget (counted from
+            the start, data loading included); ``None``: no limit.
+        config: Model hyperparameters (:class:`EmbeddedClapConfig` or its dict).
+        weight_decay: AdamW weight decay (not applied to biases, norms or the scale).
+        tag_caption_prob: Probability of pairing a train clip with the tag-list form of
+            its truth instead of the sentence.
+        freq_mask: SpecAugment: the widest band of mel bins set to the mean level in
+            each training crop (a random width in ``[0, freq_mask]``); 0 disables it.
+        time_mask: Like ``freq_mask`` for a span of frames.
+        warmup_epochs: Length of the linear learning-rate warmup.
+        select_metric: Validation metric that picks the kept epoch (one of
+            ``SELECT_METRICS``); ties go to ``t2a_r5``, then caption-level recall.
+        resume: Continue from ``out_dir/checkpoint.pt`` when it exists.
+        device: Where to train.
+        log: Progress messages go here; ``None`` silences them.
+
+    Returns:
+        The content of ``metrics.json``.
+
+    Raises:
+        ConfigError: On an invalid argument.
+        QamdtError: If the manifest lacks train or valid clips with true captions.
+    """
+    if epochs < 1 or batch_size < 2 or lr <= 0:
+        raise ConfigError(
+            f"need epochs >= 1, batch_size >= 2 and lr > 0, got {epochs}, {batch_size}, {lr}"
+        )
+    if select_metric not in SELECT_METRICS:
+        raise ConfigError(f"select_metric must be one of {SELECT_METRICS}, got {select_metric!r}")
+    if not 0 <= tag_caption_prob <= 1:
+        raise ConfigError(f"tag_caption_prob must be in [0, 1], got {tag_caption_prob}")
+    say = log or (lambda _message: None)
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(seed)
+    scorer = EmbeddedClapScorer(config).to(device)
+    splits, texts = _load_splits(manifest, scorer, say)
+    text_features = scorer.text_features(texts, batch_size=64)
+    train = splits["train"]
+    data_seconds = time.monotonic() - started
+    say(
+        f"data: {len(train.mels)} train, {len(splits['valid'].mels)} valid, "
+        f"{len(splits['test'].mels)} test clips, {len(texts)} distinct texts "
+        f"({data_seconds:.0f} s)"
+    )
+
+    heads = scorer.heads
+    decay = [p for n, p in heads.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in heads.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
+        lr=lr,
+    )
+    steps_per_epoch = max(1, len(train.mels) // batch_size)
+    total_steps = epochs * steps_per_epoch
+    warmup_steps = max(1, round(warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _cosine_lr(step, total_steps, warmup_steps)
+    )
+
+    start_epoch, best, best_epoch, history = 0, None, None, []
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+    if resume and checkpoint_path.is_file():
+        saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        heads.load_state_dict(saved["heads"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        start_epoch, best_epoch = int(saved["epoch"]) + 1, saved["best_epoch"]
+        best = json.loads(saved["best"]) if saved["best"] else None
+        history = json.loads(saved["history"])
+        say(f"resumed after epoch {start_epoch - 1}")
+    elif (out_dir / LOG_NAME).exists():
+        (out_dir / LOG_NAME).unlink()
+
+    sentence_ids = torch.tensor(train.sentence_ids)
+    tag_ids = torch.tensor([t if t is not None else -1 for t in train.tag_ids])
+    epoch_seconds: list[float] = []
+    for epoch in range(start_epoch, epochs):
+        elapsed = time.monotonic() - started
+        if max_minutes is not None and epoch_seconds:
+            if elapsed + np.mean(epoch_seconds[-3:]) > 60 * max_minutes:
+                say(f"stopping before epoch {epoch}: max_minutes={max_minutes} reached")
+                break
+        tick = time.monotonic()
+        rng = np.random.default_rng([seed, epoch])
+        torch.manual_seed(seed * 100003 + epoch)
+        heads.train()
+        order = rng.permutation(len(train.mels))
+        losses = []
+        for step in range(steps_per_epoch):
+            rows = order[step * batch_size : (step + 1) * batch_size]
+            crops = [_random_crop(train.mels[i], scorer.window_frames, rng) for i in rows]
+            if freq_mask or time_mask:
+                fill = scorer.config.mel_mean
+                crops = [_spec_augment(c, freq_mask, time_mask, fill, rng) for c in crops]
+            mels = torch.stack(crops).to(device)
+            use_tag = rng.random(len(rows)) < tag_caption_prob
+            ids = torch.where(
+                torch.from_numpy(use_tag) & (tag_ids[rows] >= 0), tag_ids[rows], sentence_ids[rows]
+            )
+            audio = heads.embed_windows(mels)
+            text = heads.embed_sentences(text_features[ids.to(text_features.device)])
+            loss = _contrastive_loss(
+                audio, text, sentence_ids[rows].to(device), heads.logit_scale()
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+        valid = _evaluate(scorer, splits["valid"], text_features)
+        epoch_seconds.append(time.monotonic() - tick)
+        entry = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "lr": float(scheduler.get_last_lr()[0]),
+            "logit_scale": float(heads.logit_scale().detach()),
+            "seconds": round(epoch_seconds[-1], 2),
+            "valid": valid,
+        }
+        history.append(entry)
+        with open(out_dir / LOG_NAME, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry, sort_keys=True) + "\n")
+        improved = best is None or _selection_key(valid, select_metric) > _selection_key(
+            best, select_metric
+        )
+        if improved:
+            best, best_epoch = valid, epoch
+            scorer.save_pretrained(out_dir)
+        say(
+            f"epoch {epoch}: loss {entry['loss']:.3f}, valid t2a R@1 {valid['t2a_r1']:.3f} "
+            f"R@5 {valid['t2a_r5']:.3f}, caption t2a R@1 {valid['caption_t2a_r1']:.3f}"
+            f"{' *' if improved else ''} ({epoch_seconds[-1]:.1f} s)"
+        )
+        torch.save(
+            {
+                "heads": heads.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "best_epoch": best_epoch,
+                "best": json.dumps(best),
+                "history": json.dumps(history),
+            },
+            checkpoint_path,
+        )
+
+    if best_epoch is None:
+        raise QamdtError("no epoch was trained: max_minutes is too small")
+    final = EmbeddedClapScorer.from_pretrained(out_dir).to(device)
+    final_features = final.text_features(texts, batch_size=64)
+    metrics: dict[str, Any] = {
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "select_metric": select_metric,
+        "valid": _evaluate(final, splits["valid"], final_features),
+    }
+    if splits["test"].mels:
+        metrics["test"] = _evaluate(final, splits["test"], final_features)
+    metrics.update(
+        {
+            "train_clips": len(train.mels),
+            "distinct_texts": len(texts),
+            "data_seconds": round(data_seconds, 1),
+            "train_seconds": round(float(np.sum(epoch_seconds)), 1),
+            "total_seconds": round(time.monotonic() - started, 1),
+            "settings": {
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "seed": seed,
+                "weight_decay": weight_decay,
+                "tag_caption_prob": tag_caption_prob,
+                "freq_mask": freq_mask,
+                "time_mask": time_mask,
+                "warmup_epochs": warmup_epochs,
+                "max_minutes": max_minutes,
+            },
+        }
+    )
+    with open(out_dir / METRICS_NAME, "w", encoding="utf-8") as handle:
+        json.dump(metrics, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    checkpoint_path.unlink(missing_ok=True)
+    return metrics
