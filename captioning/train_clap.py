@@ -2,10 +2,12 @@
 
 :func:`train_embedded_clap` pairs each clip of the train split with its true caption
 (``meta.true_caption``) and, as augmentation with probability ``tag_caption_prob``, with
-the tag-list form of the truth (the values of ``meta.tags`` joined by commas). It
-minimises the symmetric InfoNCE loss of CLIP with AdamW and a cosine schedule. Clips
-with the same true caption (windows of one piece and variant) are all positives of each
-other in a batch, so they are not pushed apart as false negatives.
+the tag-list form of the truth (the values of ``meta.tags`` joined by commas). Each
+step sees a random ``window_seconds`` crop of every clip, with one frequency band and one
+time span masked (SpecAugment). It minimises the symmetric InfoNCE loss of CLIP with
+AdamW and a cosine schedule. Clips with the same true caption (clips of one piece and
+variant) are all positives of each other in a batch, so they are not pushed apart as
+false negatives.
 
 Speed on a CPU comes from work done once: every clip's log-mel is computed once and kept
 in memory (training crops random windows from it; the front end has no weights), and the
@@ -331,8 +333,8 @@ def train_embedded_clap(
     config: EmbeddedClapConfig | Mapping[str, Any] | None = None,
     weight_decay: float = 0.05,
     tag_caption_prob: float = 0.25,
-    freq_mask: int = 0,
-    time_mask: int = 0,
+    freq_mask: int = 12,
+    time_mask: int = 60,
     warmup_epochs: float = 1.0,
     select_metric: str = "t2a_r1",
     resume: bool = False,
@@ -357,7 +359,7 @@ def train_embedded_clap(
             its truth instead of the sentence.
         freq_mask: SpecAugment: the widest band of mel bins set to the mean level in
             each training crop (a random width in ``[0, freq_mask]``); 0 disables it.
-        time_mask: Like ``freq_mask`` for a span of frames.
+        time_mask: Like ``freq_mask`` for a span of frames (60 frames = 0.7 s).
         warmup_epochs: Length of the linear learning-rate warmup.
         select_metric: Validation metric that picks the kept epoch (one of
             ``SELECT_METRICS``); ties go to ``t2a_r5``, then caption-level recall.
@@ -422,8 +424,10 @@ def train_embedded_clap(
         best = json.loads(saved["best"]) if saved["best"] else None
         history = json.loads(saved["history"])
         say(f"resumed after epoch {start_epoch - 1}")
-    elif (out_dir / LOG_NAME).exists():
-        (out_dir / LOG_NAME).unlink()
+    # The log restarts from the checkpoint's history (empty for a fresh run), dropping
+    # lines of an epoch that was logged but not checkpointed.
+    with open(out_dir / LOG_NAME, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(entry, sort_keys=True) + "\n" for entry in history)
 
     sentence_ids = torch.tensor(train.sentence_ids)
     tag_ids = torch.tensor([t if t is not None else -1 for t in train.tag_ids])
@@ -480,11 +484,6 @@ def train_embedded_clap(
         if improved:
             best, best_epoch = valid, epoch
             scorer.save_pretrained(out_dir)
-        say(
-            f"epoch {epoch}: loss {entry['loss']:.3f}, valid t2a R@1 {valid['t2a_r1']:.3f} "
-            f"R@5 {valid['t2a_r5']:.3f}, caption t2a R@1 {valid['caption_t2a_r1']:.3f}"
-            f"{' *' if improved else ''} ({epoch_seconds[-1]:.1f} s)"
-        )
         torch.save(
             {
                 "heads": heads.state_dict(),
@@ -496,6 +495,11 @@ def train_embedded_clap(
                 "history": json.dumps(history),
             },
             checkpoint_path,
+        )
+        say(
+            f"epoch {epoch}: loss {entry['loss']:.3f}, valid t2a R@1 {valid['t2a_r1']:.3f} "
+            f"R@5 {valid['t2a_r5']:.3f}, caption t2a R@1 {valid['caption_t2a_r1']:.3f}"
+            f"{' *' if improved else ''} ({epoch_seconds[-1]:.1f} s)"
         )
 
     if best_epoch is None:

@@ -274,6 +274,33 @@ def test_train_embedded_clap(tmp_path):
     assert a == (tmp_path / "again" / "model.safetensors").read_bytes()
 
 
+def test_train_embedded_clap_resume_matches_uninterrupted(tmp_path):
+    manifest = _corpus(tmp_path)
+    kwargs = dict(epochs=2, batch_size=4, lr=1e-2, seed=1, config=TINY_EMBEDDED)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first_epoch(message):
+        if message.startswith("epoch 0"):
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_embedded_clap(manifest, tmp_path / "run", log=stop_after_first_epoch, **kwargs)
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    messages = []
+    resumed = train_embedded_clap(
+        manifest, tmp_path / "run", resume=True, log=messages.append, **kwargs
+    )
+    assert "resumed after epoch 0" in messages
+    straight = train_embedded_clap(manifest, tmp_path / "straight", log=None, **kwargs)
+    assert resumed["valid"] == straight["valid"]
+    log = (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [0, 1]
+    run_state = (tmp_path / "run" / "model.safetensors").read_bytes()
+    assert run_state == (tmp_path / "straight" / "model.safetensors").read_bytes()
+
+
 def test_train_embedded_clap_errors(tmp_path):
     manifest = _corpus(tmp_path)
     with pytest.raises(ConfigError):
