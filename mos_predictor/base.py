@@ -13,6 +13,7 @@ not fetched again) and then loads every weight strictly.
 
 from __future__ import annotations
 
+import abc
 import copy
 import dataclasses
 import json
@@ -175,7 +176,7 @@ class ScoreHead(nn.Sequential):
         return super().forward(x).squeeze(-1)
 
 
-class MosModel(nn.Module):
+class MosModel(nn.Module, abc.ABC):
     """Base class of the MOS models.
 
     Subclasses are built from a :class:`MosModelConfig` and implement :meth:`forward`.
@@ -208,6 +209,7 @@ class MosModel(nn.Module):
 
     # ----------------------------------------------------------------------------- forward
 
+    @abc.abstractmethod
     def forward(
         self,
         waveforms: torch.Tensor,
@@ -225,7 +227,6 @@ class MosModel(nn.Module):
         Returns:
             The scores and the auxiliary loss.
         """
-        raise NotImplementedError
 
     def scale_omq(self, raw: torch.Tensor) -> torch.Tensor:
         """Maps the head's raw output to MOS units with ``score_offset`` and ``score_scale``."""
