@@ -54,21 +54,24 @@ import dataclasses
 import json
 import math
 import os
-import pickle
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from captioning.base import CONFIG_NAME, Captioner, register_captioner
-from mos_predictor.base import CheckpointError
 from qamdt.audio_io import normalize_waveform, resample, to_mono, validate_waveform
+from qamdt.checkpoints import (
+    CheckpointError,
+    load_state_strict,
+    load_torch_checkpoint,
+    read_state_file,
+    save_state_file,
+)
 from qamdt.errors import ConfigError
 
 WEIGHTS_NAME = "model.safetensors"
@@ -84,124 +87,6 @@ INHERITED_GENERATION_KEYS = (
     "forced_bos_token_id",
     "forced_eos_token_id",
 )
-
-
-# --------------------------------------------------------------------------- state-dict helpers
-
-
-def _short_list(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(f"'{k}'" for k in keys[:limit])
-    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return f"[{shown}]{more}"
-
-
-def load_state_strict(
-    module: nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike
-) -> None:
-    """Loads every parameter and buffer of ``module`` from ``state``, nothing more or less.
-
-    Args:
-        module: The module to fill.
-        state: Tensors by state-dict key.
-        source: The file they came from, named in errors.
-
-    Raises:
-        CheckpointError: Naming the missing or unexpected keys, or the first key whose shape
-            differs from the module's.
-    """
-    source = os.fspath(source)
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing key(s) {_short_list(missing)}")
-        if unexpected:
-            parts.append(f"unexpected key(s) {_short_list(unexpected)}")
-        raise CheckpointError(f"{source}: {'; '.join(parts)}")
-    converted = {}
-    for name, target in expected.items():
-        value = state[name]
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{source}: key '{name}' holds a {type(value).__name__}")
-        if tuple(value.shape) != tuple(target.shape):
-            raise CheckpointError(
-                f"{source}: key '{name}' has shape {tuple(value.shape)}, the model expects "
-                f"{tuple(target.shape)}"
-            )
-        converted[name] = value.to(dtype=target.dtype)
-    module.load_state_dict(converted, strict=True)
-
-
-def save_state_file(module: nn.Module, path: str | os.PathLike) -> None:
-    """Writes a module's state dict as safetensors, tied tensors stored once.
-
-    A key whose tensor is the same view of the same storage as an earlier key's is recorded
-    as an alias of it in the file's metadata (safetensors refuses shared tensors).
-
-    Args:
-        module: The module.
-        path: The ``.safetensors`` file to write.
-    """
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[tuple, str] = {}
-    storages: set[int] = set()
-    for name, tensor in module.state_dict().items():
-        tensor = tensor.detach()
-        storage = tensor.untyped_storage().data_ptr()
-        key = (storage, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
-        if tensor.numel() and key in seen:
-            aliases[name] = seen[key]
-            continue
-        if tensor.numel() and storage in storages:
-            tensor = tensor.clone()  # another view of a storage already written
-        storages.add(storage)
-        seen[key] = name
-        tensors[name] = tensor.contiguous().cpu()
-    metadata = {"format": "pt", "aliases": json.dumps(aliases, sort_keys=True)}
-    safetensors.torch.save_file(tensors, os.fspath(path), metadata=metadata)
-
-
-def read_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Reads a file written by :func:`save_state_file`, aliases filled in.
-
-    Raises:
-        CheckpointError: If the file is missing or unreadable, or an alias is dangling.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except (OSError, safetensors.SafetensorError) as exc:
-        raise CheckpointError(f"{path}: cannot be read as safetensors ({exc})") from exc
-    for alias, target in json.loads(metadata.get("aliases", "{}")).items():
-        if target not in state:
-            raise CheckpointError(f"{path}: alias '{alias}' points at missing '{target}'")
-        state[alias] = state[target]
-    return state
-
-
-def load_torch_checkpoint(path: str | os.PathLike) -> Any:
-    """``torch.load`` with ``weights_only=True`` on the CPU, errors naming the file.
-
-    Raises:
-        CheckpointError: If the file is missing or holds anything but tensors and plain
-            containers (nothing else is unpickled).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path}: cannot be loaded with torch.load(weights_only=True) ({exc})"
-        ) from exc
 
 
 def resolve_device(name: str) -> torch.device:

@@ -54,15 +54,14 @@ import torch
 from torch import nn
 
 from captioning.base import CONFIG_NAME, Captioner, prepare_audio, register_captioner
-from captioning.lp_musiccaps import (
+from captioning.lp_musiccaps import resolve_device, seeded
+from qamdt.checkpoints import (
+    CheckpointError,
     load_state_strict,
     load_torch_checkpoint,
     read_state_file,
-    resolve_device,
     save_state_file,
-    seeded,
 )
-from mos_predictor.base import CheckpointError
 from qamdt.errors import ConfigError
 
 PROJECTION_NAME = "projection.safetensors"

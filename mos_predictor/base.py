@@ -16,31 +16,25 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import safetensors
-import safetensors.torch
 import torch
 from torch import nn
 
 from mos_predictor.config import MosModelConfig
 from qamdt.audio_io import normalize_waveform, resample, to_mono, validate_waveform
-from qamdt.errors import ConfigError, QamdtError
+from qamdt.checkpoints import CheckpointError, load_state_strict, read_state_file, save_state_file
+from qamdt.errors import ConfigError
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 WEIGHTS_FORMAT_VERSION = "1"
 
 MODEL_REGISTRY: dict[str, type[MosModel]] = {}
-
-
-class CheckpointError(QamdtError, ValueError):
-    """A saved model folder or weights file that does not match the model it describes."""
 
 
 @dataclasses.dataclass
@@ -422,36 +416,8 @@ class MosModel(nn.Module, abc.ABC):
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors: dict[str, torch.Tensor] = {}
-        aliases: dict[str, str] = {}
-        seen: dict[tuple, str] = {}
-        storages: set[int] = set()
-        for name, tensor in self.state_dict().items():
-            tensor = tensor.detach()
-            key = (
-                tensor.untyped_storage().data_ptr(),
-                tensor.storage_offset(),
-                tuple(tensor.shape),
-                tuple(tensor.stride()),
-                tensor.dtype,
-            )
-            if tensor.numel() and key in seen:
-                aliases[name] = seen[key]
-                continue
-            storage = tensor.untyped_storage().data_ptr()
-            if tensor.numel() and storage in storages:
-                # Overlapping views of one storage cannot be saved as they are.
-                tensor = tensor.clone()
-            storages.add(storage)
-            seen[key] = name
-            tensors[name] = tensor.contiguous().cpu()
-        metadata = {
-            "format": "pt",
-            "format_version": WEIGHTS_FORMAT_VERSION,
-            "kind": self.config.kind,
-            "aliases": json.dumps(aliases, sort_keys=True),
-        }
-        safetensors.torch.save_file(tensors, str(directory / WEIGHTS_NAME), metadata=metadata)
+        metadata = {"format_version": WEIGHTS_FORMAT_VERSION, "kind": self.config.kind}
+        save_state_file(self, directory / WEIGHTS_NAME, metadata)
         self.config_for_saving().save(directory / CONFIG_NAME)
         self.save_assets(directory)
 
@@ -467,27 +433,7 @@ class MosModel(nn.Module, abc.ABC):
         Raises:
             CheckpointError: On missing or unexpected keys or a shape mismatch.
         """
-        source = os.fspath(source)
-        expected = self.state_dict()
-        missing = [k for k in expected if k not in state]
-        unexpected = [k for k in state if k not in expected]
-        if missing or unexpected:
-            parts = []
-            if missing:
-                parts.append(f"missing key(s) {_short_list(missing)}")
-            if unexpected:
-                parts.append(f"unexpected key(s) {_short_list(unexpected)}")
-            raise CheckpointError(f"{source}: {'; '.join(parts)}")
-        converted = {}
-        for name, target in expected.items():
-            value = state[name]
-            if tuple(value.shape) != tuple(target.shape):
-                raise CheckpointError(
-                    f"{source}: key '{name}' has shape {tuple(value.shape)}, the model "
-                    f"expects {tuple(target.shape)}"
-                )
-            converted[name] = value.to(dtype=target.dtype)
-        self.load_state_dict(converted, strict=True)
+        load_state_strict(self, state, source)
 
     @classmethod
     def from_pretrained(
@@ -525,24 +471,9 @@ class MosModel(nn.Module, abc.ABC):
             )
         model = model_cls(config, load_pretrained=False, asset_dir=directory)
         weights = directory / WEIGHTS_NAME
-        try:
-            with safetensors.safe_open(str(weights), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        except (OSError, safetensors.SafetensorError) as exc:
-            raise CheckpointError(f"{weights}: cannot be read as safetensors ({exc})") from exc
-        for alias, target in json.loads(metadata.get("aliases", "{}")).items():
-            if target not in state:
-                raise CheckpointError(f"{weights}: alias '{alias}' points at missing '{target}'")
-            state[alias] = state[target]
+        state = read_state_file(weights)
         model.load_checked_state_dict(state, weights)
         if device is not None:
             model.to(device)
         model.eval()
         return model
-
-
-def _short_list(keys: list[str], limit: int = 10) -> str:
-    shown = ", ".join(f"'{k}'" for k in keys[:limit])
-    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return f"[{shown}]{more}"
