@@ -28,16 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from qamdt.audio_io import load_audio
 from qamdt.errors import ConfigError, QamdtError
 from qamdt.manifest import (
     ClipRecord,
     ManifestAppender,
-    merge_manifests,
     read_manifest,
     shard_records,
     write_manifest,
 )
+from qamdt.manifest.stages import load_clip_audio, merge_rank_shards, rank_shard_path
 
 ERROR_KEY = "captions"
 BRANCHES = ("merged", "generated", "original", "none")
@@ -91,8 +90,7 @@ def _present(caption: str | None) -> bool:
     return bool(caption and caption.strip())
 
 
-def _shard_path(manifest: Path, rank: int) -> Path:
-    return manifest.with_name(f"{manifest.stem}.captions-shard{rank}.jsonl")
+STAGE = "captions"
 
 
 def _score_batch(records: list[ClipRecord], manifest_dir: Path, clap, captioner, regenerate):
@@ -100,10 +98,7 @@ def _score_batch(records: list[ClipRecord], manifest_dir: Path, clap, captioner,
     loaded, failed = [], []
     for record in records:
         try:
-            duration = record.duration if record.offset or record.duration else None
-            wave, rate = load_audio(
-                record.audio_path(manifest_dir), offset=record.offset, duration=duration
-            )
+            wave, rate = load_clip_audio(record, manifest_dir)
             loaded.append((record, wave, rate))
         except QamdtError as error:
             errors = {**record.errors, ERROR_KEY: str(error)}
@@ -184,7 +179,7 @@ def score_manifest(
 
     todo = [r for r in records if needs_work(r)]
     mine = shard_records(todo, state.num_processes, state.process_index)
-    shard = _shard_path(manifest, state.process_index)
+    shard = rank_shard_path(manifest, STAGE, state.process_index)
     scored = failed = 0
     with ManifestAppender(shard, source_dir=manifest.parent) as appender:
         pending = [r for r in mine if r.id not in appender]
@@ -199,13 +194,7 @@ def score_manifest(
                 scored += ERROR_KEY not in record.errors
             bar.update(len(batch))
         bar.close()
-    state.wait_for_everyone()
-    if state.is_main_process:
-        shards = [_shard_path(manifest, rank) for rank in range(state.num_processes)]
-        merge_manifests(manifest, [s for s in shards if s.is_file()], base_path=manifest)
-        for path in shards:
-            path.unlink(missing_ok=True)
-    state.wait_for_everyone()
+    merge_rank_shards(manifest, STAGE, state)
     return {"scored": scored, "failed": failed, "skipped": len(records) - len(todo)}
 
 

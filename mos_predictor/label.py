@@ -17,29 +17,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from qamdt.audio_io import load_audio
 from qamdt.errors import QamdtError
 from qamdt.manifest import (
     ClipRecord,
     ManifestAppender,
-    merge_manifests,
     read_manifest,
     shard_records,
 )
+from qamdt.manifest.stages import load_clip_audio, merge_rank_shards, rank_shard_path
 
 ERROR_KEY = "mos"
 
 
-def _shard_path(manifest: Path, rank: int) -> Path:
-    return manifest.with_name(f"{manifest.stem}.pmos-shard{rank}.jsonl")
-
-
-def _load(record: ClipRecord, manifest_dir: Path) -> tuple[np.ndarray, int]:
-    duration = record.duration if record.offset or record.duration else None
-    return load_audio(record.audio_path(manifest_dir), offset=record.offset, duration=duration)
+STAGE = "pmos"
 
 
 def label_manifest(
@@ -72,7 +64,7 @@ def label_manifest(
     records = read_manifest(manifest)
     todo = [r for r in records if overwrite or r.pmos is None]
     mine = shard_records(todo, state.num_processes, state.process_index)
-    shard = _shard_path(manifest, state.process_index)
+    shard = rank_shard_path(manifest, STAGE, state.process_index)
     text_aware = model.config.kind == "text-aware"
     manifest_dir = manifest.parent
 
@@ -100,13 +92,7 @@ def label_manifest(
                 bar.update(len(batch))
         bar.close()
     seconds = time.time() - started
-    state.wait_for_everyone()
-    if state.is_main_process:
-        shards = [_shard_path(manifest, rank) for rank in range(state.num_processes)]
-        merge_manifests(manifest, [s for s in shards if s.is_file()], base_path=manifest)
-        for path in shards:
-            path.unlink(missing_ok=True)
-    state.wait_for_everyone()
+    merge_rank_shards(manifest, STAGE, state)
     return {
         "rows": len(records),
         "to_score": len(todo),
@@ -155,7 +141,7 @@ def _load_batch(batch: list[ClipRecord], manifest_dir: Path) -> list[tuple]:
     loaded = []
     for record in batch:
         try:
-            wave, rate = _load(record, manifest_dir)
+            wave, rate = load_clip_audio(record, manifest_dir)
             loaded.append((wave, rate, None))
         except QamdtError as error:
             loaded.append((None, None, str(error)))
