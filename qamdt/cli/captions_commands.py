@@ -107,20 +107,10 @@ def run_score(args: argparse.Namespace) -> int:
 def run_caption(args: argparse.Namespace) -> int:
     """Runs ``qamdt captions caption``."""
     from captioning.base import load_captioner
-    from qamdt.audio_io import load_audio
-    from qamdt.errors import QamdtError
+    from qamdt.cli.loose_audio import load_loose_files
 
     captioner = load_captioner(args.model)
-    result, waves, rates, paths = {}, [], [], []
-    for path in args.audio:
-        try:
-            wave, rate = load_audio(path)
-        except QamdtError as error:
-            result[str(path)] = {"error": str(error)}
-            continue
-        waves.append(wave)
-        rates.append(rate)
-        paths.append(str(path))
+    result, waves, rates, paths = load_loose_files(args.audio)
     if waves:
         captions = captioner.caption(waves, rates, batch_size=args.batch_size)
         result.update(zip(paths, captions, strict=True))

@@ -203,20 +203,10 @@ def run_label(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     """Runs ``qamdt mos predict``."""
     from mos_predictor.models import load_mos_model
-    from qamdt.audio_io import load_audio
-    from qamdt.errors import QamdtError
+    from qamdt.cli.loose_audio import load_loose_files
 
     model = load_mos_model(args.model)
-    result, waves, rates, paths = {}, [], [], []
-    for path in args.audio:
-        try:
-            wave, rate = load_audio(path)
-        except QamdtError as error:
-            result[str(path)] = {"error": str(error)}
-            continue
-        waves.append(wave)
-        rates.append(rate)
-        paths.append(str(path))
+    result, waves, rates, paths = load_loose_files(args.audio)
     if waves:
         texts = [args.text or ""] * len(waves) if model.config.kind == "text-aware" else None
         scores = model.predict(waves, rates, texts=texts, batch_size=args.batch_size)
