@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +52,64 @@ def prepare_audio(
         wave = resample(to_mono(wave), int(rate), target_rate)
         prepared.append(normalize_waveform(wave).astype(np.float32, copy=False))
     return prepared
+
+
+WINDOW_SLACK = 0.05
+
+
+def window_starts(total: int, size: int, slack: float = WINDOW_SLACK) -> list[int]:
+    """Deterministic starts of the windows that cover a clip.
+
+    A clip no longer than a window gets one window at 0 (the caller keeps it short or pads
+    it). A clip at most ``slack`` (relative) longer than a window gets one centred window,
+    dropping a sliver at each end. Longer clips get ``ceil(total / size - slack)`` windows,
+    the first at 0, the last ending at the clip's end, the others evenly spaced between.
+
+    Args:
+        total: Clip length (samples or frames).
+        size: Window length, same unit.
+        slack: Relative excess length still covered by a single centred window.
+
+    Returns:
+        The start of each window.
+
+    Raises:
+        ValueError: If ``size`` is not positive.
+    """
+    if size <= 0:
+        raise ValueError(f"window size must be > 0, got {size}")
+    if total <= size:
+        return [0]
+    count = max(1, math.ceil(total / size - slack))
+    if count == 1:
+        return [(total - size) // 2]
+    return np.round(np.linspace(0, total - size, count)).astype(int).tolist()
+
+
+def split_windows(wave: np.ndarray, size: int) -> list[np.ndarray]:
+    """Cuts a 1-D clip into the windows of :func:`window_starts` (a short clip stays whole).
+
+    Args:
+        wave: ``(samples,)`` audio.
+        size: Window length in samples.
+
+    Returns:
+        The windows, each at most ``size`` samples.
+    """
+    return [wave[s : s + size] for s in window_starts(wave.shape[0], size)]
+
+
+def check_texts(texts: list[str | None], batch_size: int) -> list[str]:
+    """Texts as strings (``None`` becomes the empty text), after checking the batch.
+
+    Raises:
+        ValueError: On an empty list or a batch size below 1.
+    """
+    if len(texts) == 0:
+        raise ValueError("no texts given")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return ["" if t is None else str(t) for t in texts]
 
 
 class Captioner(abc.ABC):

@@ -44,8 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captioning.base import CONFIG_NAME, ClapScorer, prepare_audio, register_clap
-from captioning.hf_clap import window_starts
+from captioning.base import CONFIG_NAME, ClapScorer, prepare_audio, register_clap, window_starts
 from mos_predictor.base import CheckpointError
 from mos_predictor.embedded import ConvBlock
 from mos_predictor.ssl import config_to_dict, load_transformers_model

@@ -25,7 +25,6 @@ place without copying it.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -34,54 +33,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from captioning.base import CONFIG_NAME, ClapScorer, prepare_audio, register_clap
+from captioning.base import (
+    CONFIG_NAME,
+    ClapScorer,
+    check_texts,
+    prepare_audio,
+    register_clap,
+    split_windows,
+)
 from qamdt.errors import ConfigError, QamdtError
 
 MODEL_DIR = "model"
-WINDOW_SLACK = 0.05
 _SETTINGS = ("model_dir", "window_seconds", "max_text_tokens")
-
-
-def window_starts(total: int, size: int, slack: float = WINDOW_SLACK) -> list[int]:
-    """Deterministic starts of the windows that cover a clip.
-
-    A clip no longer than a window gets one window at 0 (the caller keeps it short or pads
-    it). A clip at most ``slack`` (relative) longer than a window gets one centred window,
-    dropping a sliver at each end. Longer clips get ``ceil(total / size - slack)`` windows,
-    the first at 0, the last ending at the clip's end, the others evenly spaced between.
-
-    Args:
-        total: Clip length (samples or frames).
-        size: Window length, same unit.
-        slack: Relative excess length still covered by a single centred window.
-
-    Returns:
-        The start of each window.
-
-    Raises:
-        ValueError: If ``size`` is not positive.
-    """
-    if size <= 0:
-        raise ValueError(f"window size must be > 0, got {size}")
-    if total <= size:
-        return [0]
-    count = max(1, math.ceil(total / size - slack))
-    if count == 1:
-        return [(total - size) // 2]
-    return np.round(np.linspace(0, total - size, count)).astype(int).tolist()
-
-
-def split_windows(wave: np.ndarray, size: int) -> list[np.ndarray]:
-    """Cuts a 1-D clip into the windows of :func:`window_starts` (a short clip stays whole).
-
-    Args:
-        wave: ``(samples,)`` audio.
-        size: Window length in samples.
-
-    Returns:
-        The windows, each at most ``size`` samples.
-    """
-    return [wave[s : s + size] for s in window_starts(wave.shape[0], size)]
 
 
 def features_tensor(output: Any) -> torch.Tensor:
@@ -228,11 +191,7 @@ class HfClapScorer(ClapScorer):
         Raises:
             ValueError: On an empty list or a bad batch size.
         """
-        if len(texts) == 0:
-            raise ValueError("no texts given")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        texts = ["" if t is None else str(t) for t in texts]
+        texts = check_texts(texts, batch_size)
         rows = []
         for start in range(0, len(texts), batch_size):
             tokens = self.tokenizer(

@@ -47,8 +47,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from captioning.base import CONFIG_NAME, ClapScorer, prepare_audio, register_clap
-from captioning.hf_clap import split_windows
+from captioning.base import (
+    CONFIG_NAME,
+    ClapScorer,
+    check_texts,
+    prepare_audio,
+    register_clap,
+    split_windows,
+)
 from qamdt.errors import ConfigError, QamdtError
 
 SAMPLE_RATE = 48000
@@ -232,11 +238,7 @@ class LaionClapScorer(ClapScorer):
         Raises:
             ValueError: On an empty list or a bad batch size.
         """
-        if len(texts) == 0:
-            raise ValueError("no texts given")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        texts = ["" if t is None else str(t) for t in texts]
+        texts = check_texts(texts, batch_size)
         rows = []
         for start in range(0, len(texts), batch_size):
             emb = self.module.get_text_embedding(texts[start : start + batch_size], use_tensor=True)

@@ -6,13 +6,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from captioning.base import load_clap
+from captioning.base import load_clap, split_windows, window_starts
 from captioning.embedded_clap import (
     TEXT_ENCODER_PREFIX,
     EmbeddedClapConfig,
     EmbeddedClapScorer,
 )
-from captioning.hf_clap import HfClapScorer, features_tensor, split_windows, window_starts
+from captioning.hf_clap import HfClapScorer, features_tensor
 from captioning.laion_clap import LaionClapScorer
 from captioning.train_clap import (
     evaluate_retrieval,
