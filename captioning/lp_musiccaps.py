@@ -72,7 +72,7 @@ from qamdt.checkpoints import (
     read_state_file,
     save_state_file,
 )
-from qamdt.errors import ConfigError
+from qamdt.errors import ConfigError, dataclass_from_dict
 
 WEIGHTS_NAME = "model.safetensors"
 BART_DIR = "bart"
@@ -354,12 +354,9 @@ class LpMusicCapsConfig:
         Raises:
             ConfigError: Naming an unknown key or an invalid value.
         """
-        values = {k: v for k, v in values.items() if k not in ("kind", "format_version")}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown lp-musiccaps setting(s) {unknown}")
-        return cls(**values)
+        return dataclass_from_dict(
+            cls, values, source, ignore=("kind", "format_version"), noun="lp-musiccaps setting"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict."""

@@ -62,7 +62,7 @@ from qamdt.checkpoints import (
     read_state_file,
     save_state_file,
 )
-from qamdt.errors import ConfigError
+from qamdt.errors import ConfigError, dataclass_from_dict
 
 PROJECTION_NAME = "projection.safetensors"
 ENCODER_WEIGHTS = "encoder.safetensors"
@@ -179,12 +179,9 @@ class MusiLingoConfig:
         Raises:
             ConfigError: Naming an unknown key or an invalid value.
         """
-        values = {k: v for k, v in values.items() if k not in ("kind", "format_version")}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown musilingo setting(s) {unknown}")
-        return cls(**values)
+        return dataclass_from_dict(
+            cls, values, source, ignore=("kind", "format_version"), noun="musilingo setting"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from qamdt.errors import ConfigError, QamdtError
+from qamdt.errors import ConfigError, QamdtError, dataclass_from_dict
 from qamdt.manifest import (
     ClipRecord,
     ManifestAppender,
@@ -334,9 +334,6 @@ def summarize_refinement(records: list[ClipRecord], thresholds: dict[str, float]
 
 def load_refine_settings(values: dict[str, Any] | None) -> RefineSettings:
     """``RefineSettings`` from a mapping, naming unknown keys."""
-    values = dict(values or {})
-    known = {f.name for f in dataclasses.fields(RefineSettings)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown refinement setting(s) {unknown}; known: {sorted(known)}")
-    return RefineSettings(**values)
+    return dataclass_from_dict(
+        RefineSettings, dict(values or {}), "refinement settings", noun="refinement setting"
+    )

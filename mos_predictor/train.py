@@ -30,7 +30,7 @@ from mos_predictor.data import (
 from mos_predictor.metrics import evaluate_predictions
 from mos_predictor.models import build_mos_model
 from qamdt.audio_io import load_audio
-from qamdt.errors import ConfigError, QamdtError
+from qamdt.errors import ConfigError, QamdtError, check_known_keys
 
 STATE_DIR = "checkpoint"
 MODEL_DIR = "model"
@@ -90,10 +90,7 @@ class MosTrainConfig:
         Raises:
             ConfigError: On an unknown key or a bad value.
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        check_known_keys(values, cls, where)
         values = dict(values)
         if "data" not in values:
             raise ConfigError(f"{where}: 'data' is required (e.g. corpus:DIR/manifest.jsonl)")

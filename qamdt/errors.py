@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class QamdtError(Exception):
@@ -58,3 +61,34 @@ class ManifestError(QamdtError, ValueError):
 
 class ConfigError(QamdtError, ValueError):
     """A configuration with an unknown key or an invalid value, naming the key."""
+
+
+def check_known_keys(
+    values: Mapping[str, Any], target: type, where: str, noun: str = "key"
+) -> None:
+    """Raises ``ConfigError`` naming the keys of ``values`` that ``target`` has no field for.
+
+    Args:
+        values: Settings read from a file or the command line.
+        target: The dataclass they are meant for.
+        where: What holds them (a file name, a section), for the message.
+        noun: What a key is called in the message ("unknown <noun>(s) [...]").
+    """
+    known = {field.name for field in dataclasses.fields(target)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown {noun}(s) {unknown}; known: {sorted(known)}")
+
+
+def dataclass_from_dict(
+    target: type,
+    values: Mapping[str, Any],
+    where: str,
+    ignore: Iterable[str] = (),
+    noun: str = "key",
+):
+    """``target(**values)`` after dropping ``ignore`` keys and rejecting unknown ones."""
+    skipped = set(ignore)
+    values = {k: v for k, v in values.items() if k not in skipped}
+    check_known_keys(values, target, where, noun)
+    return target(**values)

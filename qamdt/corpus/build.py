@@ -33,7 +33,7 @@ from qamdt.corpus.captions import CaptionSettings, clip_tags, original_caption, 
 from qamdt.corpus.degrade import DegradationSettings, degrade_clip, reference_quality
 from qamdt.corpus.render import find_fluidsynth, find_soundfont, render_midi
 from qamdt.corpus.sources import SOURCES, list_pieces, load_piece_cached
-from qamdt.errors import ConfigError, QamdtError
+from qamdt.errors import ConfigError, QamdtError, check_known_keys
 from qamdt.manifest import ClipRecord, ManifestAppender, read_manifest, write_manifest
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -126,10 +126,7 @@ class CorpusConfig:
 def _check_keys(values: Any, target: type, where: str) -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
-    known = {field.name for field in dataclasses.fields(target)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    check_known_keys(values, target, where)
 
 
 def load_corpus_config(path: str | os.PathLike, **overrides: Any) -> CorpusConfig:
