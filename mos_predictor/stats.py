@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from qamdt.errors import ConfigError, QamdtError
+from qamdt.manifest.record import with_prefix  # noqa: F401 - part of this module's API
 
 QUALITY_STATS_NAME = "quality_stats.json"
 """File name of the statistics, written beside the manifest they were fitted on."""
@@ -594,24 +595,6 @@ RELEASED_STATS = QualityStats.from_mu_sigma(3.80, 0.20)
 """The released loader's hard-coded statistics: ``mu = 3.80``, ``sigma = 0.20``, five-bin
 levels with edges 3.4 / 3.6 / 4.0 / 4.2, prefixes "low" at ``<= 3.55`` and "high" at
 ``>= 4.05``."""
-
-
-def with_prefix(caption: str | None, prefix: str | None) -> str:
-    """Prepend a quality prefix to a caption, the way training reads captions.
-
-    Args:
-        caption: The caption; None or blank gives just the prefix.
-        prefix: The quality prefix; None or empty gives the caption unchanged.
-
-    Returns:
-        ``"<prefix>, <caption>"``.
-    """
-    caption = caption or ""
-    if not prefix:
-        return caption
-    if not caption.strip():
-        return prefix
-    return f"{prefix}, {caption}"
 
 
 def fit_quality_stats(

@@ -6,10 +6,24 @@ import argparse
 import sys
 
 from qamdt import __version__
-from qamdt.cli import captions_commands, corpus_commands, manifest_commands, mos_commands
+from qamdt.cli import (
+    captions_commands,
+    corpus_commands,
+    manifest_commands,
+    model_commands,
+    mos_commands,
+    train_commands,
+)
 from qamdt.errors import QamdtError
 
-COMMAND_GROUPS = (corpus_commands, manifest_commands, mos_commands, captions_commands)
+COMMAND_GROUPS = (
+    corpus_commands,
+    manifest_commands,
+    mos_commands,
+    captions_commands,
+    train_commands,
+    model_commands,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -123,9 +123,35 @@ class ClipRecord:
         # Joining onto an absolute path yields that absolute path.
         return Path(manifest_dir) / self.audio
 
+    def training_caption(self, use_prefix: bool = True) -> str:
+        """The text a model trains on, with the row's quality prefix when ``use_prefix``.
+
+        The caption is ``final_caption``, else ``original_caption``, else empty.
+        """
+        caption = self.final_caption or self.original_caption or ""
+        return with_prefix(caption, self.quality_prefix if use_prefix else None)
+
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(ClipRecord))
 _FIELD_SET = frozenset(_FIELDS)
+
+
+def with_prefix(caption: str | None, prefix: str | None) -> str:
+    """Prepend a quality prefix to a caption, the way training reads captions.
+
+    Args:
+        caption: The caption; None or blank gives just the prefix.
+        prefix: The quality prefix; None or empty gives the caption unchanged.
+
+    Returns:
+        ``"<prefix>, <caption>"``.
+    """
+    caption = caption or ""
+    if not prefix:
+        return caption
+    if not caption.strip():
+        return prefix
+    return f"{prefix}, {caption}"
 
 
 def _show(v: Any) -> str:

@@ -1,0 +1,1 @@
+"""Diffusion schedules, losses and condition dropping on top of diffusers schedulers."""

@@ -1,0 +1,1 @@
+"""Latent stack and the quality-aware masked diffusion transformer."""

@@ -1,0 +1,424 @@
+"""The quality-aware masked diffusion transformer (QA-MDT).
+
+One class, configured by its diffusers config:
+
+* the ``[B, C, T, F]`` VAE latent is cut into (overlapping) patches (:mod:`.patchify`) and
+  embedded; positions are 2D sin-cos vectors (the released code) or 2D rotary embeddings
+  (the paper);
+* a quality token (levels 1..5, index 0 the null level used for condition dropping) is
+  prepended, never masked and without position;
+* during training a share of the patch tokens is masked (ratio drawn per batch); ``N``
+  encoder blocks see only the kept tokens, a side interpolator fills the masked places with
+  a learned mask token and predicts them (paper eqs. 4-5), ``M`` decoder blocks run over the
+  full sequence. At inference nothing is masked and the side interpolator is skipped;
+* text enters through cross-attention in every block; the timestep through adaLN-single
+  (one shared projection plus a learned per-block table, as released); U-ViT style long
+  skips join the first and second half of the encoder.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import PixArtAlphaTextProjection, TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from qamdt.errors import ConfigError
+from qamdt.models.attention import CrossAttention, SelfAttention, check_backend
+from qamdt.models.patchify import Patcher
+from qamdt.models.positions import rope_2d, sincos_2d, with_identity_prefix
+
+POSITION_ENCODINGS = ("sincos", "rope")
+NULL_QUALITY = 0
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class MDTBlock(nn.Module):
+    """Self-attention, cross-attention to text, MLP; adaLN-single modulation.
+
+    Args:
+        dim: Token width.
+        num_heads: Attention heads.
+        mlp_ratio: MLP hidden width over ``dim``.
+        long_skip: Whether the block takes a long skip from an earlier block (joined by a
+            linear layer over the concatenation, as in U-ViT).
+        backend: Attention backend.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, long_skip: bool, backend: str):
+        super().__init__()
+        self.skip_linear = nn.Linear(2 * dim, dim) if long_skip else None
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(dim, num_heads, backend)
+        self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
+        self.cross_attn = CrossAttention(dim, num_heads, backend)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+        )
+        # Per-block table added to the shared timestep projection (PixArt's adaLN-single).
+        self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        time_mod: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        skip: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One block over ``x`` ``[B, S, dim]``; ``time_mod`` is ``[B, 6, dim]``."""
+        if self.skip_linear is not None:
+            x = self.skip_linear(torch.cat([x, skip], dim=-1))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            self.scale_shift_table[None] + time_mod
+        ).chunk(6, dim=1)
+        x = x + gate_msa * self.attn(_modulate(self.norm1(x), shift_msa, scale_msa), rope)
+        x = x + self.cross_attn(self.norm_cross(x), text, text_mask)
+        return x + gate_mlp * self.mlp(_modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+
+class QualityEmbedding(nn.Module):
+    """Embedding of quality levels 1..L plus the null level 0.
+
+    A float level between two integers (the paper's interpolative control) mixes the two
+    neighbouring embeddings linearly; 0 is the null level.
+    """
+
+    def __init__(self, num_levels: int, dim: int):
+        super().__init__()
+        self.num_levels = num_levels
+        self.table = nn.Embedding(num_levels + 1, dim)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def forward(self, levels: torch.Tensor) -> torch.Tensor:
+        """``levels`` ``[B]`` (int, or float in [1, L] or exactly 0) -> ``[B, dim]``."""
+        if not levels.is_floating_point():
+            if levels.min() < 0 or levels.max() > self.num_levels:
+                raise ConfigError(
+                    f"quality level out of range: {levels.tolist()}; use 1..{self.num_levels} "
+                    "or 0 for none"
+                )
+            return self.table(levels)
+        null = levels == 0
+        if bool(((levels < 1) & ~null).any()) or bool((levels > self.num_levels).any()):
+            raise ConfigError(
+                f"quality level out of range: {levels.tolist()}; use 1..{self.num_levels} "
+                "or 0 for none"
+            )
+        lower = levels.floor().long()
+        upper = levels.ceil().long()
+        weight = (levels - lower.to(levels.dtype))[:, None]
+        mixed = self.table(lower) * (1 - weight) + self.table(upper) * weight
+        return mixed.to(self.table.weight.dtype)
+
+
+class QualityMDTTransformer(ModelMixin, ConfigMixin):
+    """The QA-MDT denoiser: predicts noise (or v) for a noisy latent.
+
+    Args:
+        in_channels: Latent channels ``C``.
+        sample_size: Default latent ``(T, F)``; any size works at run time, this one is
+            reported by ``qamdt model info``.
+        patch_size: ``(p_t, p_f)`` latent cells per patch (the paper's "1x4" is ``(4, 1)``).
+        patch_overlap: ``(o_t, o_f)`` cells shared by neighbouring patches.
+        hidden_size: Token width.
+        num_heads: Attention heads.
+        encoder_depth: ``N`` blocks that see only unmasked tokens.
+        side_depth: Blocks of the side interpolator.
+        decoder_depth: ``M`` blocks over the full sequence.
+        mlp_ratio: MLP width over ``hidden_size``.
+        text_dim: Width of the text encoder's states.
+        num_quality_levels: Quality levels (5); index 0 is the null level.
+        position_encoding: "sincos" (the released model) or "rope" (the paper).
+        long_skips: U-ViT long skips between the two halves of the encoder.
+        mask_ratio_range: ``[low, high)`` of the per-batch mask ratio in training.
+        prediction_type: "epsilon" or "v_prediction"; recorded so samplers match training.
+        attention_backend: "auto", "sdpa" or "xformers".
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 8,
+        sample_size: Sequence[int] = (256, 16),
+        patch_size: Sequence[int] = (4, 1),
+        patch_overlap: Sequence[int] = (0, 0),
+        hidden_size: int = 1152,
+        num_heads: int = 16,
+        encoder_depth: int = 20,
+        side_depth: int = 1,
+        decoder_depth: int = 8,
+        mlp_ratio: float = 4.0,
+        text_dim: int = 1024,
+        num_quality_levels: int = 5,
+        position_encoding: str = "sincos",
+        long_skips: bool = True,
+        mask_ratio_range: Sequence[float] = (0.3, 0.5),
+        prediction_type: str = "epsilon",
+        attention_backend: str = "auto",
+    ):
+        super().__init__()
+        if position_encoding not in POSITION_ENCODINGS:
+            raise ConfigError(
+                f"position_encoding: unknown '{position_encoding}'; "
+                f"known: {list(POSITION_ENCODINGS)}"
+            )
+        if hidden_size % num_heads or (hidden_size // num_heads) % 4 or hidden_size % 4:
+            raise ConfigError(
+                f"hidden_size {hidden_size} / num_heads {num_heads}: need a head width "
+                "divisible by 4 (2D positions)"
+            )
+        low, high = mask_ratio_range
+        if not 0 <= low <= high < 1:
+            raise ConfigError(
+                f"mask_ratio_range {list(mask_ratio_range)}: need 0 <= low <= high < 1"
+            )
+        if encoder_depth < 1 or decoder_depth < 0 or side_depth < 1:
+            raise ConfigError("need encoder_depth >= 1, side_depth >= 1, decoder_depth >= 0")
+        backend = check_backend(attention_backend)
+        self.patcher = Patcher(patch_size, patch_overlap)
+        self.gradient_checkpointing = False
+
+        self.patch_embed = nn.Linear(self.patcher.patch_dim(in_channels), hidden_size)
+        self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embed = TimestepEmbedding(256, hidden_size)
+        self.time_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+        self.text_proj = PixArtAlphaTextProjection(text_dim, hidden_size)
+        self.quality_embed = QualityEmbedding(num_quality_levels, hidden_size)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
+
+        def block(long_skip: bool) -> MDTBlock:
+            return MDTBlock(hidden_size, num_heads, mlp_ratio, long_skip, backend)
+
+        half = encoder_depth // 2
+        self.encoder_blocks = nn.ModuleList(
+            block(long_skips and i >= encoder_depth - half) for i in range(encoder_depth)
+        )
+        self.side_blocks = nn.ModuleList(block(False) for _ in range(side_depth))
+        self.decoder_blocks = nn.ModuleList(block(False) for _ in range(decoder_depth))
+
+        self.final_norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.final_scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
+        self.final_proj = nn.Linear(hidden_size, self.patcher.patch_dim(in_channels))
+        self._initialize()
+
+    def _initialize(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for block in (*self.encoder_blocks, *self.side_blocks, *self.decoder_blocks):
+            nn.init.zeros_(block.cross_attn.proj.weight)
+            nn.init.zeros_(block.cross_attn.proj.bias)
+        nn.init.normal_(self.time_block[1].weight, std=0.02)
+        nn.init.normal_(self.time_embed.linear_1.weight, std=0.02)
+        nn.init.normal_(self.time_embed.linear_2.weight, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        nn.init.zeros_(self.final_proj.weight)
+        nn.init.zeros_(self.final_proj.bias)
+
+    # ------------------------------------------------------------------ shapes
+
+    def grid(self, time: int, freq: int) -> tuple[int, int]:
+        """Patch grid of a ``time x freq`` latent."""
+        return self.patcher.grid(time, freq)
+
+    def num_tokens(self, time: int, freq: int) -> int:
+        """Sequence length for a ``time x freq`` latent, quality token included."""
+        return self.patcher.num_tokens(time, freq) + 1
+
+    # ------------------------------------------------------------------ forward
+
+    def _run(self, block: MDTBlock, *args) -> torch.Tensor:
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            return self._gradient_checkpointing_func(block, *args)
+        return block(*args)
+
+    def _positions(self, grid: tuple[int, int], device, dtype):
+        head_dim = self.config.hidden_size // self.config.num_heads
+        if self.config.position_encoding == "sincos":
+            return sincos_2d(self.config.hidden_size, grid, device, dtype), None
+        return None, rope_2d(head_dim, grid, device)
+
+    def sample_mask_ratio(self, generator: torch.Generator | None = None) -> float:
+        """A mask ratio drawn from ``mask_ratio_range`` (one per batch, as released)."""
+        low, high = self.config.mask_ratio_range
+        return low + (high - low) * float(torch.rand((), generator=generator))
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        text_states: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        quality_level: torch.Tensor | None = None,
+        mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Predicts the model target for noisy ``latents``.
+
+        Args:
+            latents: ``[B, C, T, F]`` noisy latents.
+            timestep: ``[B]`` (or scalar) diffusion steps.
+            text_states: ``[B, L, text_dim]`` text-encoder states.
+            text_mask: ``[B, L]``, True at real tokens (None: all real).
+            quality_level: ``[B]`` levels 1..L (0: null); float values interpolate.
+                None means the null level.
+            mask_ratio: Share of patch tokens hidden from the encoder (training); None or 0
+                runs unmasked.
+            generator: Seeds the choice of masked tokens.
+
+        Returns:
+            ``[B, C, T, F]``.
+        """
+        batch, _, time, freq = latents.shape
+        grid = self.grid(time, freq)
+        device, dtype = latents.device, self.patch_embed.weight.dtype
+        x = self.patch_embed(self.patcher.patchify(latents.to(dtype)))
+        num_patches = x.shape[1]
+        position, rope = self._positions(grid, device, x.dtype)
+        if position is not None:
+            x = x + position
+
+        timestep = torch.as_tensor(timestep, device=device)
+        if timestep.dim() == 0:
+            timestep = timestep.expand(batch)
+        time_embedding = self.time_embed(self.time_proj(timestep).to(dtype))
+        time_mod = self.time_block(time_embedding).view(batch, 6, -1)
+
+        if text_mask is not None:
+            text_mask = text_mask.to(device=device, dtype=torch.bool)
+            # A row with no real token would give NaN attention; let it see its first token.
+            text_mask = text_mask.clone()
+            text_mask[:, 0] |= ~text_mask.any(dim=1)
+        text = self.text_proj(text_states.to(dtype))
+        if quality_level is None:
+            quality_level = torch.full((batch,), NULL_QUALITY, dtype=torch.long, device=device)
+        quality = self.quality_embed(torch.as_tensor(quality_level, device=device))[:, None]
+
+        masked = None
+        full_rope = None if rope is None else with_identity_prefix(*rope)
+        encoder_rope = full_rope
+        if mask_ratio:
+            keep = max(1, int(round(num_patches * (1 - mask_ratio))))
+            noise = torch.rand(batch, num_patches, generator=generator, device="cpu")
+            order = noise.argsort(dim=1).to(device)
+            kept_ids = order[:, :keep]
+            masked = torch.ones(batch, num_patches, dtype=torch.bool, device=device)
+            masked.scatter_(1, kept_ids, False)
+            x = x.gather(1, kept_ids[..., None].expand(-1, -1, x.shape[-1]))
+            if rope is not None:
+                index = kept_ids[..., None].expand(-1, -1, rope[0].shape[-1])
+                encoder_rope = with_identity_prefix(
+                    *(table[None].expand(batch, -1, -1).gather(1, index) for table in rope)
+                )
+
+        x = torch.cat([quality.to(x.dtype), x], dim=1)
+        skips = []
+        depth = len(self.encoder_blocks)
+        for i, block in enumerate(self.encoder_blocks):
+            skip = skips.pop() if block.skip_linear is not None else None
+            x = self._run(block, x, time_mod, text, text_mask, encoder_rope, skip)
+            if self.config.long_skips and i < depth // 2:
+                skips.append(x)
+
+        if masked is not None:
+            x = self._interpolate_masked(
+                x, masked, kept_ids, position, time_mod, text, text_mask, full_rope
+            )
+        elif position is not None:
+            x = torch.cat([x[:, :1], x[:, 1:] + position], dim=1)
+
+        for block in self.decoder_blocks:
+            x = self._run(block, x, time_mod, text, text_mask, full_rope)
+
+        shift, scale = (self.final_scale_shift_table[None] + time_embedding[:, None]).chunk(
+            2, dim=1
+        )
+        x = self.final_proj(_modulate(self.final_norm(x[:, 1:]), shift, scale))
+        return self.patcher.unpatchify(x, time, freq)
+
+    def _interpolate_masked(
+        self,
+        x: torch.Tensor,
+        masked: torch.Tensor,
+        kept_ids: torch.Tensor,
+        position: torch.Tensor | None,
+        time_mod: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Side interpolator: mask tokens in the gaps, a few blocks, encoder output kept."""
+        batch, num_patches = masked.shape
+        quality, kept = x[:, :1], x[:, 1:]
+        full = self.mask_token.to(x.dtype).expand(batch, num_patches, -1).clone()
+        full = full.scatter(1, kept_ids[..., None].expand(-1, -1, x.shape[-1]), kept)
+        if position is not None:
+            full = full + position
+        y = torch.cat([quality, full], dim=1)
+        for block in self.side_blocks:
+            y = self._run(block, y, time_mod, text, text_mask, rope)
+        # Masked shortcut: the interpolator only fills the gaps; kept tokens pass through.
+        patches = torch.where(masked[..., None], y[:, 1:], full)
+        return torch.cat([y[:, :1], patches], dim=1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (works on meta-device models)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def approx_forward_flops(
+    model: QualityMDTTransformer, time: int, freq: int, text_len: int
+) -> float:
+    """Matmul FLOPs of one unmasked forward pass of one sample (2 per multiply-add).
+
+    Counts the linear layers of every block (attention projections, MLP, skips) and the two
+    attention matmuls; embeddings and norms are ignored (under 1%).
+    """
+    cfg = model.config
+    tokens = model.num_tokens(time, freq)
+    dim = cfg.hidden_size
+    hidden = int(dim * cfg.mlp_ratio)
+    blocks = cfg.encoder_depth + cfg.decoder_depth
+    per_block = (
+        2 * tokens * dim * 3 * dim  # qkv
+        + 2 * 2 * tokens * tokens * dim  # scores and weighted sum
+        + 2 * tokens * dim * dim  # out projection
+        + 2 * tokens * dim * dim  # cross-attention query
+        + 2 * text_len * dim * 2 * dim  # cross-attention keys and values
+        + 2 * 2 * tokens * text_len * dim  # cross-attention matmuls
+        + 2 * tokens * dim * dim  # cross-attention out projection
+        + 2 * 2 * tokens * dim * hidden  # MLP
+    )
+    skips = sum(block.skip_linear is not None for block in model.encoder_blocks)
+    patch_dim = model.patcher.patch_dim(cfg.in_channels)
+    extra = 2 * skips * tokens * 2 * dim * dim + 2 * 2 * tokens * patch_dim * dim
+    return float(blocks * per_block + extra + 2 * text_len * cfg.text_dim * dim * 2)
+
+
+def model_config_keys() -> list[str]:
+    """Names of the transformer's config fields."""
+    parameters = inspect.signature(QualityMDTTransformer.__init__).parameters
+    return [name for name in parameters if name != "self"]
+
+
+def check_model_config(values: dict, where: str = "model") -> None:
+    """Raises ``ConfigError`` naming keys that are not transformer config fields."""
+    unknown = sorted(set(values) - set(model_config_keys()))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {model_config_keys()}")

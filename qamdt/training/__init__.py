@@ -1,0 +1,1 @@
+"""Training loops: the VAE and the quality-aware MDT."""

@@ -1,0 +1,320 @@
+"""Pre-computed VAE latents and text states, so frozen encoders run once, not every epoch.
+
+A cache folder holds:
+
+* ``cache_info.json``: what produced it (audio preset, excerpt frames, VAE config and
+  scaling factor, text encoder, conditioning); a cache made by other settings is refused;
+* ``shard_00000.safetensors`` ...: per clip the posterior mean and standard deviation of
+  the scaled latent (so training can sample from the posterior, as LDMs do), the caption's
+  text states and mask, and the quality level;
+* ``shard_00000.json`` ...: the ids, captions and levels of the shard's rows, written after
+  its tensors, so a shard counts as done only when both exist (a killed run resumes by
+  skipping finished shards);
+* ``null_text.safetensors``: the states of the empty caption (the dropped condition);
+* ``failures.jsonl``: clips whose audio could not be read, with the reason.
+
+Shards are spread over processes (``accelerate launch``); each writes its own files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from tqdm import tqdm
+
+from qamdt.audio_spec import get_audio_spec
+from qamdt.errors import ConfigError
+from qamdt.training.mdt_config import MdtTrainConfig
+from qamdt.training.mdt_data import (
+    ClipMelDataset,
+    collate_mels,
+    excerpt_frames,
+    training_clips,
+)
+
+CACHE_INFO = "cache_info.json"
+NULL_TEXT = "null_text.safetensors"
+FAILURES = "failures.jsonl"
+SHARD_SIZE = 64
+
+
+def _shard_stem(index: int) -> str:
+    return f"shard_{index:05d}"
+
+
+def posterior_latents(vae, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled posterior mean and standard deviation of ``mel`` ``[B, T, F]``."""
+    parameter = next(vae.autoencoder.parameters())
+    image = mel.to(device=parameter.device, dtype=parameter.dtype).unsqueeze(1)
+    posterior = vae.autoencoder.encode(image).latent_dist
+    scale = vae.scaling_factor
+    return (posterior.mean - vae.shift_factor) * scale, posterior.std * scale
+
+
+def cache_info(config: MdtTrainConfig, vae, frames: int) -> dict[str, Any]:
+    """The settings a cache depends on."""
+    vae_config = json.dumps(dict(vae.config), sort_keys=True, default=str)
+    return {
+        "audio": get_audio_spec(config.audio).to_dict(),
+        "frames": frames,
+        "vae_config_sha1": hashlib.sha1(vae_config.encode()).hexdigest(),
+        "scaling_factor": vae.scaling_factor,
+        "text_encoder": config.text_encoder,
+        "conditioning": {
+            "quality_token": config.conditioning.quality_token,
+            "quality_prefix": config.conditioning.quality_prefix,
+        },
+        "split": config.split,
+        "manifest": str(Path(config.manifest).resolve()),
+    }
+
+
+def _check_info(cache_dir: Path, info: dict[str, Any]) -> None:
+    path = cache_dir / CACHE_INFO
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    changed = sorted(key for key in info if saved.get(key) != info[key])
+    if changed:
+        raise ConfigError(
+            f"{cache_dir}: this cache was made with other settings ({', '.join(changed)}); "
+            "delete it or choose another cache folder"
+        )
+
+
+def _write_shard(
+    cache_dir: Path,
+    index: int,
+    items: range,
+    dataset: ClipMelDataset,
+    vae,
+    text_encoder,
+    device: torch.device,
+) -> list[dict[str, str]]:
+    batch = collate_mels([dataset[i] for i in items])
+    rows = []
+    if batch["mel"] is not None:
+        with torch.no_grad():
+            mean, std = posterior_latents(vae, batch["mel"].to(device))
+            states, mask = text_encoder.encode(batch["caption"], device=device)
+        tensors = {
+            "latent_mean": mean.float().cpu().contiguous(),
+            "latent_std": std.float().cpu().contiguous(),
+            "text_states": states.float().cpu().contiguous(),
+            "text_mask": mask.to(torch.uint8).cpu().contiguous(),
+            "quality_level": batch["quality_level"].contiguous(),
+        }
+        stem = _shard_stem(index)
+        temporary = cache_dir / f"{stem}.safetensors.tmp"
+        safetensors.torch.save_file(tensors, temporary)
+        os.replace(temporary, cache_dir / f"{stem}.safetensors")
+        rows = [
+            {"id": clip_id, "caption": caption, "quality_level": int(level)}
+            for clip_id, caption, level in zip(
+                batch["id"], batch["caption"], batch["quality_level"].tolist(), strict=True
+            )
+        ]
+    _write_json(cache_dir / f"{_shard_stem(index)}.json", {"rows": rows})
+    return batch["failed"]
+
+
+def _write_json(path: Path, value: Any) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(value, indent=1))
+    os.replace(temporary, path)
+
+
+def build_cache(
+    config: MdtTrainConfig,
+    cache_dir: str | os.PathLike,
+    vae=None,
+    text_encoder=None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Encodes every usable clip of the training split once; resumes a partial cache.
+
+    Args:
+        config: The training settings (manifest, split, audio preset, VAE, text encoder,
+            conditioning).
+        cache_dir: Cache folder.
+        vae: A loaded :class:`~qamdt.models.vae.LatentVAE` (loaded from ``config.vae``
+            when None).
+        text_encoder: A loaded :class:`~qamdt.models.text_encoder.TextEncoder`.
+        progress: Show a progress bar.
+
+    Returns:
+        A summary: clips cached, shards, skipped rows, failures, seconds.
+    """
+    from accelerate import PartialState
+
+    from qamdt.models.text_encoder import TextEncoder
+    from qamdt.models.vae import LatentVAE
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    started = time.time()
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    vae = vae or LatentVAE.from_pretrained(config.vae)
+    text_encoder = text_encoder or TextEncoder.from_pretrained(config.text_encoder)
+    vae.to(state.device).eval()
+    text_encoder.to(state.device)
+    spec = get_audio_spec(config.audio)
+    frames = excerpt_frames(spec, None, vae.downsample_factor)
+    info = cache_info(config, vae, frames)
+    _check_info(cache_dir, info)
+    clips, skipped = training_clips(
+        config.manifest,
+        config.split,
+        config.conditioning.quality_token,
+        config.conditioning.quality_prefix,
+    )
+    dataset = ClipMelDataset(clips, spec, frames, random_crop=False, seed=config.seed)
+    shards = [range(i, min(i + SHARD_SIZE, len(clips))) for i in range(0, len(clips), SHARD_SIZE)]
+    mine = [i for i in range(len(shards)) if i % state.num_processes == state.process_index]
+    todo = [i for i in mine if not (cache_dir / f"{_shard_stem(i)}.json").is_file()]
+    failures: list[dict[str, str]] = []
+    bar = tqdm(todo, desc="caching latents", disable=not progress or not state.is_main_process)
+    for index in bar:
+        failures += _write_shard(
+            cache_dir, index, shards[index], dataset, vae, text_encoder, state.device
+        )
+    if failures:
+        with open(cache_dir / f"failures.rank{state.process_index}.jsonl", "a") as handle:
+            for failure in failures:
+                handle.write(json.dumps(failure) + "\n")
+    state.wait_for_everyone()
+    if state.is_main_process:
+        with torch.no_grad():
+            null_states, null_mask = text_encoder.encode([""], device=state.device)
+        safetensors.torch.save_file(
+            {
+                "text_states": null_states[0].float().cpu(),
+                "text_mask": null_mask[0].to(torch.uint8).cpu(),
+            },
+            cache_dir / NULL_TEXT,
+        )
+        _write_json(cache_dir / CACHE_INFO, info)
+        _merge_failures(cache_dir)
+    state.wait_for_everyone()
+    dataset_size = sum(
+        len(json.loads((cache_dir / f"{_shard_stem(i)}.json").read_text())["rows"])
+        for i in range(len(shards))
+    )
+    return {
+        "cache": str(cache_dir),
+        "clips": dataset_size,
+        "shards": len(shards),
+        "skipped": len(skipped),
+        "failed": _count_lines(cache_dir / FAILURES),
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def _merge_failures(cache_dir: Path) -> None:
+    seen: dict[str, dict] = {}
+    for path in [cache_dir / FAILURES, *sorted(cache_dir.glob("failures.rank*.jsonl"))]:
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    seen[row["id"]] = row
+    if seen:
+        _write_json_lines(cache_dir / FAILURES, list(seen.values()))
+    for path in cache_dir.glob("failures.rank*.jsonl"):
+        path.unlink()
+
+
+def _write_json_lines(path: Path, rows: list[dict]) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    os.replace(temporary, path)
+
+
+def _count_lines(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
+
+
+def cache_is_complete(cache_dir: str | os.PathLike) -> bool:
+    """Whether a cache folder was finished (its info file is written last)."""
+    return (Path(cache_dir) / CACHE_INFO).is_file()
+
+
+class LatentCacheDataset(torch.utils.data.Dataset):
+    """Items of a finished cache: posterior mean/std, text states, mask, level, caption.
+
+    Shards are memory-mapped through safetensors; only the rows asked for are read.
+
+    Args:
+        cache_dir: A folder written by :func:`build_cache`.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike):
+        self.cache_dir = Path(cache_dir)
+        if not cache_is_complete(self.cache_dir):
+            raise ConfigError(f"{self.cache_dir}: not a finished latent cache (run qamdt cache)")
+        self.info = json.loads((self.cache_dir / CACHE_INFO).read_text())
+        self.rows: list[tuple[str, int, dict]] = []
+        for path in sorted(self.cache_dir.glob("shard_*.json")):
+            for row_index, row in enumerate(json.loads(path.read_text())["rows"]):
+                self.rows.append((path.with_suffix(".safetensors").name, row_index, row))
+        if not self.rows:
+            raise ConfigError(f"{self.cache_dir}: the cache holds no clips")
+        null = safetensors.torch.load_file(self.cache_dir / NULL_TEXT)
+        self.null_text = (null["text_states"], null["text_mask"].bool())
+        self._handles: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _open(self, name: str):
+        if name not in self._handles:
+            self._handles[name] = safetensors.safe_open(
+                str(self.cache_dir / name), framework="pt", device="cpu"
+            )
+        return self._handles[name]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        name, row_index, row = self.rows[index]
+        handle = self._open(name)
+        mask = handle.get_slice("text_mask")[row_index].bool()
+        length = int(mask.sum().clamp(min=1))
+        return {
+            "latent_mean": handle.get_slice("latent_mean")[row_index],
+            "latent_std": handle.get_slice("latent_std")[row_index],
+            "text_states": handle.get_slice("text_states")[row_index][:length],
+            "text_mask": mask[:length],
+            "quality_level": int(row["quality_level"]),
+            "caption": row["caption"],
+            "id": row["id"],
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Open safetensors handles do not pickle; DataLoader workers reopen them.
+        return {**self.__dict__, "_handles": {}}
+
+
+def collate_cached(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stacks cached items, right-padding the text states to the longest caption."""
+    length = max(item["text_states"].shape[0] for item in items)
+    states = torch.zeros(len(items), length, items[0]["text_states"].shape[-1])
+    mask = torch.zeros(len(items), length, dtype=torch.bool)
+    for i, item in enumerate(items):
+        n = item["text_states"].shape[0]
+        states[i, :n] = item["text_states"]
+        mask[i, :n] = item["text_mask"]
+    return {
+        "latent_mean": torch.stack([item["latent_mean"] for item in items]),
+        "latent_std": torch.stack([item["latent_std"] for item in items]),
+        "text_states": states,
+        "text_mask": mask,
+        "quality_level": torch.tensor([item["quality_level"] for item in items]),
+        "caption": [item["caption"] for item in items],
+        "id": [item["id"] for item in items],
+    }

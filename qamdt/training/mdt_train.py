@@ -1,0 +1,497 @@
+"""Training the quality-aware MDT with Accelerate (``accelerate launch`` runs it unchanged).
+
+A run folder holds ``transformer/`` (the EMA weights, ``save_pretrained`` format),
+``checkpoint/`` (the Accelerate state: model, optimiser, scheduler, EMA, RNG, and
+``progress.json``), ``train_log.jsonl``, TensorBoard logs under ``logs/``,
+``train_config.json``, ``samples/`` (periodic previews) and ``cache/`` (pre-computed
+latents and text states, when enabled).
+
+Every random draw of a step (posterior sample, noise, timesteps, masks, condition drops)
+comes from a generator seeded by the run seed and the step's batch index, and the data
+order of each epoch is a seeded permutation, so a resumed run continues the same loss
+curve as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from qamdt.audio_spec import get_audio_spec
+from qamdt.diffusion.conditioning import drop_conditions
+from qamdt.diffusion.loss import diffusion_loss, training_target
+from qamdt.diffusion.sampling import pad_text
+from qamdt.diffusion.schedule import build_train_scheduler
+from qamdt.errors import ConfigError
+from qamdt.models.transformer import QualityMDTTransformer
+from qamdt.training.mdt_config import MdtTrainConfig
+
+STATE_DIR = "checkpoint"
+MODEL_DIR = "transformer"
+LOG_NAME = "train_log.jsonl"
+PROGRESS_NAME = "progress.json"
+
+
+class EpochPermutation(torch.utils.data.Sampler):
+    """A seeded permutation per epoch (the same on every process and after a resume)."""
+
+    def __init__(self, size: int, seed: int):
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the permutation of ``epoch``."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def build_transformer(config: MdtTrainConfig, latent_channels: int, text_dim: int, latent_size):
+    """The transformer of a run, its channel and text widths taken from the VAE and encoder.
+
+    Raises:
+        ConfigError: If the model config contradicts the VAE or the text encoder.
+    """
+    values = dict(config.model)
+    for key, actual, source in (
+        ("in_channels", latent_channels, "the VAE's latent channels"),
+        ("text_dim", text_dim, "the text encoder's width"),
+    ):
+        if key in values and int(values[key]) != actual:
+            raise ConfigError(f"model.{key} is {values[key]} but {source} is {actual}")
+        values[key] = actual
+    values.setdefault("sample_size", list(latent_size))
+    if values.get("prediction_type", config.diffusion.prediction_type) != (
+        config.diffusion.prediction_type
+    ):
+        raise ConfigError("model.prediction_type differs from diffusion.prediction_type")
+    values["prediction_type"] = config.diffusion.prediction_type
+    return QualityMDTTransformer(**values)
+
+
+def _step_generator(seed: int, batch_index: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + batch_index) * 1_009 + rank)
+
+
+def _replace_text(
+    states: torch.Tensor,
+    mask: torch.Tensor,
+    dropped: torch.Tensor,
+    null_text: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Puts the empty caption's states in the rows where the caption was dropped."""
+    null_states, null_mask = null_text
+    length = max(states.shape[1], null_states.shape[0])
+    states, mask = pad_text(states, mask, length)
+    null_states, null_mask = pad_text(null_states[None], null_mask[None], length)
+    dropped = dropped.to(states.device)
+    states = torch.where(dropped[:, None, None], null_states.to(states), states)
+    mask = torch.where(dropped[:, None], null_mask.to(mask.device), mask)
+    return states, mask
+
+
+class _Batches:
+    """Turns loader batches into model inputs (cached latents, or audio encoded on the fly)."""
+
+    def __init__(self, config: MdtTrainConfig, vae, text_encoder, null_text, cached: bool, frames):
+        self.config = config
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.null_text = null_text
+        self.cached = cached
+        self.latent_frames = frames
+
+    @torch.no_grad()
+    def inputs(self, batch: dict, generator: torch.Generator, device) -> dict[str, Any]:
+        from qamdt.training.latent_cache import posterior_latents
+
+        diffusion = self.config.diffusion
+        levels = batch["quality_level"].clone()
+        captions, levels, text_dropped, _ = drop_conditions(
+            batch["caption"], levels, diffusion.text_drop, diffusion.quality_drop, generator
+        )
+        if not self.config.conditioning.quality_token:
+            levels.zero_()
+        if self.cached:
+            mean, std = batch["latent_mean"].to(device), batch["latent_std"].to(device)
+            states, mask = batch["text_states"].to(device), batch["text_mask"].to(device)
+            states, mask = _replace_text(states, mask, text_dropped, self.null_text)
+        else:
+            mean, std = posterior_latents(self.vae, batch["mel"].to(device))
+            states, mask = self.text_encoder.encode(captions, device=device)
+        noise = torch.randn(mean.shape, generator=generator).to(device, mean.dtype)
+        latents = mean + std * noise
+        if self.latent_frames is not None and latents.shape[2] > self.latent_frames:
+            start = int(
+                torch.randint(0, latents.shape[2] - self.latent_frames + 1, (), generator=generator)
+            )
+            latents = latents[:, :, start : start + self.latent_frames]
+        return {
+            "latents": latents.float(),
+            "text_states": states,
+            "text_mask": mask,
+            "quality_level": levels.to(device),
+        }
+
+
+def _load_data(config: MdtTrainConfig, out: Path, vae, text_encoder, accelerator):
+    from qamdt.training.latent_cache import (
+        LatentCacheDataset,
+        build_cache,
+        cache_is_complete,
+        collate_cached,
+    )
+    from qamdt.training.mdt_data import ClipMelDataset, collate_mels, excerpt_frames, training_clips
+
+    spec = get_audio_spec(config.audio)
+    factor = vae.downsample_factor
+    frames = excerpt_frames(spec, config.clip_seconds, factor)
+    if config.cache:
+        cache_dir = out / "cache" if config.cache == "auto" else Path(config.cache)
+        if not cache_is_complete(cache_dir):
+            accelerator.print(f"building the latent cache in {cache_dir}")
+            summary = build_cache(config, cache_dir, vae, text_encoder, progress=True)
+            accelerator.print(f"cached {summary['clips']} clips in {summary['seconds']} s")
+        dataset = LatentCacheDataset(cache_dir)
+        full_frames = dataset.info["frames"] // factor
+        latent_frames = min(frames // factor, full_frames)
+        return (
+            dataset,
+            collate_cached,
+            dataset.null_text,
+            True,
+            latent_frames,
+            spec.n_mels // factor,
+        )
+    clips, skipped = training_clips(
+        config.manifest,
+        config.split,
+        config.conditioning.quality_token,
+        config.conditioning.quality_prefix,
+    )
+    if skipped:
+        accelerator.print(
+            f"skipping {len(skipped)} rows, e.g. {skipped[0]['id']}: {skipped[0]['reason']}"
+        )
+    dataset = ClipMelDataset(clips, spec, frames, random_crop=True, seed=config.seed)
+    null_states, null_mask = text_encoder.encode([""])
+    null_text = (null_states[0].cpu(), null_mask[0].cpu())
+    return dataset, collate_mels, null_text, False, frames // factor, spec.n_mels // factor
+
+
+def _log(out: Path, record: dict[str, Any]) -> None:
+    with open(out / LOG_NAME, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(out: Path, step: int) -> None:
+    """Drops log lines written after the checkpoint a run resumes from."""
+    path = out / LOG_NAME
+    if not path.is_file():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= step
+    ]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def export_model(model: QualityMDTTransformer, ema, path: Path) -> None:
+    """Saves the EMA weights (or the raw ones without EMA) with ``save_pretrained``."""
+    if ema is None:
+        model.save_pretrained(path)
+        return
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    try:
+        model.save_pretrained(path)
+    finally:
+        ema.restore(model.parameters())
+
+
+def train_mdt(
+    config: MdtTrainConfig, out_dir: str | os.PathLike, progress: bool = True
+) -> dict[str, Any]:
+    """Trains (or resumes training) a QA-MDT transformer.
+
+    Args:
+        config: The run's settings.
+        out_dir: Run folder (see the module docstring).
+        progress: Show a progress bar.
+
+    Returns:
+        A summary: steps, final loss, throughput, where the model is.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from diffusers.training_utils import EMAModel
+    from tqdm import tqdm
+    from transformers import get_constant_schedule_with_warmup
+
+    from qamdt.models.text_encoder import TextEncoder
+    from qamdt.models.vae import LatentVAE
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        cpu=not torch.cuda.is_available(),
+    )
+    set_seed(config.seed)
+    device = accelerator.device
+    vae = LatentVAE.from_pretrained(config.vae).to(device).eval().requires_grad_(False)
+    text_encoder = TextEncoder.from_pretrained(config.text_encoder).to(device)
+    dataset, collate, null_text, cached, latent_frames, latent_bands = _load_data(
+        config, out, vae, text_encoder, accelerator
+    )
+    batches = _Batches(config, vae, text_encoder, null_text, cached, latent_frames)
+    model = build_transformer(
+        config, vae.latent_channels, text_encoder.hidden_size, (latent_frames, latent_bands)
+    )
+    if config.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    scheduler = build_train_scheduler(config.diffusion)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=config.learning_rate,
+        betas=tuple(config.adam_betas),
+        weight_decay=config.weight_decay,
+    )
+    lr_schedule = get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
+    sampler = EpochPermutation(len(dataset), config.seed)
+    if len(dataset) < config.batch_size:
+        raise ConfigError(
+            f"batch_size {config.batch_size} exceeds the {len(dataset)} training clips"
+        )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        collate_fn=collate,
+        num_workers=config.num_workers,
+    )
+    model, optimizer, loader, lr_schedule = accelerator.prepare(
+        model, optimizer, loader, lr_schedule
+    )
+    unwrapped: QualityMDTTransformer = accelerator.unwrap_model(model)
+    ema = None
+    if config.ema_decay is not None:
+        ema = EMAModel(
+            unwrapped.parameters(),
+            decay=config.ema_decay,
+            use_ema_warmup=config.ema_warmup,
+            power=config.ema_power,
+            model_cls=QualityMDTTransformer,
+            model_config=unwrapped.config,
+        )
+        ema.to(device)
+        accelerator.register_for_checkpointing(ema)
+
+    state_dir = out / STATE_DIR
+    step = 0
+    if (state_dir / PROGRESS_NAME).is_file():
+        accelerator.load_state(str(state_dir))
+        step = json.loads((state_dir / PROGRESS_NAME).read_text())["step"]
+        accelerator.print(f"resuming at step {step}")
+    if accelerator.is_main_process:
+        _truncate_log(out, step)
+        (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        accelerator.init_trackers("qamdt")
+
+    accumulation = config.gradient_accumulation_steps
+    batches_per_epoch = len(loader)
+    if batches_per_epoch < accumulation:
+        raise ConfigError("fewer batches per epoch than gradient_accumulation_steps")
+    started = time.time()
+    stop_reason = "max_steps"
+    recent: list[float] = []
+    samples_seen = 0
+    bar = tqdm(
+        total=config.max_steps,
+        initial=step,
+        desc="training",
+        disable=not progress or not accelerator.is_main_process,
+    )
+
+    def checkpoint() -> None:
+        accelerator.save_state(str(state_dir))
+        if accelerator.is_main_process:
+            (state_dir / PROGRESS_NAME).write_text(json.dumps({"step": step}))
+            export_model(unwrapped, ema, out / MODEL_DIR)
+        accelerator.wait_for_everyone()
+
+    last_checkpoint = step
+    while step < config.max_steps and stop_reason == "max_steps":
+        batch_index = step * accumulation
+        epoch, skip = divmod(batch_index, batches_per_epoch)
+        sampler.set_epoch(epoch)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        unwrapped.train()
+        for batch in epoch_loader:
+            generator = _step_generator(config.seed, batch_index, accelerator.process_index)
+            batch_index += 1
+            if not cached and batch["mel"] is None:
+                continue
+            inputs = batches.inputs(batch, generator, device)
+            noise = torch.randn(inputs["latents"].shape, generator=generator).to(device)
+            timesteps = torch.randint(
+                0, scheduler.config.num_train_timesteps, (noise.shape[0],), generator=generator
+            ).to(device)
+            noisy = scheduler.add_noise(inputs["latents"], noise, timesteps)
+            target = training_target(scheduler, inputs["latents"], noise, timesteps)
+            arguments = (
+                noisy,
+                timesteps,
+                inputs["text_states"],
+                inputs["text_mask"],
+                inputs["quality_level"],
+            )
+            with accelerator.accumulate(model):
+                mask_ratio = unwrapped.sample_mask_ratio(generator)
+                prediction = model(*arguments, mask_ratio=mask_ratio, generator=generator)
+                loss = diffusion_loss(
+                    prediction, target, timesteps, scheduler, config.diffusion.min_snr_gamma
+                )
+                if config.diffusion.loss_mode == "two_pass":
+                    unmasked = model(*arguments)
+                    loss = loss + diffusion_loss(
+                        unmasked, target, timesteps, scheduler, config.diffusion.min_snr_gamma
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.grad_clip:
+                    accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                lr_schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+            recent.append(float(loss.detach()))
+            samples_seen += noise.shape[0] * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            if ema is not None:
+                ema.step(unwrapped.parameters())
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.max_steps:
+                elapsed = time.time() - started
+                record = {
+                    "step": step,
+                    "loss": float(np.mean(recent)),
+                    "lr": lr_schedule.get_last_lr()[0],
+                    "seconds": round(elapsed, 2),
+                    "samples_per_second": round(samples_seen / max(elapsed, 1e-9), 3),
+                }
+                recent.clear()
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                accelerator.log({"loss": record["loss"], "lr": record["lr"]}, step=step)
+                if accelerator.is_main_process:
+                    _log(out, record)
+            if (
+                config.sample_every
+                and step % config.sample_every == 0
+                and accelerator.is_main_process
+            ):
+                _preview(
+                    config,
+                    unwrapped,
+                    ema,
+                    vae,
+                    text_encoder,
+                    out,
+                    step,
+                    (latent_frames, latent_bands),
+                )
+                unwrapped.train()
+            if step % config.checkpoint_every == 0:
+                checkpoint()
+                last_checkpoint = step
+            if (
+                config.max_minutes is not None
+                and (time.time() - started) / 60 >= config.max_minutes
+            ):
+                stop_reason = "max_minutes"
+            if step >= config.max_steps or stop_reason != "max_steps":
+                break
+    bar.close()
+    if last_checkpoint != step or not (out / MODEL_DIR).is_dir():
+        checkpoint()
+    accelerator.end_training()
+    elapsed = time.time() - started
+    summary = {
+        "steps": step,
+        "stopped_by": stop_reason,
+        "seconds": round(elapsed, 1),
+        "samples_per_second": round(samples_seen / max(elapsed, 1e-9), 3),
+        "parameters": sum(p.numel() for p in unwrapped.parameters()),
+        "clips": len(dataset),
+        "model": str(out / MODEL_DIR),
+    }
+    if accelerator.is_main_process:
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+@torch.no_grad()
+def _preview(config, model, ema, vae, text_encoder, out: Path, step: int, latent_size) -> None:
+    """Writes a preview sample (mel picture and, with a vocoder, audio) of the EMA model."""
+    from qamdt.diffusion.sampling import sample_latents
+    from qamdt.diffusion.schedule import build_sampler
+    from qamdt.training.preview import save_preview
+
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    try:
+        model.eval()
+        device = next(model.parameters()).device
+        generator = torch.Generator().manual_seed(config.seed)
+        shape = (1, vae.latent_channels, *latent_size)
+        latents = torch.randn(shape, generator=generator).to(device)
+        sampler = build_sampler("ddim", build_train_scheduler(config.diffusion).config)
+        text = text_encoder.encode([config.sample_prompt], device=device)
+        negative = text_encoder.encode([""], device=device)
+        top = torch.tensor([model.config.num_quality_levels], device=device)
+        quality_on = config.conditioning.quality_token
+        latents = sample_latents(
+            model,
+            sampler,
+            latents,
+            text,
+            top if quality_on else torch.zeros_like(top),
+            negative,
+            torch.ones_like(top) if quality_on else torch.zeros_like(top),
+            guidance_scale=3.5,
+            num_inference_steps=config.sample_steps,
+            generator=generator,
+        )
+        mel = vae.decode(latents)[0].float().cpu()
+        save_preview(mel, config.audio, out / "samples" / f"step_{step:07d}", config.vocoder)
+    finally:
+        if ema is not None:
+            ema.restore(model.parameters())
+
+
+def loss_curve(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The logged records of a run, in step order."""
+    path = Path(out_dir) / LOG_NAME
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
