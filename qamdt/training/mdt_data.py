@@ -167,9 +167,9 @@ class ClipMelDataset(torch.utils.data.Dataset):
         except QamdtError as error:
             return {"failed": clip.id, "reason": str(error)}
         with torch.no_grad():
-            mel = self.front_end(torch.from_numpy(np.ascontiguousarray(wave)))
+            mel = self.front_end(torch.from_numpy(np.ascontiguousarray(wave))).T
         return {
-            "mel": mel[: self.frames],
+            "mel": mel[: self.frames].contiguous(),
             "caption": clip.caption,
             "quality_level": clip.quality_level,
             "id": clip.id,

@@ -1,0 +1,261 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from qamdt.cli.main import main
+from qamdt.errors import ConfigError
+from qamdt.models.transformer import QualityMDTTransformer
+from qamdt.models.vae import LatentVAE
+from qamdt.training.latent_cache import LatentCacheDataset, build_cache
+from qamdt.training.mdt_config import MdtTrainConfig, load_mdt_config
+from qamdt.training.mdt_data import training_clips
+from qamdt.training.mdt_train import loss_curve, train_mdt
+
+PREFIXES = ["low quality", "low quality", "medium quality", "high quality", "high quality"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mdt_data")
+    (root / "audio").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(10):
+        t = np.arange(int(22050 * 0.6)) / 22050
+        wave = 0.3 * np.sin(2 * np.pi * 220 * 2 ** (i / 12) * t) + 0.02 * (
+            i % 3
+        ) * rng.standard_normal(t.size)
+        sf.write(root / "audio" / f"c{i}.wav", wave.astype(np.float32), 22050)
+        level = 1 + i % 5
+        rows.append(
+            {
+                "id": f"c{i}",
+                "audio": f"audio/c{i}.wav",
+                "split": "train",
+                "final_caption": f"tone {i}",
+                "quality_level": level,
+                "quality_prefix": PREFIXES[level - 1],
+                "pmos": 1.0 + level * 0.5,
+            }
+        )
+    rows.append({"id": "nolabel", "audio": "audio/c0.wav", "split": "train", "final_caption": "x"})
+    rows.append(
+        {
+            "id": "failed",
+            "audio": "audio/c0.wav",
+            "split": "train",
+            "quality_level": 3,
+            "quality_prefix": "medium quality",
+            "errors": {"mos": "unreadable"},
+        }
+    )
+    rows.append(
+        {
+            "id": "held",
+            "audio": "audio/c1.wav",
+            "split": "test",
+            "quality_level": 3,
+            "quality_prefix": "medium quality",
+        }
+    )
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    torch.manual_seed(0)
+    vae = LatentVAE.from_config(
+        {
+            "latent_channels": 4,
+            "block_out_channels": [4, 4, 4],
+            "layers_per_block": 1,
+            "norm_num_groups": 2,
+        }
+    )
+    vae.set_scaling_factor(0.5)
+    vae.save_pretrained(root / "vae")
+    return root
+
+
+def config(data, **changes) -> MdtTrainConfig:
+    values = {
+        "manifest": str(data / "manifest.jsonl"),
+        "vae": str(data / "vae"),
+        "clip_seconds": 0.4,
+        "model": {
+            "patch_size": [4, 4],
+            "hidden_size": 16,
+            "num_heads": 2,
+            "encoder_depth": 2,
+            "decoder_depth": 1,
+        },
+        "batch_size": 4,
+        "max_steps": 4,
+        "warmup_steps": 2,
+        "learning_rate": 1e-3,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "vocoder": None,
+    }
+    values.update(changes)
+    return MdtTrainConfig.from_dict(values)
+
+
+def test_presets_load_and_unknown_keys_are_named(tmp_path):
+    for name in ("embedded", "paper"):
+        loaded = load_mdt_config(f"configs/mdt/{name}.yaml")
+        QualityMDTTransformer.from_config(loaded.model) if name == "embedded" else None
+    base = {"manifest": "m.jsonl", "vae": "v"}
+    with pytest.raises(ConfigError, match="batchsize"):
+        MdtTrainConfig.from_dict({**base, "batchsize": 3})
+    with pytest.raises(ConfigError, match="diffusion.*text_dorp"):
+        MdtTrainConfig.from_dict({**base, "diffusion": {"text_dorp": 0.1}})
+    with pytest.raises(ConfigError, match="conditioning.*token"):
+        MdtTrainConfig.from_dict({**base, "conditioning": {"token": True}})
+    with pytest.raises(ConfigError, match="model.*depth"):
+        MdtTrainConfig.from_dict({**base, "model": {"depth": 3}})
+    with pytest.raises(ConfigError, match="'vae' is required"):
+        MdtTrainConfig.from_dict({"manifest": "m"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_mdt_config(bad)
+
+
+def test_training_clips_come_from_one_row_and_skip_unusable_rows(data):
+    clips, skipped = training_clips(data / "manifest.jsonl")
+    assert len(clips) == 10
+    assert clips[3].caption == "high quality, tone 3" and clips[3].quality_level == 4
+    reasons = {row["id"]: row["reason"] for row in skipped}
+    assert "quality_level" in reasons["nolabel"] and "mos" in reasons["failed"]
+    plain, _ = training_clips(data / "manifest.jsonl", quality_token=False, quality_prefix=False)
+    assert plain[3].caption == "tone 3" and plain[3].quality_level == 0
+    assert "nolabel" in {c.id for c in plain}
+    with pytest.raises(ConfigError, match="no usable rows in split 'valid'"):
+        training_clips(data / "manifest.jsonl", split="valid")
+
+
+def test_cache_builds_resumes_and_refuses_other_settings(data, tmp_path):
+    cfg = config(data)
+    summary = build_cache(cfg, tmp_path / "cache", progress=False)
+    assert summary["clips"] == 10 and summary["skipped"] == 2
+    dataset = LatentCacheDataset(tmp_path / "cache")
+    item = dataset[3]
+    vae = LatentVAE.from_pretrained(data / "vae")
+    # Full clips: 10.03 s of the embedded preset -> 864 frames / 4.
+    assert item["latent_mean"].shape == (4, 216, 20)
+    assert item["caption"] == "high quality, tone 3" and item["quality_level"] == 4
+    assert item["text_mask"].all() and item["text_states"].shape[-1] == 384
+    shard = tmp_path / "cache" / "shard_00000.json"
+    mtime = shard.stat().st_mtime_ns
+    assert build_cache(cfg, tmp_path / "cache", vae=vae, progress=False)["clips"] == 10
+    assert shard.stat().st_mtime_ns == mtime
+    with pytest.raises(ConfigError, match="other settings.*conditioning"):
+        build_cache(
+            config(data, conditioning={"quality_prefix": False}), tmp_path / "cache", progress=False
+        )
+
+
+def test_cache_records_unreadable_audio(data, tmp_path):
+    root = tmp_path / "d"
+    (root / "audio").mkdir(parents=True)
+    rows = [json.loads(line) for line in (data / "manifest.jsonl").read_text().splitlines()][:5]
+    for row in rows:
+        (root / row["audio"]).write_bytes((data / row["audio"]).read_bytes())
+    (root / "audio" / "c2.wav").write_bytes(b"not audio")
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = build_cache(
+        config(data, manifest=str(root / "manifest.jsonl")), tmp_path / "c", progress=False
+    )
+    assert summary["clips"] == 4 and summary["failed"] == 1
+    failure = json.loads((tmp_path / "c" / "failures.jsonl").read_text())
+    assert failure["id"] == "c2" and "c2.wav" in failure["reason"]
+
+
+def test_resumed_training_continues_the_same_loss_curve(data, tmp_path):
+    cache = str(tmp_path / "cache")
+    straight = train_mdt(
+        config(data, cache=cache, max_steps=4), tmp_path / "straight", progress=False
+    )
+    assert straight["steps"] == 4
+    train_mdt(config(data, cache=cache, max_steps=2), tmp_path / "resumed", progress=False)
+    assert [r["step"] for r in loss_curve(tmp_path / "resumed")] == [1, 2]
+    train_mdt(config(data, cache=cache, max_steps=4), tmp_path / "resumed", progress=False)
+    a = [r["loss"] for r in loss_curve(tmp_path / "straight")]
+    b = [r["loss"] for r in loss_curve(tmp_path / "resumed")]
+    assert len(a) == len(b) == 4
+    assert np.allclose(a, b, rtol=1e-4)
+    model = QualityMDTTransformer.from_pretrained(tmp_path / "resumed" / "transformer")
+    assert model.config.in_channels == 4 and model.config.text_dim == 384
+    # 0.4 s -> 34 mel frames -> 32 (a multiple of the VAE factor 4) -> 8 latent frames.
+    assert model.config.sample_size == [8, 20]
+
+
+def test_on_the_fly_encoding_two_pass_loss_and_preview(data, tmp_path):
+    cfg = config(
+        data,
+        cache=None,
+        max_steps=2,
+        diffusion={"loss_mode": "two_pass", "prediction_type": "v_prediction"},
+        sample_every=2,
+        sample_steps=2,
+        vocoder="griffin-lim",
+        ema_decay=None,
+    )
+    summary = train_mdt(cfg, tmp_path / "run", progress=False)
+    assert summary["steps"] == 2
+    assert (tmp_path / "run" / "samples" / "step_0000002.png").is_file()
+    assert (tmp_path / "run" / "samples" / "step_0000002.wav").is_file()
+    assert (
+        QualityMDTTransformer.from_pretrained(
+            tmp_path / "run" / "transformer"
+        ).config.prediction_type
+        == "v_prediction"
+    )
+
+
+def test_plain_mdt_baseline_never_sees_quality(data, tmp_path, monkeypatch):
+    seen = []
+    original = QualityMDTTransformer.forward
+
+    def spy(self, latents, timestep, text_states, text_mask=None, quality_level=None, **kw):
+        seen.append(quality_level.clone())
+        return original(self, latents, timestep, text_states, text_mask, quality_level, **kw)
+
+    monkeypatch.setattr(QualityMDTTransformer, "forward", spy)
+    cfg = config(
+        data,
+        cache=str(tmp_path / "c"),
+        max_steps=2,
+        conditioning={"quality_token": False, "quality_prefix": False},
+    )
+    train_mdt(cfg, tmp_path / "run", progress=False)
+    assert seen and all(bool((levels == 0).all()) for levels in seen)
+
+
+def test_model_and_train_commands(data, tmp_path, capsys):
+    assert main(["model", "info", "--config", "configs/mdt/embedded.yaml"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["tokens"] == 271 and info["latent_shape"] == [8, 216, 20]
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(json.dumps(config(data, cache=str(tmp_path / "cache")).to_dict()))
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(cfg),
+                "--out",
+                str(tmp_path / "run"),
+                "--max-steps",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 1
+    assert (
+        main(["train", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "r")])
+        == 2
+    )
+    assert "missing.yaml" in capsys.readouterr().err
