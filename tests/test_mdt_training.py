@@ -184,7 +184,7 @@ def test_resumed_training_continues_the_same_loss_curve(data, tmp_path):
     b = [r["loss"] for r in loss_curve(tmp_path / "resumed")]
     assert len(a) == len(b) == 4
     assert np.allclose(a, b, rtol=1e-4)
-    model = QualityMDTTransformer.from_pretrained(tmp_path / "resumed" / "transformer")
+    model = QualityMDTTransformer.from_pretrained(tmp_path / "resumed" / "pipeline" / "transformer")
     assert model.config.in_channels == 4 and model.config.text_dim == 384
     # 0.4 s -> 34 mel frames -> 32 (a multiple of the VAE factor 4) -> 8 latent frames.
     assert model.config.sample_size == [8, 20]
@@ -207,7 +207,7 @@ def test_on_the_fly_encoding_two_pass_loss_and_preview(data, tmp_path):
     assert (tmp_path / "run" / "samples" / "step_0000002.wav").is_file()
     assert (
         QualityMDTTransformer.from_pretrained(
-            tmp_path / "run" / "transformer"
+            tmp_path / "run" / "pipeline" / "transformer"
         ).config.prediction_type
         == "v_prediction"
     )

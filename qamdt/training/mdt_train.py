@@ -1,6 +1,7 @@
 """Training the quality-aware MDT with Accelerate (``accelerate launch`` runs it unchanged).
 
-A run folder holds ``transformer/`` (the EMA weights, ``save_pretrained`` format),
+A run folder holds ``pipeline/`` (a complete generation pipeline folder whose
+``transformer/`` holds the EMA weights, see :mod:`qamdt.generation.pipeline`),
 ``checkpoint/`` (the Accelerate state: model, optimiser, scheduler, EMA, RNG, and
 ``progress.json``), ``train_log.jsonl``, TensorBoard logs under ``logs/``,
 ``train_config.json``, ``samples/`` (periodic previews) and ``cache/`` (pre-computed
@@ -33,7 +34,8 @@ from qamdt.models.transformer import QualityMDTTransformer
 from qamdt.training.mdt_config import MdtTrainConfig
 
 STATE_DIR = "checkpoint"
-MODEL_DIR = "transformer"
+PIPELINE_DIR = "pipeline"
+MODEL_DIR = f"{PIPELINE_DIR}/transformer"
 LOG_NAME = "train_log.jsonl"
 PROGRESS_NAME = "progress.json"
 
@@ -241,6 +243,7 @@ def train_mdt(
     from tqdm import tqdm
     from transformers import get_constant_schedule_with_warmup
 
+    from qamdt.generation.export import write_pipeline_parts
     from qamdt.models.text_encoder import TextEncoder
     from qamdt.models.vae import LatentVAE
 
@@ -335,6 +338,8 @@ def train_mdt(
         if accelerator.is_main_process:
             (state_dir / PROGRESS_NAME).write_text(json.dumps({"step": step}))
             export_model(unwrapped, ema, out / MODEL_DIR)
+            if not (out / PIPELINE_DIR / "pipeline.json").is_file():
+                write_pipeline_parts(config, out / PIPELINE_DIR, vae, text_encoder)
         accelerator.wait_for_everyone()
 
     last_checkpoint = step
@@ -443,6 +448,7 @@ def train_mdt(
         "parameters": sum(p.numel() for p in unwrapped.parameters()),
         "clips": len(dataset),
         "model": str(out / MODEL_DIR),
+        "pipeline": str(out / PIPELINE_DIR),
     }
     if accelerator.is_main_process:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=1))

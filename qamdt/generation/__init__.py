@@ -1,0 +1,1 @@
+"""Generation: the QA-MDT pipeline and its command line."""
