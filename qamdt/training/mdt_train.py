@@ -397,9 +397,11 @@ def train_mdt(
             bar.update(1)
             if step % config.log_every == 0 or step == config.max_steps:
                 elapsed = time.time() - started
+                # The mean over processes, so the curve does not depend on the rank.
+                mean_loss = torch.tensor(float(np.mean(recent)), device=device)
                 record = {
                     "step": step,
-                    "loss": float(np.mean(recent)),
+                    "loss": float(accelerator.reduce(mean_loss, reduction="mean")),
                     "lr": lr_schedule.get_last_lr()[0],
                     "seconds": round(elapsed, 2),
                     "samples_per_second": round(samples_seen / max(elapsed, 1e-9), 3),
