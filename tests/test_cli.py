@@ -10,8 +10,9 @@ def subcommand_paths():
     groups = next(a for a in parser._actions if a.dest == "group")
     for name, group in groups.choices.items():
         yield [name]
-        commands = next(a for a in group._actions if a.dest == "command")
-        for command in commands.choices:
+        # Some commands (train, generate, evaluate) have no sub-commands.
+        commands = next((a for a in group._actions if a.dest == "command"), None)
+        for command in commands.choices if commands is not None else ():
             yield [name, command]
 
 

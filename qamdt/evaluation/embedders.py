@@ -1,0 +1,241 @@
+"""Offline audio features for the distribution metrics, from the project's own models.
+
+FAD and KL/IS are usually computed on VGGish embeddings and PANNs class probabilities,
+neither of which can be loaded offline here. These extractors stand in for them with the
+models this project trains itself, so the numbers are comparable between runs of this
+project but NOT with published FAD/KL/IS (those need ``audioldm_eval_backend``):
+
+* :class:`ClapAudioEmbedder`: clip embeddings from a CLAP scorer's audio tower, in place
+  of VGGish, for the Frechet distance.
+* :class:`TaggerClassifier`: class probabilities from the embedded captioner's tagger
+  heads, in place of PANNs' AudioSet classes, for KL and the inception score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from qamdt.errors import ConfigError
+
+FEATURE_KINDS = ("pooled", "projected")
+# Single-label heads to take for the softmax KL and the inception score, first present wins.
+CLASS_HEAD_ORDER = ("ensemble", "style", "metre", "tempo", "mode")
+MULTI_LABEL_HEAD = "instruments"
+
+
+class ClapAudioEmbedder:
+    """Clip embeddings from a CLAP scorer's audio tower (not VGGish).
+
+    For the embedded CLAP model the default is ``"pooled"``: the audio tower's statistics
+    pooling (mean and standard deviation over time of the per-frame features, ``2 x
+    audio_width`` values), averaged over the clip's 5 s windows, before the projection
+    into the shared text-audio space. The projection is a linear map trained only to
+    agree with captions, so it can only drop information (quality, timbre detail that
+    captions never mention); the pooled features keep all of it, which is what a Frechet
+    distance should see. ``"projected"`` gives the normalised joint-space embeddings of
+    :meth:`ClapScorer.embed_audio`, the only choice for other CLAP kinds.
+
+    Args:
+        clap_scorer: Any :class:`captioning.base.ClapScorer`.
+        features: ``"pooled"`` (embedded kind only), ``"projected"``, or ``None`` for
+            pooled where available and projected otherwise.
+        batch_size: Windows per forward pass.
+
+    Raises:
+        ConfigError: On an unknown feature kind, or ``"pooled"`` for a scorer that is
+            not the embedded kind.
+    """
+
+    def __init__(self, clap_scorer, features: str | None = None, batch_size: int = 8):
+        from captioning.embedded_clap import EmbeddedClapScorer
+
+        pooled_ok = isinstance(clap_scorer, EmbeddedClapScorer)
+        if features is None:
+            features = "pooled" if pooled_ok else "projected"
+        if features not in FEATURE_KINDS:
+            raise ConfigError(f"features must be one of {FEATURE_KINDS}, got {features!r}")
+        if features == "pooled" and not pooled_ok:
+            raise ConfigError(
+                f"pooled CLAP features need the embedded CLAP scorer, got kind "
+                f"{getattr(clap_scorer, 'kind', type(clap_scorer).__name__)!r}; "
+                "use features='projected'"
+            )
+        self.scorer = clap_scorer
+        self.features = features
+        self.batch_size = int(batch_size)
+
+    @property
+    def description(self) -> str:
+        """One line saying what the embedding is, for reports."""
+        kind = getattr(self.scorer, "kind", type(self.scorer).__name__)
+        where = (
+            "audio-tower statistics pooling before the projection"
+            if self.features == "pooled"
+            else "projected, L2-normalised joint-space embedding"
+        )
+        return f"CLAP ({kind}) audio embedding, {where}; project-trained, not VGGish"
+
+    def embed(self, waves: Sequence[np.ndarray], sample_rates: int | Sequence[int]) -> np.ndarray:
+        """Embeds a batch of clips (any rate, any length).
+
+        Args:
+            waves: Mono or ``(channels, samples)`` float arrays.
+            sample_rates: One rate for all clips or one per clip.
+
+        Returns:
+            ``(N, D)`` float32 embeddings.
+        """
+        if self.features == "projected":
+            return self.scorer.embed_audio(list(waves), _rates(sample_rates), self.batch_size)
+        return self._pooled(list(waves), _rates(sample_rates))
+
+    @torch.no_grad()
+    def _pooled(self, waves: list[np.ndarray], rates: int | list[int]) -> np.ndarray:
+        from captioning.base import prepare_audio
+
+        scorer = self.scorer
+        tower = scorer.heads.audio
+        prepared = prepare_audio(waves, rates, scorer.sample_rate)
+        windows: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        for owner, wave in enumerate(prepared):
+            for window in scorer.mel_windows(scorer.log_mel(wave)):
+                windows.setdefault(window.shape[1], []).append((owner, window))
+        captured: list[torch.Tensor] = []
+        # The input of the tower's head is the pooled vector; a hook reads it without
+        # repeating the tower's internals here.
+        handle = tower.head.register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+        was_training = tower.training
+        tower.eval()
+        sums: torch.Tensor | None = None
+        counts = torch.zeros(len(prepared))
+        try:
+            for group in windows.values():
+                for start in range(0, len(group), self.batch_size):
+                    part = group[start : start + self.batch_size]
+                    captured.clear()
+                    tower(torch.stack([w for _, w in part]))
+                    pooled = captured[0].float().cpu()
+                    if sums is None:
+                        sums = torch.zeros((len(prepared), pooled.shape[1]))
+                    owners = torch.tensor([o for o, _ in part])
+                    sums.index_add_(0, owners, pooled)
+                    counts.index_add_(0, owners, torch.ones(len(part)))
+        finally:
+            handle.remove()
+            tower.train(was_training)
+        assert sums is not None  # every clip has at least one window
+        return (sums / counts[:, None]).numpy().astype(np.float32)
+
+
+class TaggerClassifier:
+    """Class probabilities from the embedded captioner's tagger (not PANNs).
+
+    The tagger (``captioning.embedded_captioner.TagNet``) has one head per tag field; a
+    clip's logits are averaged over its windows, then each head is turned into
+    probabilities: a sigmoid per class for the multi-label ``instruments`` head, a
+    softmax over the classes of each single-label head (``ensemble``, ``tempo``,
+    ``mode``, ``metre``, ``style``). The BPM regression head is left out.
+
+    The softmax-form KL and the inception score need one distribution per clip: they use
+    :attr:`class_head`, by default ``ensemble`` (the ensemble pattern: solo, string
+    quartet, organ, ... - the largest single-label vocabulary, and instrumentation is the
+    strongest acoustic cue, as AudioSet's instrument classes are for PANNs), falling back
+    to ``style``, ``metre``, ``tempo``, ``mode``. The multi-label instrument
+    probabilities feed the sigmoid-form KL.
+
+    Args:
+        captioner: An embedded captioner (``captioning.embedded_captioner``).
+        head: The single-label head for KL/IS; ``None`` picks as above.
+        batch_size: Windows per forward pass.
+
+    Raises:
+        ConfigError: If the captioner is not the embedded kind, or ``head`` is not one
+            of its single-label heads.
+    """
+
+    def __init__(self, captioner, head: str | None = None, batch_size: int = 8):
+        from captioning.embedded_captioner import CLASS_FIELDS, EmbeddedCaptioner
+
+        if not isinstance(captioner, EmbeddedCaptioner):
+            kind = getattr(captioner, "kind", type(captioner).__name__)
+            raise ConfigError(
+                f"the tagger metrics (KL, IS) need the embedded captioner, whose tag heads "
+                f"give class probabilities; got a captioner of kind {kind!r}"
+            )
+        vocab = captioner.config.vocab
+        self.captioner = captioner
+        self.batch_size = int(batch_size)
+        self.heads = [h for h in (MULTI_LABEL_HEAD, *CLASS_FIELDS) if vocab.get(h)]
+        single = [h for h in CLASS_HEAD_ORDER if vocab.get(h)]
+        if head is None:
+            if not single:
+                raise ConfigError("the captioner has no single-label head for KL and IS")
+            head = single[0]
+        elif head not in single:
+            raise ConfigError(f"head must be one of the captioner's single-label heads {single}")
+        self.class_head = head
+
+    def labels(self, head: str) -> list[str]:
+        """Class names of one head, in probability-column order."""
+        return list(self.captioner.config.vocab[head])
+
+    @property
+    def description(self) -> str:
+        """One line saying what the probabilities are, for reports."""
+        return (
+            f"embedded captioner tagger, '{self.class_head}' head "
+            f"({len(self.labels(self.class_head))} classes); project-trained, not PANNs"
+        )
+
+    def head_probabilities(
+        self, waves: Sequence[np.ndarray], sample_rates: int | Sequence[int]
+    ) -> dict[str, np.ndarray]:
+        """Probabilities of every head for a batch of clips (any rate, any length).
+
+        Returns:
+            Head name to ``(N, classes)`` float64: sigmoid probabilities for
+            ``instruments``, softmax rows (summing to 1) for the other heads.
+        """
+        from captioning.base import prepare_audio
+
+        captioner = self.captioner
+        prepared = prepare_audio(list(waves), _rates(sample_rates), captioner.sample_rate)
+        logits = captioner.logits_from_mels(
+            [captioner.log_mel(w) for w in prepared], self.batch_size
+        )
+        out = {}
+        for head in self.heads:
+            values = np.stack([np.asarray(clip[head], dtype=np.float64) for clip in logits])
+            out[head] = _sigmoid(values) if head == MULTI_LABEL_HEAD else _softmax(values)
+        return out
+
+    def probabilities(
+        self, waves: Sequence[np.ndarray], sample_rates: int | Sequence[int]
+    ) -> np.ndarray:
+        """Every head's probabilities side by side, ``(N, K)`` in :attr:`heads` order."""
+        per_head = self.head_probabilities(waves, sample_rates)
+        return np.concatenate([per_head[h] for h in self.heads], axis=1)
+
+    def class_probabilities(
+        self, waves: Sequence[np.ndarray], sample_rates: int | Sequence[int]
+    ) -> np.ndarray:
+        """The :attr:`class_head` distribution of each clip, ``(N, classes)``."""
+        return self.head_probabilities(waves, sample_rates)[self.class_head]
+
+
+def _rates(sample_rates: int | Sequence[int]) -> int | list[int]:
+    if isinstance(sample_rates, (int, np.integer)):
+        return int(sample_rates)
+    return [int(r) for r in sample_rates]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * logits))
