@@ -9,10 +9,13 @@ from qamdt import __version__
 from qamdt.cli import (
     captions_commands,
     corpus_commands,
+    evaluate_commands,
+    generate_commands,
     manifest_commands,
     model_commands,
     mos_commands,
     train_commands,
+    vae_commands,
 )
 from qamdt.errors import QamdtError
 
@@ -23,6 +26,9 @@ COMMAND_GROUPS = (
     captions_commands,
     train_commands,
     model_commands,
+    vae_commands,
+    generate_commands,
+    evaluate_commands,
 )
 
 
