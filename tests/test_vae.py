@@ -1,6 +1,7 @@
 """The mel VAE wrapper, its training loop and the ``train-vae`` command, on tiny models."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,7 +141,7 @@ def test_train_config_names_unknown_keys(tmp_path):
 
 
 def test_embedded_yaml_equals_the_defaults():
-    path = "configs/vae/embedded.yaml"
+    path = Path(__file__).resolve().parents[1] / "configs/vae/embedded.yaml"
     with open(path, encoding="utf-8") as handle:
         values = yaml.safe_load(handle)
     fields = {f for f in VaeTrainConfig.__dataclass_fields__ if f != "manifest"}
@@ -283,6 +284,11 @@ def test_cli_help_and_a_tiny_run(manifest, tmp_path, capsys):
     assert "3 steps" in line and str(out / "metrics.json") in line
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["steps"] == 3 and saved["batch_size"] == 2
+    # One pass over the six usable training clips in batches of four is two steps.
+    epochs = tmp_path / "epochs"
+    args = ["train-vae", "--manifest", str(manifest), "--config", str(config), "--out", str(epochs)]
+    assert main([*args, "--epochs", "1", "--quiet"]) == 0
+    assert json.loads((epochs / "metrics.json").read_text())["steps"] == 2
 
 
 def test_cli_reports_a_missing_manifest(tmp_path, capsys):

@@ -290,9 +290,10 @@ def train_mdt(
         collate_fn=collate,
         num_workers=config.num_workers,
     )
-    model, optimizer, loader, lr_schedule = accelerator.prepare(
-        model, optimizer, loader, lr_schedule
-    )
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    # Not prepared: a prepared scheduler advances once per process on every step, which
+    # would shorten the warm-up on several GPUs; warmup_steps counts optimiser steps.
+    accelerator.register_for_checkpointing(lr_schedule)
     unwrapped: QualityMDTTransformer = accelerator.unwrap_model(model)
     ema = None
     if config.ema_decay is not None:
