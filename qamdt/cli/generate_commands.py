@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 
@@ -56,18 +55,10 @@ def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
     return collected
 
 
-def slug(text: str, limit: int = 40) -> str:
-    """A file-name-safe short form of a prompt."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
-
-
 def run_generate(args: argparse.Namespace) -> int:
     """Runs ``qamdt generate``."""
-    import numpy as np
-    import torch
-
-    from qamdt.audio_io import save_audio
     from qamdt.generation.pipeline import QAMDTPipeline
+    from qamdt.generation.writer import GenerationRequest, generate_to_folder
 
     prompts = read_prompts(args.prompt, args.prompts_file)
     pipeline = QAMDTPipeline.from_pretrained(args.model, device=args.device)
@@ -76,55 +67,28 @@ def run_generate(args: argparse.Namespace) -> int:
         from captioning.base import load_clap
 
         clap = load_clap(args.clap)
-    args.out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for start in range(0, len(prompts), args.batch_size):
-        chunk = prompts[start : start + args.batch_size]
-        # One seed per batch position, so a prompt's audio does not depend on its batch.
-        seed = args.seed + start
-        output = pipeline(
-            chunk,
-            negative_prompt=args.negative_prompt,
-            quality_level=args.quality,
-            negative_quality_level=args.negative_quality,
-            guidance=args.guidance,
-            guidance_scale=args.cfg,
-            num_inference_steps=args.steps,
-            scheduler=args.scheduler,
-            eta=args.eta,
-            audio_length_in_s=args.length,
-            num_waveforms_per_prompt=args.num_waveforms,
-            clap=clap,
-            generator=torch.Generator().manual_seed(seed),
-            progress=not args.quiet,
-        )
-        for i, (audio, prompt, text) in enumerate(
-            zip(output.audios, output.prompts, output.texts, strict=True)
-        ):
-            index = start * args.num_waveforms + i
-            stem = args.out / f"{index:04d}_{slug(prompt)}"
-            save_audio(stem.with_suffix(".wav"), np.asarray(audio), output.sample_rate)
-            sidecar = {
-                "prompt": prompt,
-                "text": text,
-                "negative_prompt": args.negative_prompt,
-                "quality_level": args.quality,
-                "negative_quality_level": args.negative_quality,
-                "guidance": args.guidance,
-                "guidance_scale": args.cfg,
-                "steps": args.steps,
-                "scheduler": args.scheduler,
-                "eta": args.eta,
-                "seed": seed,
-                "batch_index": i,
-                "num_waveforms_per_prompt": args.num_waveforms,
-                "rank": i % args.num_waveforms if clap is not None else None,
-                "clap_score": None if output.clap_scores is None else output.clap_scores[i],
-                "audio_length_in_s": args.length,
-                "sample_rate": output.sample_rate,
-                "model": str(Path(args.model).resolve()),
-            }
-            stem.with_suffix(".json").write_text(json.dumps(sidecar, indent=1))
-            written.append(str(stem.with_suffix(".wav")))
+    request = GenerationRequest(
+        model=args.model,
+        quality_level=args.quality,
+        negative_prompt=args.negative_prompt,
+        negative_quality_level=args.negative_quality,
+        guidance=args.guidance,
+        guidance_scale=args.cfg,
+        steps=args.steps,
+        scheduler=args.scheduler,
+        eta=args.eta,
+        audio_length_in_s=args.length,
+        num_waveforms=args.num_waveforms,
+    )
+    written = generate_to_folder(
+        pipeline,
+        prompts,
+        request,
+        args.out,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        clap=clap,
+        progress=not args.quiet,
+    )
     print(json.dumps({"written": len(written), "out": str(args.out)}))
     return 0

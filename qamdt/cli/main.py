@@ -9,6 +9,7 @@ from qamdt import __version__
 from qamdt.cli import (
     captions_commands,
     corpus_commands,
+    demo_commands,
     evaluate_commands,
     generate_commands,
     manifest_commands,
@@ -29,6 +30,7 @@ COMMAND_GROUPS = (
     vae_commands,
     generate_commands,
     evaluate_commands,
+    demo_commands,
 )
 
 
