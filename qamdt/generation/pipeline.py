@@ -247,8 +247,10 @@ class QAMDTPipeline:
 
     def _check_level(self, level: float | None, name: str) -> None:
         top = self.transformer.config.num_quality_levels
-        if level is not None and not 1 <= float(level) <= top:
-            raise ConfigError(f"{name}: must be within 1..{top} (or None), got {level}")
+        if level is not None and float(level) != 0 and not 1 <= float(level) <= top:
+            raise ConfigError(
+                f"{name}: must be within 1..{top}, or 0 for the null level, got {level}"
+            )
 
     # ---------------------------------------------------------------- call
 
@@ -282,7 +284,8 @@ class QAMDTPipeline:
             quality_level: Requested level 1..5; a float interpolates between the two
                 neighbouring level embeddings; None uses the null level.
             negative_quality_level: Level of the negative branch (default: 1 for
-                "quality", 3 for "released").
+                "quality", 3 for "released"; 0 is the null level, plain classifier-free
+                guidance on the quality token).
             guidance: "quality", "released" or "negative-prompt" (module docstring).
             guidance_scale: Classifier-free guidance scale (1 turns guidance off).
             num_inference_steps: Sampler steps (the paper: 200 DDIM steps).
