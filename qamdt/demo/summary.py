@@ -1,0 +1,214 @@
+"""The demo report's contents: the sweep, the baselines, stage times and pass/fail checks.
+
+The checks are the measures of the quality-aware generation claim (paper, Fig. 3 and
+Table A.3): p-MOS rises with the requested level (level 5 at least ``min_pmos_gain``
+above level 1), the Frechet distance to clean held-out clips falls from level 1 to 5,
+audio matches its own prompt better than a shuffled one, the quality-aware model at level
+5 beats the plain MDT and the MDT with a "low quality" negative prompt on both p-MOS and
+Frechet distance, and level-5 audio is more periodic than noise with its spectrum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from qamdt.demo.settings import DemoSettings
+
+
+def _dig(values: Any, *keys: str) -> Any:
+    """``values[k1][k2]...``, or None where a level is missing."""
+    for key in keys:
+        if not isinstance(values, Mapping):
+            return None
+        values = values.get(key)
+    return values
+
+
+def _level_row(sweep: Sequence[Mapping[str, Any]], pick) -> Mapping[str, Any]:
+    rows = [r for r in sweep if isinstance(r.get("level"), (int, float))]
+    return pick(rows, key=lambda r: r["level"]) if rows else {}
+
+
+def _check(name: str, rule: str, left: Any, right: Any, passed) -> dict[str, Any]:
+    """One row of the checks table; a missing figure fails it."""
+    known = isinstance(left, (int, float)) and isinstance(right, (int, float))
+    return {
+        "check": name,
+        "rule": rule,
+        "values": f"{left:.4g} vs {right:.4g}" if known else "missing",
+        "passed": bool(known and passed(left, right)),
+    }
+
+
+def compute_checks(
+    low: Mapping[str, Any],
+    high: Mapping[str, Any],
+    clap: Mapping[str, Any],
+    baselines: Mapping[str, Mapping[str, Any]],
+    pitch: Mapping[str, Any],
+    min_pmos_gain: float,
+) -> list[dict[str, Any]]:
+    """The pass/fail criteria.
+
+    Args:
+        low: Sweep row of the lowest level (``pmos_mean``, ``frechet``).
+        high: Sweep row of the highest level.
+        clap: ``{"matched", "shuffled"}`` CLAP scores of the sweep.
+        baselines: Baseline name -> ``{"pmos_mean", "frechet"}`` (without the quality-aware
+            model itself).
+        pitch: ``{"level5", "shaped_noise"}`` pitch confidences.
+        min_pmos_gain: Least p-MOS gain from the lowest to the highest level.
+
+    Returns:
+        Rows ``{"check", "rule", "values", "passed"}``.
+    """
+    checks = [
+        _check(
+            "quality control (p-MOS)",
+            f"p-MOS(level {high.get('level')}) - p-MOS(level {low.get('level')}) "
+            f">= {min_pmos_gain}",
+            high.get("pmos_mean"),
+            low.get("pmos_mean"),
+            lambda a, b: a - b >= min_pmos_gain,
+        ),
+        _check(
+            "quality control (Frechet)",
+            f"Frechet(level {high.get('level')}) < Frechet(level {low.get('level')})",
+            high.get("frechet"),
+            low.get("frechet"),
+            lambda a, b: a < b,
+        ),
+        _check(
+            "text control (CLAP)",
+            "CLAP(own prompt) > CLAP(shuffled prompt)",
+            clap.get("matched"),
+            clap.get("shuffled"),
+            lambda a, b: a > b,
+        ),
+    ]
+    for name, values in baselines.items():
+        checks.append(
+            _check(
+                f"beats {name} (p-MOS)",
+                f"p-MOS(level {high.get('level')}) > p-MOS({name})",
+                high.get("pmos_mean"),
+                values.get("pmos_mean"),
+                lambda a, b: a > b,
+            )
+        )
+        checks.append(
+            _check(
+                f"beats {name} (Frechet)",
+                f"Frechet(level {high.get('level')}) < Frechet({name})",
+                high.get("frechet"),
+                values.get("frechet"),
+                lambda a, b: a < b,
+            )
+        )
+    checks.append(
+        _check(
+            "music, not noise (pitch confidence)",
+            "periodicity(level 5) > periodicity(noise with its spectrum envelope)",
+            pitch.get("level5"),
+            pitch.get("shaped_noise"),
+            lambda a, b: a > b,
+        )
+    )
+    return checks
+
+
+def _training(stage_results: Mapping[str, Any]) -> dict[str, Any]:
+    """Headline figures of the training stages."""
+    r = stage_results
+    return {
+        "MOS predictor: best valid SRCC": _dig(r, "mos", "best_valid_srcc"),
+        "MOS predictor: validated on": _dig(r, "mos", "valid_split"),
+        "p-MOS: mu": _dig(r, "pmos", "stats", "mu"),
+        "p-MOS: sigma": _dig(r, "pmos", "stats", "sigma"),
+        "p-MOS: level edges": _dig(r, "pmos", "stats", "level_edges"),
+        "p-MOS: prefix counts": _dig(r, "pmos", "stats", "prefix_counts"),
+        "captioner: valid tag F1": _dig(r, "captioner", "valid", "overall", "f1"),
+        "CLAP: valid text-to-audio R@1": _dig(r, "clap", "valid", "t2a_r1"),
+        "refine: merged share": _dig(r, "refine", "merged_share"),
+        "refine: generated captions filtered": _dig(r, "refine", "generated_filtered_share"),
+        "VAE: valid log-mel L1": _dig(r, "vae", "recon_l1_valid"),
+        "QA-MDT: steps": _dig(r, "mdt", "train", "steps"),
+        "QA-MDT: latent cache seconds": _dig(r, "mdt", "cache_seconds"),
+        "MDT baseline: steps": _dig(r, "mdt-baseline", "train", "steps"),
+        "MDT baseline: latent cache seconds": _dig(r, "mdt-baseline", "cache_seconds"),
+    }
+
+
+def demo_results(
+    evaluations: Mapping[str, Mapping[str, Any]],
+    pitch: Mapping[str, Any],
+    seconds: Mapping[str, float],
+    stage_results: Mapping[str, Any],
+    settings: DemoSettings,
+    names: tuple[str, str, str],
+) -> dict[str, Any]:
+    """Everything ``report.json`` holds.
+
+    Args:
+        evaluations: ``evaluate_generated`` results of the sweep and the two baselines.
+        pitch: The music-vs-noise figures (``music``, ``shaped_noise``, ``level``).
+        seconds: Seconds per stage so far, in pipeline order.
+        stage_results: Results recorded per stage.
+        settings: The run's settings.
+        names: Folder names of the sweep, the plain MDT and the negative-prompt MDT.
+
+    Returns:
+        The sweep's evaluation plus ``stage_seconds``, ``baselines``, ``pitch``,
+        ``checks``, ``training`` and ``settings``.
+    """
+    sweep_name, plain_name, negative_name = names
+    sweep = evaluations[sweep_name]
+    rows = sweep.get("quality_sweep") or []
+    low, high = _level_row(rows, min), _level_row(rows, max)
+    labels = {
+        plain_name: "mdt",
+        negative_name: f"mdt + negative prompt '{settings.negative_prompt}'",
+    }
+    baselines = {
+        labels[name]: {
+            "pmos_mean": _dig(evaluations[name], "overall", "pmos_mean"),
+            "frechet": _dig(evaluations[name], "overall", "frechet"),
+            "clap": _dig(evaluations[name], "overall", "clap"),
+            "count": _dig(evaluations[name], "overall", "count"),
+        }
+        for name in (plain_name, negative_name)
+    }
+    top = {k: high.get(k) for k in ("pmos_mean", "frechet", "clap", "count")}
+    pitch_figures = {
+        "level5": pitch.get("music"),
+        "shaped_noise": pitch.get("shaped_noise"),
+        "clips": pitch.get("clips"),
+        "measure": "mean normalised-autocorrelation periodicity over pitches "
+        f"{settings.pitch_fmin:g}-{settings.pitch_fmax:g} Hz",
+    }
+    checks = compute_checks(
+        low, high, sweep.get("clap") or {}, baselines, pitch_figures, settings.min_pmos_gain
+    )
+    examples = list(sweep.get("examples") or [])
+    failures = list(sweep.get("failures") or [])
+    notes = list(sweep.get("notes") or [])
+    for name in (plain_name, negative_name):
+        for example in (evaluations[name].get("examples") or [])[:1]:
+            examples.append({**example, "name": f"{labels[name]}: {example.get('name')}"})
+        failures += evaluations[name].get("failures") or []
+        notes += [f"{labels[name]}: {n}" for n in evaluations[name].get("notes") or []]
+    stage_seconds = dict(seconds)
+    stage_seconds["total"] = round(sum(stage_seconds.values()), 2)
+    return {
+        **sweep,
+        "examples": examples,
+        "failures": failures,
+        "notes": list(dict.fromkeys(notes)),
+        "stage_seconds": stage_seconds,
+        "baselines": {f"qa-mdt (level {high.get('level')})": top, **baselines},
+        "pitch": pitch_figures,
+        "checks": checks,
+        "training": _training(stage_results),
+        "settings": settings.to_dict(),
+    }

@@ -1,0 +1,304 @@
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qamdt.demo.pitch import music_vs_noise, pitch_confidence, shaped_noise
+from qamdt.demo.run import choose_prompts
+from qamdt.demo.settings import PROJECT_ROOT, DemoSettings, load_demo_settings
+from qamdt.demo.stages import STATE_NAME, Stage, run_stages
+from qamdt.demo.summary import compute_checks
+from qamdt.errors import ConfigError, QamdtError
+from qamdt.manifest import ClipRecord
+
+DEMO_YAML = PROJECT_ROOT / "configs" / "demo.yaml"
+
+
+# ------------------------------------------------------------------------------ settings
+
+
+def test_demo_yaml_equals_the_built_in_settings():
+    assert load_demo_settings(DEMO_YAML) == DemoSettings()
+    assert load_demo_settings(DEMO_YAML, quick=True) == DemoSettings.quick()
+    assert load_demo_settings(None, quick=True) == DemoSettings.quick()
+    assert DemoSettings.quick().clips < DemoSettings().clips
+
+
+def test_unknown_settings_are_named(tmp_path):
+    path = tmp_path / "demo.yaml"
+    path.write_text("clips: 10\nclipz: 3\n")
+    with pytest.raises(ConfigError, match="clipz"):
+        load_demo_settings(path)
+    path.write_text("clips: 10\nquick:\n  mos_epoch: 1\n")
+    with pytest.raises(ConfigError, match="mos_epoch"):
+        load_demo_settings(path)
+    with pytest.raises(ConfigError, match="clips"):
+        DemoSettings(clips=0)
+
+
+def test_seed_override_keeps_other_settings():
+    settings = DemoSettings.quick().replace(seed=7, clips=None)
+    assert settings.seed == 7 and settings.clips == DemoSettings.quick().clips
+
+
+# -------------------------------------------------------------------------- stage runner
+
+
+class Recorder:
+    """Fake stages a -> b -> c and a -> d that count their runs."""
+
+    def __init__(self, fail: set[str] | None = None):
+        self.runs: list[str] = []
+        self.fail = fail or set()
+
+    def stage(self, name: str, needs=(), outputs=()):
+        def run(ctx):
+            self.runs.append(name)
+            if name in self.fail:
+                raise RuntimeError(f"{name} broke")
+            if name == "b":
+                time.sleep(0.05)
+                (ctx.out / "b-output").write_text("x")
+            return {"name": name, "seen": sorted(k for k, v in ctx.results.items() if v)}
+
+        return Stage(name, run, tuple(needs), tuple(outputs))
+
+    def stages(self):
+        return (
+            self.stage("a"),
+            self.stage("b", ["a"], ["b-output"]),
+            self.stage("c", ["b"]),
+            self.stage("d", ["a"]),
+        )
+
+
+def state_of(out: Path) -> dict:
+    return json.loads((out / STATE_NAME).read_text())["stages"]
+
+
+def test_runner_records_and_skips_done_stages(tmp_path):
+    recorder = Recorder()
+    settings = DemoSettings.quick()
+    run_stages(recorder.stages(), tmp_path, settings, log=lambda _: None)
+    assert recorder.runs == ["a", "b", "c", "d"]
+    stages = state_of(tmp_path)
+    assert all(stages[n]["done"] for n in "abcd")
+    assert stages["b"]["seconds"] >= 0.05
+    assert stages["c"]["result"] == {"name": "c", "seen": ["a", "b"]}
+
+    run_stages(recorder.stages(), tmp_path, settings, log=lambda _: None)
+    assert recorder.runs == ["a", "b", "c", "d"]
+
+
+def test_redo_reruns_the_stage_and_what_depends_on_it(tmp_path):
+    recorder = Recorder()
+    settings = DemoSettings.quick()
+    run_stages(recorder.stages(), tmp_path, settings, log=lambda _: None)
+    (tmp_path / "b-output").write_text("old")
+    recorder.runs.clear()
+
+    run_stages(recorder.stages(), tmp_path, settings, redo=["b"], log=lambda _: None)
+    assert recorder.runs == ["b", "c"]
+    assert (tmp_path / "b-output").read_text() == "x"
+
+    recorder.runs.clear()
+    run_stages(recorder.stages(), tmp_path, settings, only=["b"], redo=["b"], log=print)
+    assert recorder.runs == ["b"]
+    assert not state_of(tmp_path)["c"]["done"] and state_of(tmp_path)["c"]["stale"]
+    run_stages(recorder.stages(), tmp_path, settings, log=lambda _: None)
+    assert recorder.runs == ["b", "c"]
+
+
+def test_single_stage_runs_alone_and_needs_its_inputs(tmp_path):
+    recorder = Recorder()
+    settings = DemoSettings.quick()
+    with pytest.raises(QamdtError, match="needs"):
+        run_stages(recorder.stages(), tmp_path, settings, only=["c"], log=lambda _: None)
+    run_stages(recorder.stages(), tmp_path, settings, only=["a", "d"], log=lambda _: None)
+    assert recorder.runs == ["a", "d"]
+    assert "b" not in state_of(tmp_path)
+    with pytest.raises(ConfigError, match="nope"):
+        run_stages(recorder.stages(), tmp_path, settings, only=["nope"], log=lambda _: None)
+
+
+def test_failed_stage_is_recorded_and_resumed(tmp_path):
+    settings = DemoSettings.quick()
+    broken = Recorder(fail={"c"})
+    with pytest.raises(RuntimeError):
+        run_stages(broken.stages(), tmp_path, settings, log=lambda _: None)
+    entry = state_of(tmp_path)["c"]
+    assert not entry["done"] and "c broke" in entry["result"]["error"]
+    fixed = Recorder()
+    run_stages(fixed.stages(), tmp_path, settings, log=lambda _: None)
+    assert fixed.runs == ["c", "d"]
+
+
+def test_other_settings_in_the_same_folder_are_refused(tmp_path):
+    recorder = Recorder()
+    run_stages(recorder.stages(), tmp_path, DemoSettings.quick(), log=lambda _: None)
+    other = DemoSettings.quick().replace(clips=41)
+    with pytest.raises(QamdtError, match=r"differs in clips\)"):
+        run_stages(recorder.stages(), tmp_path, other, log=lambda _: None)
+    run_stages(recorder.stages(), tmp_path, other, redo=["d"], log=lambda _: None)
+    assert recorder.runs[-1] == "d"
+
+
+# --------------------------------------------------------------------------- pitch check
+
+
+def harmonic_tone(seconds=2.0, rate=22050, f0=220.0):
+    t = np.arange(int(seconds * rate)) / rate
+    return sum(0.5**k * np.sin(2 * np.pi * f0 * (k + 1) * t) for k in range(6)), rate
+
+
+def test_harmonic_tone_is_far_more_periodic_than_its_shaped_noise():
+    tone, rate = harmonic_tone()
+    noise = shaped_noise(tone, rate, seed=1)
+    assert noise.shape == tone.shape
+    assert np.sqrt(np.mean(noise**2)) == pytest.approx(np.sqrt(np.mean(tone**2)), rel=1e-3)
+    assert pitch_confidence(tone, rate) > 0.95
+    assert pitch_confidence(noise, rate) < 0.5
+    figures = music_vs_noise([tone, 0.5 * tone], rate)
+    assert figures["clips"] == 2 and figures["music"] > figures["shaped_noise"] + 0.4
+
+
+def test_silence_has_no_pitch_confidence():
+    assert pitch_confidence(np.zeros(22050), 22050) == 0.0
+
+
+# ------------------------------------------------------------------------ prompts, checks
+
+
+def record(clip_id, split, degradations, caption):
+    meta = {"degradations": degradations, "true_caption": caption}
+    return ClipRecord(id=clip_id, audio=f"{clip_id}.wav", split=split, meta=meta)
+
+
+def test_prompts_prefer_clean_test_clips_and_fall_back():
+    rows = [
+        record("t1", "train", [], "train piece"),
+        record("d1", "test", [{"type": "noise"}], "noisy test piece"),
+        record("c1", "test", [], "clean test piece"),
+        record("c2", "test", [], "clean test piece"),
+    ]
+    assert [p["reference_id"] for p in choose_prompts(rows, 1)] == ["c1"]
+    chosen = choose_prompts(rows, 3)
+    assert [p["reference_id"] for p in chosen] == ["c1", "d1", "t1"]
+    assert [p["clean_test"] for p in chosen] == [True, False, False]
+
+
+def test_checks_pass_and_fail_on_the_figures():
+    low = {"level": 1, "pmos_mean": 2.0, "frechet": 10.0}
+    high = {"level": 5, "pmos_mean": 3.5, "frechet": 6.0}
+    baselines = {"mdt": {"pmos_mean": 3.0, "frechet": 7.0}, "neg": {"pmos_mean": 3.6}}
+    checks = compute_checks(
+        low, high, {"matched": 0.3, "shuffled": 0.1}, baselines, {"level5": 0.7}, 1.0
+    )
+    passed = {c["check"]: c["passed"] for c in checks}
+    assert passed["quality control (p-MOS)"] and passed["quality control (Frechet)"]
+    assert passed["text control (CLAP)"] and passed["beats mdt (p-MOS)"]
+    assert not passed["beats neg (p-MOS)"] and not passed["beats neg (Frechet)"]
+    assert not passed["music, not noise (pitch confidence)"]  # noise figure missing
+    assert len(checks) == 8
+
+
+# ---------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path, capsys):
+    from captioning.base import load_captioner, load_clap
+    from mos_predictor.models import load_mos_model
+    from qamdt.cli.main import main
+    from qamdt.generation.pipeline import QAMDTPipeline
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quick"]) == 0
+    printed = capsys.readouterr().out
+    assert f"demo: report: {out / 'report' / 'report.html'}" in printed
+
+    report = json.loads((out / "report" / "report.json").read_text())
+    for key in ("stage_seconds", "quality_sweep", "clap", "baselines", "pitch", "checks"):
+        assert key in report, key
+    assert [row["level"] for row in report["quality_sweep"]] == [1, 2, 3, 4, 5]
+    assert {"pmos_mean", "frechet"} <= set(report["quality_sweep"][0])
+    assert {"matched", "shuffled"} <= set(report["clap"])
+    assert {"qa-mdt (level 5)", "mdt", "mdt + negative prompt 'low quality'"} == set(
+        report["baselines"]
+    )
+    assert {"level5", "shaped_noise"} <= set(report["pitch"])
+    assert set(report["stage_seconds"]) >= {"corpus", "mdt", "evaluate", "total"}
+    stages = json.loads((out / STATE_NAME).read_text())["stages"]
+    assert all(entry["done"] for entry in stages.values()) and len(stages) == 12
+
+    models = out / "models"
+    assert load_mos_model(models / "mos") is not None
+    assert load_clap(models / "clap") is not None
+    assert load_captioner(models / "captioner") is not None
+    assert QAMDTPipeline.from_pretrained(models / "pipeline").quality_token
+    assert not QAMDTPipeline.from_pretrained(models / "pipeline-mdt").quality_token
+
+    sidecars = sorted((out / "generated" / "qa-mdt").glob("level5_*.json"))
+    assert len(sidecars) == DemoSettings.quick().prompts
+    sidecar = json.loads(sidecars[0].read_text())
+    assert sidecar["quality_level"] == 5 and not sidecar["prompt"].startswith("high quality")
+
+    started = time.monotonic()
+    assert main(["demo", "--out", str(out), "--quick"]) == 0
+    assert time.monotonic() - started < 10
+    assert "skipped" in capsys.readouterr().out
+    # Without settings options a folder keeps its own (here the quick ones).
+    assert main(["demo", "--out", str(out), "--stage", "report"]) == 0
+    assert "report.html" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- sidecars
+
+
+class FakePipeline:
+    """Returns a quiet tone per prompt and candidate, recording each call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, prompts, **options):
+        from qamdt.generation.pipeline import PipelineOutput
+
+        self.calls.append((list(prompts), options))
+        repeat = options["num_waveforms_per_prompt"]
+        owners = [p for p in prompts for _ in range(repeat)]
+        audios = np.full((len(owners), 2205), 0.1, dtype=np.float32)
+        texts = [f"high quality, {p}" for p in owners]
+        return PipelineOutput(audios, 22050, None, None, owners, texts)
+
+
+def test_generated_files_carry_the_sidecar_format(tmp_path):
+    from qamdt.evaluation.evaluate import read_generated
+    from qamdt.generation.writer import GenerationRequest, generate_to_folder
+
+    pipeline = FakePipeline()
+    request = GenerationRequest(model=str(tmp_path), quality_level=5, steps=2)
+    files = generate_to_folder(
+        pipeline,
+        ["a fugue", "a reel", "a motet"],
+        request,
+        tmp_path / "out",
+        seed=3,
+        batch_size=2,
+        name_prefix="level5_",
+        extra=[{"reference_id": f"clip{i}"} for i in range(3)],
+    )
+    assert [f.name for f in files] == [
+        "level5_0000_a-fugue.wav",
+        "level5_0001_a-reel.wav",
+        "level5_0002_a-motet.wav",
+    ]
+    assert [options["generator"].initial_seed() for _, options in pipeline.calls] == [3, 5]
+    sidecar = json.loads(files[2].with_suffix(".json").read_text())
+    assert sidecar["prompt"] == "a motet" and sidecar["text"] == "high quality, a motet"
+    assert sidecar["quality_level"] == 5 and sidecar["seed"] == 5
+    assert sidecar["reference_id"] == "clip2"
+    clips, failures = read_generated(tmp_path / "out")
+    assert not failures and [c.key for c in clips] == ["clip0", "clip1", "clip2"]
