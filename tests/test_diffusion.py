@@ -4,7 +4,7 @@ import torch
 
 from qamdt.diffusion.conditioning import drop_conditions
 from qamdt.diffusion.loss import diffusion_loss, min_snr_weights, training_target
-from qamdt.diffusion.sampling import concat_text, sample_latents
+from qamdt.diffusion.sampling import concat_text, rescale_guidance, sample_latents
 from qamdt.diffusion.schedule import (
     SAMPLERS,
     DiffusionConfig,
@@ -117,6 +117,40 @@ def test_guidance_combines_both_branches_in_one_batch():
         neg = 0.1 * x + (0 + 1) * 0.01
         x = sampler2.step(neg + 3.0 * (pos - neg), t, x).prev_sample
     assert torch.allclose(guided, x, atol=1e-6)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_guidance_rescale_matches_the_clean_latent_spread(prediction_type):
+    g = torch.Generator().manual_seed(0)
+    sample, positive, negative = (torch.randn(3, 2, 4, 4, generator=g) for _ in range(3))
+    guided = negative + 7.0 * (positive - negative)
+    alpha_bar = torch.tensor(0.3)
+    a, b = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+
+    def clean(p):
+        return (sample - b * p) / a if prediction_type == "epsilon" else a * sample - b * p
+
+    full = rescale_guidance(guided, positive, sample, alpha_bar, 1.0, prediction_type)
+    dims = (1, 2, 3)
+    assert torch.allclose(clean(full).std(dim=dims), clean(positive).std(dim=dims), atol=1e-5)
+    # The rescaled clean latent points the guided one's way.
+    cosine = torch.nn.functional.cosine_similarity(
+        clean(full).flatten(1), clean(guided).flatten(1)
+    )
+    assert torch.allclose(cosine, torch.ones(3), atol=1e-5)
+    half = rescale_guidance(guided, positive, sample, alpha_bar, 0.5, prediction_type)
+    assert torch.allclose(clean(half), 0.5 * clean(full) + 0.5 * clean(guided), atol=1e-5)
+    assert rescale_guidance(guided, positive, sample, alpha_bar, 0.0) is guided
+
+
+def test_guidance_rescale_out_of_range_is_refused():
+    text = (torch.ones(1, 3, 2), torch.ones(1, 3, dtype=torch.bool))
+    sampler = build_sampler("ddim", build_train_scheduler(DiffusionConfig()).config)
+    with pytest.raises(ValueError, match="guidance_rescale"):
+        sample_latents(
+            Linear(), sampler, torch.zeros(1, 1, 4, 4), text, torch.tensor([5]),
+            text, torch.tensor([1]), guidance_rescale=1.5,
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))

@@ -120,6 +120,24 @@ def test_quality_level_reaches_the_output_and_null_differs():
     assert not torch.allclose(outs[1], outs[2])
 
 
+def test_quality_modulation_adds_the_level_to_the_timestep_condition():
+    plain, modulated = tiny_model(), tiny_model(quality_modulation=True)
+    modulated.load_state_dict(plain.state_dict())  # the option adds no parameters
+    latents, t, text, mask = inputs()
+    level = torch.tensor([5, 5])
+    # The same weights: the only difference is the level inside the adaLN condition.
+    assert not torch.allclose(
+        plain(latents, t, text, mask, level), modulated(latents, t, text, mask, level)
+    )
+    # By hand: the timestep embedding plus the level embedding, through the same layers.
+    captured = []
+    handle = modulated.time_block.register_forward_pre_hook(lambda _, a: captured.append(a[0]))
+    modulated(latents, t, text, mask, level)
+    handle.remove()
+    expected = modulated.time_embed(modulated.time_proj(t)) + modulated.quality_embed(level)
+    assert torch.allclose(captured[0], expected, atol=1e-6)
+
+
 def test_float_level_interpolates_embeddings():
     model = tiny_model()
     table = model.quality_embed.table.weight

@@ -26,6 +26,12 @@ def register(groups: argparse._SubParsersAction) -> None:
         "--guidance", choices=("quality", "released", "negative-prompt"), default="quality"
     )
     parser.add_argument("--cfg", type=float, default=3.5, help="guidance scale")
+    parser.add_argument(
+        "--cfg-rescale",
+        type=float,
+        default=0.0,
+        help="guidance rescale share in [0, 1] (Lin et al. 2023); tames large --cfg",
+    )
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--scheduler", default="ddim", help="ddim, dpmsolver++, unipc, ...")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
@@ -74,6 +80,7 @@ def run_generate(args: argparse.Namespace) -> int:
         negative_quality_level=args.negative_quality,
         guidance=args.guidance,
         guidance_scale=args.cfg,
+        guidance_rescale=args.cfg_rescale,
         steps=args.steps,
         scheduler=args.scheduler,
         eta=args.eta,

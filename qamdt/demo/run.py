@@ -331,14 +331,21 @@ def generate(ctx: StageContext) -> dict[str, Any]:
     folder = ctx.out / "generated"
     common = {
         "guidance_scale": s.guidance_scale,
+        "guidance_rescale": s.guidance_rescale,
         "steps": s.sampler_steps,
         "scheduler": s.sampler,
+        "eta": s.sampler_eta,
         "audio_length_in_s": s.audio_seconds,
     }
     runs: list[tuple[str, str, GenerationRequest, str]] = []
     quality_model = str(ctx.out / "models" / "pipeline")
     for level in s.levels:
-        request = GenerationRequest(model=quality_model, quality_level=level, **common)
+        request = GenerationRequest(
+            model=quality_model,
+            quality_level=level,
+            negative_quality_level=s.negative_level_for(level),
+            **common,
+        )
         runs.append(("pipeline", SWEEP, request, f"level{level}_"))
     plain_model = str(ctx.out / "models" / "pipeline-mdt")
     for name, negative in ((PLAIN, ""), (NEGATIVE, s.negative_prompt)):

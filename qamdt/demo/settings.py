@@ -18,6 +18,7 @@ from typing import Any
 from qamdt.errors import ConfigError, check_known_keys
 
 QUICK_SECTION = "quick"
+MIRROR = "mirror"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -63,7 +64,13 @@ class DemoSettings:
         levels: Quality levels of the sweep.
         sampler: Sampler of generation.
         sampler_steps: Sampler steps.
+        sampler_eta: DDIM eta (1.0, the released code's value, samples stochastically).
         guidance_scale: Classifier-free guidance scale.
+        guidance_rescale: Share of the guided clean latent rescaled to the positive
+            branch's spread (keeps guidance from over-saturating level-5 latents).
+        negative_quality_level: Level of the negative guidance branch: a level 0-5 (0 is
+            the null level), or "mirror" for level ``6 - k`` when generating level ``k``:
+            level 5 against level 1 as in the paper's eq. 7, level 1 against level 5.
         audio_seconds: Length of each generated clip.
         generate_batch_size: Prompts per sampler call.
         negative_prompt: Negative text of the paper's eq. 11 baseline.
@@ -103,13 +110,16 @@ class DemoSettings:
     mdt_learning_rate: float = 5.0e-4
     mdt_warmup_steps: int = 50
     mdt_max_steps: int = 2000
-    mdt_max_minutes: float = 3.5
+    mdt_max_minutes: float = 5.5
     mdt_checkpoint_every: int = 50
     prompts: int = 10
     levels: tuple[int, ...] = (1, 2, 3, 4, 5)
-    sampler: str = "dpmsolver++"
-    sampler_steps: int = 25
+    sampler: str = "ddim"
+    sampler_steps: int = 50
+    sampler_eta: float = 1.0
     guidance_scale: float = 3.5
+    guidance_rescale: float = 0.7
+    negative_quality_level: float | str = "mirror"
     audio_seconds: float = 5.0
     generate_batch_size: int = 5
     negative_prompt: str = "low quality"
@@ -125,7 +135,7 @@ class DemoSettings:
             f.name
             for f in dataclasses.fields(self)
             if f.type in ("int", "float")
-            and f.name not in ("seed", "mdt_warmup_steps")
+            and f.name not in ("seed", "mdt_warmup_steps", "sampler_eta", "guidance_rescale")
             and getattr(self, f.name) <= 0
         ]
         if positive:
@@ -136,6 +146,18 @@ class DemoSettings:
             raise ConfigError("demo settings: level_shares needs five shares (levels 1-5)")
         if not self.levels or any(not 1 <= level <= 5 for level in self.levels):
             raise ConfigError(f"demo settings: levels must lie within 1..5, got {self.levels}")
+        if self.sampler_eta < 0:
+            raise ConfigError("demo settings: sampler_eta must be >= 0")
+        if not 0 <= self.guidance_rescale <= 1:
+            raise ConfigError("demo settings: guidance_rescale must lie in [0, 1]")
+        negative = self.negative_quality_level
+        if negative != MIRROR and not (
+            isinstance(negative, (int, float)) and 0 <= negative <= 5
+        ):
+            raise ConfigError(
+                f"demo settings: negative_quality_level must be a level 0-5 or "
+                f"'{MIRROR}', got {negative!r}"
+            )
         if not 0 < self.pitch_fmin < self.pitch_fmax:
             raise ConfigError("demo settings: need 0 < pitch_fmin < pitch_fmax")
 
@@ -164,6 +186,12 @@ class DemoSettings:
     def quick(cls) -> DemoSettings:
         """The ``--quick`` settings: every stage on a few dozen clips for a few steps."""
         return cls.from_dict(QUICK_OVERRIDES, "quick demo settings")
+
+    def negative_level_for(self, level: int) -> float:
+        """The negative branch's quality level when generating ``level``."""
+        if self.negative_quality_level == MIRROR:
+            return 6 - level
+        return float(self.negative_quality_level)
 
     def replace(self, **changes: Any) -> DemoSettings:
         """A copy with some fields changed (``None`` values are ignored)."""

@@ -263,6 +263,7 @@ class QAMDTPipeline:
         negative_quality_level: float | None = None,
         guidance: str = "quality",
         guidance_scale: float = 3.5,
+        guidance_rescale: float = 0.0,
         num_inference_steps: int = 200,
         scheduler: str = "ddim",
         eta: float = 0.0,
@@ -288,6 +289,9 @@ class QAMDTPipeline:
                 guidance on the quality token).
             guidance: "quality", "released" or "negative-prompt" (module docstring).
             guidance_scale: Classifier-free guidance scale (1 turns guidance off).
+            guidance_rescale: Share of the guided prediction rescaled to the positive
+                branch's standard deviation (Lin et al. 2023; 0 turns it off), which
+                keeps large guidance scales from over-saturating the latents.
             num_inference_steps: Sampler steps (the paper: 200 DDIM steps).
             scheduler: Sampler name: "ddim", "dpmsolver++", "unipc", "euler", "pndm",
                 "ddpm".
@@ -308,6 +312,8 @@ class QAMDTPipeline:
             raise ConfigError(f"guidance: unknown '{guidance}'; known: {list(GUIDANCE_MODES)}")
         if output_type not in ("np", "pt", "mel", "latent"):
             raise ConfigError(f"output_type: unknown '{output_type}'")
+        if not 0.0 <= guidance_rescale <= 1.0:
+            raise ConfigError(f"guidance_rescale must lie in [0, 1], got {guidance_rescale}")
         if num_waveforms_per_prompt < 1 or num_inference_steps < 1:
             raise ConfigError("num_waveforms_per_prompt and num_inference_steps must be >= 1")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -379,6 +385,7 @@ class QAMDTPipeline:
             generator=generator,
             eta=eta,
             progress=progress,
+            guidance_rescale=guidance_rescale,
         )
         output = PipelineOutput(
             audios=None,

@@ -28,6 +28,7 @@ class GenerationRequest:
         negative_quality_level: Level of the negative branch (None: the guidance default).
         guidance: "quality", "released" or "negative-prompt".
         guidance_scale: Classifier-free guidance scale.
+        guidance_rescale: Guidance rescale share (0 turns it off).
         steps: Sampler steps.
         scheduler: Sampler name.
         eta: DDIM eta.
@@ -41,6 +42,7 @@ class GenerationRequest:
     negative_quality_level: float | None = None
     guidance: str = "quality"
     guidance_scale: float = 3.5
+    guidance_rescale: float = 0.0
     steps: int = 200
     scheduler: str = "ddim"
     eta: float = 0.0
@@ -104,6 +106,7 @@ def generate_to_folder(
             negative_quality_level=request.negative_quality_level,
             guidance=request.guidance,
             guidance_scale=request.guidance_scale,
+            guidance_rescale=request.guidance_rescale,
             num_inference_steps=request.steps,
             scheduler=request.scheduler,
             eta=request.eta,
@@ -127,6 +130,7 @@ def generate_to_folder(
                 "negative_quality_level": request.negative_quality_level,
                 "guidance": request.guidance,
                 "guidance_scale": request.guidance_scale,
+                "guidance_rescale": request.guidance_rescale,
                 "steps": request.steps,
                 "scheduler": request.scheduler,
                 "eta": request.eta,
