@@ -134,9 +134,7 @@ def test_guidance_rescale_matches_the_clean_latent_spread(prediction_type):
     dims = (1, 2, 3)
     assert torch.allclose(clean(full).std(dim=dims), clean(positive).std(dim=dims), atol=1e-5)
     # The rescaled clean latent points the guided one's way.
-    cosine = torch.nn.functional.cosine_similarity(
-        clean(full).flatten(1), clean(guided).flatten(1)
-    )
+    cosine = torch.nn.functional.cosine_similarity(clean(full).flatten(1), clean(guided).flatten(1))
     assert torch.allclose(cosine, torch.ones(3), atol=1e-5)
     half = rescale_guidance(guided, positive, sample, alpha_bar, 0.5, prediction_type)
     assert torch.allclose(clean(half), 0.5 * clean(full) + 0.5 * clean(guided), atol=1e-5)

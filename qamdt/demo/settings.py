@@ -151,9 +151,7 @@ class DemoSettings:
         if not 0 <= self.guidance_rescale <= 1:
             raise ConfigError("demo settings: guidance_rescale must lie in [0, 1]")
         negative = self.negative_quality_level
-        if negative != MIRROR and not (
-            isinstance(negative, (int, float)) and 0 <= negative <= 5
-        ):
+        if negative != MIRROR and not (isinstance(negative, (int, float)) and 0 <= negative <= 5):
             raise ConfigError(
                 f"demo settings: negative_quality_level must be a level 0-5 or "
                 f"'{MIRROR}', got {negative!r}"

@@ -64,7 +64,8 @@ def rescale_guidance(
         raise ValueError(f"prediction_type: unknown '{prediction_type}'")
     clean, clean_positive = to_clean(guided), to_clean(positive)
     dims = list(range(1, guided.ndim))
-    matched = clean * (clean_positive.std(dim=dims, keepdim=True) / clean.std(dim=dims, keepdim=True))
+    spread = clean_positive.std(dim=dims, keepdim=True) / clean.std(dim=dims, keepdim=True)
+    matched = clean * spread
     return from_clean(rescale * matched + (1.0 - rescale) * clean)
 
 
