@@ -34,6 +34,7 @@ from transformers import (
 
 from qamdt.checkpoints import CheckpointError
 from qamdt.errors import ConfigError
+from qamdt.json_files import read_json_object
 
 EMBEDDED = "embedded"
 SIDECAR_NAME = "qamdt_text_encoder.json"
@@ -95,16 +96,7 @@ def _from_hub_cache(name: str | os.PathLike) -> Path:
 
 
 def _read_sidecar(folder: Path) -> dict[str, Any]:
-    path = folder / SIDECAR_NAME
-    if not path.is_file():
-        return {}
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot be read as JSON ({exc})") from exc
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return values
+    return read_json_object(folder / SIDECAR_NAME)
 
 
 def _model_limit(model: nn.Module, tokenizer: Any) -> int | None:

@@ -34,6 +34,7 @@ from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 from qamdt.audio_spec import AUDIO_PRESETS, AudioSpec, get_audio_spec
 from qamdt.checkpoints import CheckpointError, load_state_strict, load_torch_checkpoint
 from qamdt.errors import ConfigError
+from qamdt.json_files import read_json_object
 
 SIDECAR_NAME = "qamdt_vocoder.json"
 SUBFOLDER = "vocoder"
@@ -441,16 +442,7 @@ def _holds_vocoder(folder: Path) -> bool:
 
 
 def _read_sidecar(folder: Path) -> dict[str, Any]:
-    path = folder / SIDECAR_NAME
-    if not path.is_file():
-        return {}
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot be read as JSON ({exc})") from exc
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return values
+    return read_json_object(folder / SIDECAR_NAME)
 
 
 def _load_hifigan(folder: Path) -> SpeechT5HifiGan:
