@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from tiny_clap import TINY_CLAP
 
 from captioning.base import load_clap, split_windows, window_starts
 from captioning.embedded_clap import (
@@ -24,24 +25,6 @@ from mos_predictor.base import CheckpointError
 from qamdt.errors import ConfigError, QamdtError
 from qamdt.manifest import ClipRecord, write_manifest
 
-# vocab_size matches the bundled MiniLM tokenizer, which the tiny text encoder reuses.
-TINY_BERT = {
-    "vocab_size": 30522,
-    "hidden_size": 16,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 32,
-    "max_position_embeddings": 64,
-}
-TINY_EMBEDDED = {
-    "text_config": TINY_BERT,
-    "cnn_channels": [4, 8],
-    "cnn_strides": [[4, 2], [4, 2]],
-    "audio_width": 16,
-    "embed_dim": 8,
-    "window_seconds": 0.5,
-    "max_text_tokens": 32,
-}
 SR = 22050
 
 
@@ -67,7 +50,7 @@ def unit_rows(x):
 @pytest.fixture(scope="module")
 def tiny_embedded():
     torch.manual_seed(0)
-    return EmbeddedClapScorer(TINY_EMBEDDED)
+    return EmbeddedClapScorer(TINY_CLAP)
 
 
 # ------------------------------------------------------------------------------ windows
@@ -254,7 +237,7 @@ def _corpus(tmp_path):
 
 def test_train_embedded_clap(tmp_path):
     manifest = _corpus(tmp_path)
-    kwargs = dict(epochs=2, batch_size=4, lr=1e-2, seed=3, config=TINY_EMBEDDED, log=None)
+    kwargs = dict(epochs=2, batch_size=4, lr=1e-2, seed=3, config=TINY_CLAP, log=None)
     metrics = train_embedded_clap(manifest, tmp_path / "out", tag_caption_prob=0.5, **kwargs)
     out = tmp_path / "out"
     assert {"config.json", "model.safetensors", "metrics.json", "train_log.jsonl"} <= {
@@ -276,7 +259,7 @@ def test_train_embedded_clap(tmp_path):
 
 def test_train_embedded_clap_resume_matches_uninterrupted(tmp_path):
     manifest = _corpus(tmp_path)
-    kwargs = dict(epochs=2, batch_size=4, lr=1e-2, seed=1, config=TINY_EMBEDDED)
+    kwargs = dict(epochs=2, batch_size=4, lr=1e-2, seed=1, config=TINY_CLAP)
 
     class Interrupted(Exception):
         pass

@@ -189,6 +189,23 @@ def test_prompts_prefer_clean_test_clips_and_fall_back():
     assert [p["clean_test"] for p in chosen] == [True, False, False]
 
 
+def test_decoder_reference_takes_held_out_clips_of_each_level_first():
+    from qamdt.demo.decoder_reference import _clips_of_level
+
+    rows = [
+        ClipRecord(id=i, audio=f"{i}.wav", split=split, quality_level=level)
+        for i, split, level in [
+            ("b", "test", 5), ("a", "test", 5), ("v", "valid", 1), ("t", "train", 1),
+            ("x", "train", 3),
+        ]
+    ]  # fmt: skip
+    split, chosen = _clips_of_level(rows, 5)
+    assert split == "test" and [r.id for r in chosen] == ["a", "b"]
+    assert _clips_of_level(rows, 1)[0] == "valid"
+    assert _clips_of_level(rows, 3)[0] == "train"
+    assert _clips_of_level(rows, 2) == (None, [])
+
+
 def test_checks_pass_and_fail_on_the_figures():
     low = {"level": 1, "pmos_mean": 2.0, "frechet": 10.0}
     high = {"level": 5, "pmos_mean": 3.5, "frechet": 6.0}
@@ -212,7 +229,9 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     from captioning.base import load_captioner, load_clap
     from mos_predictor.models import load_mos_model
     from qamdt.cli.main import main
+    from qamdt.demo.decoder_reference import resynthesise
     from qamdt.generation.pipeline import QAMDTPipeline
+    from qamdt.mel import MelFrontEnd
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick"]) == 0
@@ -229,6 +248,11 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         report["baselines"]
     )
     assert {"level5", "shaped_noise"} <= set(report["pitch"])
+    reference = report["decoder_reference"]
+    assert [row["level"] for row in reference] == [1, 5]
+    for row in reference:
+        assert row["clips"] >= 1 and row["split"] in ("test", "valid", "train")
+        assert np.isfinite([row["pmos_recorded"], row["pmos_resynthesised"]]).all()
     assert set(report["stage_seconds"]) >= {"corpus", "mdt", "evaluate", "total"}
     stages = json.loads((out / STATE_NAME).read_text())["stages"]
     assert all(entry["done"] for entry in stages.values()) and len(stages) == 12
@@ -239,6 +263,15 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert load_captioner(models / "captioner") is not None
     assert QAMDTPipeline.from_pretrained(models / "pipeline").quality_token
     assert not QAMDTPipeline.from_pretrained(models / "pipeline-mdt").quality_token
+
+    # The decoder round trip keeps the length, cut to whole latent frames.
+    pipeline = QAMDTPipeline.from_pretrained(models / "pipeline")
+    rate, hop = pipeline.spec.sample_rate, pipeline.spec.hop_length
+    wave = 0.3 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate).astype(np.float32)
+    frames = MelFrontEnd(pipeline.spec).frames_for(wave.size)
+    frames -= frames % pipeline.vae.downsample_factor
+    resynthesised = resynthesise(pipeline, wave)
+    assert resynthesised.shape == (frames * hop,) and np.isfinite(resynthesised).all()
 
     sidecars = sorted((out / "generated" / "qa-mdt").glob("level5_*.json"))
     assert len(sidecars) == DemoSettings.quick().prompts

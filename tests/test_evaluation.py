@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 from scipy.stats import entropy
+from tiny_clap import TINY_CLAP
 
 from captioning.embedded_captioner import EmbeddedCaptioner, EmbeddedCaptionerConfig
 from captioning.embedded_clap import EmbeddedClapScorer
@@ -36,24 +37,6 @@ from qamdt.evaluation.report import write_report
 from qamdt.manifest import ClipRecord, write_manifest
 
 SR = 22050
-# vocab_size matches the bundled MiniLM tokenizer, which the tiny text encoder reuses.
-TINY_BERT = {
-    "vocab_size": 30522,
-    "hidden_size": 16,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 32,
-    "max_position_embeddings": 64,
-}
-TINY_CLAP = {
-    "text_config": TINY_BERT,
-    "cnn_channels": [4, 8],
-    "cnn_strides": [[4, 2], [4, 2]],
-    "audio_width": 16,
-    "embed_dim": 8,
-    "window_seconds": 0.5,
-    "max_text_tokens": 32,
-}
 TINY_CAPTIONER = {
     "vocab": {
         "instruments": ["flute", "violin", "cello"],

@@ -396,11 +396,17 @@ def _level5_waves(folder: Path, levels: Sequence[int]) -> tuple[list, int]:
 
 
 def evaluate(ctx: StageContext) -> dict[str, Any]:
-    """Scores the sweep and both baselines; checks that the top level is music."""
+    """Scores the sweep and both baselines; checks that the top level is music.
+
+    Also scores held-out clips of the lowest and highest level before and after a round
+    trip through the pipeline's VAE and vocoder: the p-MOS a perfect generator would reach.
+    """
     from captioning.base import load_captioner, load_clap
     from mos_predictor.models import load_mos_model
+    from qamdt.demo.decoder_reference import decoder_reference
     from qamdt.demo.pitch import music_vs_noise
     from qamdt.evaluation.evaluate import evaluate_generated
+    from qamdt.generation.pipeline import QAMDTPipeline
 
     s = ctx.settings
     models = ctx.out / "models"
@@ -434,7 +440,17 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     )
     pitch = {"level": max(s.levels), **pitch}
     (folder / "pitch.json").write_text(json.dumps(plain(pitch), indent=1))
-    return {**summary, "pitch": pitch}
+    reference = decoder_reference(
+        QAMDTPipeline.from_pretrained(models / "pipeline"),
+        scorers["mos_model"],
+        _records(ctx.out),
+        _manifest(ctx.out).parent,
+        (min(s.levels), max(s.levels)),
+        s.prompts,
+        s.audio_seconds,
+    )
+    (folder / "decoder_reference.json").write_text(json.dumps(plain(reference), indent=1))
+    return {**summary, "pitch": pitch, "decoder_reference": reference}
 
 
 def report(ctx: StageContext) -> dict[str, Any]:
@@ -447,9 +463,10 @@ def report(ctx: StageContext) -> dict[str, Any]:
         name: json.loads((folder / f"{name}.json").read_text()) for name in (SWEEP, PLAIN, NEGATIVE)
     }
     pitch = json.loads((folder / "pitch.json").read_text())
+    decoder = json.loads((folder / "decoder_reference.json").read_text())
     seconds = {name: ctx.seconds[name] for name in STAGE_NAMES if name in ctx.seconds}
     results = demo_results(
-        evaluations, pitch, seconds, ctx.results, ctx.settings, (SWEEP, PLAIN, NEGATIVE)
+        evaluations, pitch, seconds, ctx.results, ctx.settings, (SWEEP, PLAIN, NEGATIVE), decoder
     )
     page = write_report(results, ctx.out / "report")
     return {

@@ -147,6 +147,7 @@ def demo_results(
     stage_results: Mapping[str, Any],
     settings: DemoSettings,
     names: tuple[str, str, str],
+    decoder_reference: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """Everything ``report.json`` holds.
 
@@ -157,10 +158,12 @@ def demo_results(
         stage_results: Results recorded per stage.
         settings: The run's settings.
         names: Folder names of the sweep, the plain MDT and the negative-prompt MDT.
+        decoder_reference: p-MOS of held-out clips per level, as recorded and resynthesised
+            through the pipeline's decoder (``decoder_reference`` rows).
 
     Returns:
         The sweep's evaluation plus ``stage_seconds``, ``baselines``, ``pitch``,
-        ``checks``, ``training`` and ``settings``.
+        ``decoder_reference``, ``checks``, ``training`` and ``settings``.
     """
     sweep_name, plain_name, negative_name = names
     sweep = evaluations[sweep_name]
@@ -208,6 +211,7 @@ def demo_results(
         "stage_seconds": stage_seconds,
         "baselines": {f"qa-mdt (level {high.get('level')})": top, **baselines},
         "pitch": pitch_figures,
+        "decoder_reference": [dict(row) for row in decoder_reference],
         "checks": checks,
         "training": _training(stage_results),
         "settings": settings.to_dict(),
