@@ -28,20 +28,23 @@ def _clips_of_level(records: Sequence[Any], level: int) -> tuple[str | None, lis
 
 
 @torch.no_grad()
-def resynthesise(pipeline, wave: np.ndarray) -> np.ndarray:
+def resynthesise(pipeline, wave: np.ndarray, front_end=None) -> np.ndarray:
     """One waveform through the pipeline's mel front end, VAE (mean latent) and vocoder.
 
     Args:
         pipeline: A :class:`~qamdt.generation.pipeline.QAMDTPipeline`.
         wave: Mono samples at the pipeline's sample rate.
+        front_end: The pipeline's :class:`~qamdt.mel.MelFrontEnd`, when the caller holds
+            one; built from ``pipeline.spec`` otherwise.
 
     Returns:
         The resynthesised mono waveform (the mel frames are cut to a multiple of the VAE's
         down-sampling, so it can be a few hops shorter).
     """
-    from qamdt.mel import MelFrontEnd
+    if front_end is None:
+        from qamdt.mel import MelFrontEnd
 
-    front_end = MelFrontEnd(pipeline.spec).to(pipeline.device)
+        front_end = MelFrontEnd(pipeline.spec).to(pipeline.device)
     mel = front_end(torch.as_tensor(wave, dtype=torch.float32)).T.unsqueeze(0)
     frames = mel.shape[1] - mel.shape[1] % pipeline.vae.downsample_factor
     latents = pipeline.vae.encode(mel[:, :frames])
@@ -66,7 +69,7 @@ def decoder_reference(
         records: Manifest records; clips of each level are taken in id order from the
             test split, else the valid split, else the training split.
         corpus_root: Folder the records' audio paths are relative to.
-        levels: Quality levels to measure (levels without test clips are left out).
+        levels: Quality levels to measure (levels without any clips are left out).
         clips_per_level: Clips per level at most.
         seconds: Length of each excerpt (from the clip's start), as generated.
 
@@ -75,7 +78,9 @@ def decoder_reference(
         ``pmos_recorded``, ``pmos_resynthesised``.
     """
     from qamdt.audio_io import load_audio
+    from qamdt.mel import MelFrontEnd
 
+    front_end = MelFrontEnd(pipeline.spec).to(pipeline.device)
     rate = pipeline.spec.sample_rate
     rows = []
     for level in levels:
@@ -93,7 +98,7 @@ def decoder_reference(
             for r in chosen
         ]
         recorded = [s["omq"] for s in mos_model.predict(waves, rate)]
-        copies = [resynthesise(pipeline, wave) for wave in waves]
+        copies = [resynthesise(pipeline, wave, front_end) for wave in waves]
         resynthesised = [s["omq"] for s in mos_model.predict(copies, rate)]
         rows.append(
             {
