@@ -20,6 +20,7 @@ from qamdt.errors import ConfigError, QamdtError
 from qamdt.evaluation import audioldm_eval_backend as aeval
 from qamdt.evaluation.embedders import ClapAudioEmbedder, TaggerClassifier
 from qamdt.evaluation.evaluate import (
+    _clap_scores,
     derangement,
     evaluate_generated,
     parse_reference_filter,
@@ -224,6 +225,37 @@ def test_derangement_moves_everything_and_is_seeded():
     assert list(derangement(6, 1)) == list(derangement(6, 1))
     with pytest.raises(ValueError):
         derangement(1, 0)
+
+
+class _FixedTextClap:
+    """Text embeddings from a table, for the CLAP control's arithmetic."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def embed_text(self, texts):
+        return np.asarray([self.table[t] for t in texts], dtype=np.float32)
+
+
+def test_clap_shuffled_control_averages_derangements():
+    table = {"a": [1.0, 0.0, 0.0], "b": [0.0, 1.0, 0.0], "c": [0.0, 0.0, 1.0]}
+    clips = [type("Clip", (), {"prompt": p})() for p in ("a", "b", "a")]
+    audio = np.asarray([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.5, 0.5, 0.0]])
+    scores = _clap_scores(_FixedTextClap(table), clips, audio, seed=0, notes=[])
+    np.testing.assert_allclose(scores["matched"], [0.9, 0.8, 0.5])
+    # Two distinct prompts have one derangement: the swap.
+    np.testing.assert_allclose(scores["shuffled"], [0.1, 0.2, 0.5])
+    # With three, the derangements are the two cycles; each clip's control lies between
+    # its scores against the two other prompts.
+    clips.append(type("Clip", (), {"prompt": "c"})())
+    audio = np.vstack([audio, [0.3, 0.3, 0.4]])
+    scores = _clap_scores(_FixedTextClap(table), clips, audio, seed=0, notes=[])
+    others = {0: [0.1, 0.0], 1: [0.2, 0.0], 2: [0.5, 0.0], 3: [0.3, 0.3]}
+    for row, values in others.items():
+        assert min(values) - 1e-9 <= scores["shuffled"][row] <= max(values) + 1e-9
+    notes = []
+    single = _clap_scores(_FixedTextClap(table), clips[:1], audio[:1], seed=0, notes=notes)
+    assert "shuffled" not in single and "skipped" in notes[0]
 
 
 # ---------------------------------------------------------------------------- embedders

@@ -69,7 +69,7 @@ class DemoSettings:
         levels: Quality levels of the sweep.
         sampler: Sampler of generation.
         sampler_steps: Sampler steps.
-        sampler_eta: DDIM eta (1.0, the released code's value, samples stochastically).
+        sampler_eta: DDIM eta (0 samples deterministically; the released code uses 1.0).
         guidance_scale: Classifier-free guidance scale.
         guidance_rescale: Share of the guided clean latent rescaled to the positive
             branch's spread (keeps guidance from over-saturating level-5 latents).
@@ -114,14 +114,14 @@ class DemoSettings:
     mdt_batch_size: int = 16
     mdt_learning_rate: float = 1.0e-3
     mdt_warmup_steps: int = 50
-    mdt_max_steps: int = 1150
+    mdt_max_steps: int = 580
     mdt_max_minutes: float = 8.0
     mdt_checkpoint_every: int = 50
-    prompts: int = 10
+    prompts: int = 20
     levels: tuple[int, ...] = (1, 2, 3, 4, 5)
     sampler: str = "ddim"
-    sampler_steps: int = 50
-    sampler_eta: float = 1.0
+    sampler_steps: int = 25
+    sampler_eta: float = 0.0
     guidance_scale: float = 3.5
     guidance_rescale: float = 0.7
     negative_quality_level: float | str = "mirror"

@@ -19,8 +19,9 @@ Fig. 3):
   shuffled splits (10 as audioldm_eval, fewer for sets under 100 clips so that each split
   keeps at least 10 clips);
 * ``clap``: mean cosine of each clip with its own prompt (no quality prefix, as the paper
-  scores it), and ``clap_shuffled``: the same against a fixed, seeded derangement of the
-  distinct prompts (each prompt is swapped for another one), a chance-level control;
+  scores it), and ``clap_shuffled``: the same against seeded derangements of the distinct
+  prompts (each prompt swapped for another one), averaged over ``SHUFFLES`` of them, a
+  chance-level control;
 * ``pmos_mean`` / ``pmos_std`` (population std): the MOS model's overall-quality score.
 
 With ``backend="audioldm-eval"`` the Frechet distance, KL and IS come from
@@ -361,6 +362,9 @@ def _load_reference(clip: ReferenceClip) -> tuple[np.ndarray, int]:
 # ----------------------------------------------------------------------------- metrics
 
 
+SHUFFLES = 16  # derangements averaged by the shuffled-prompt CLAP control
+
+
 def derangement(count: int, seed: int) -> np.ndarray:
     """A seeded permutation of ``range(count)`` that moves every element (Sattolo).
 
@@ -451,8 +455,12 @@ def _clap_scores(
     own = np.array([row[p] for p in prompts])
     scores = {"matched": np.sum(audio_emb * text_emb[own], axis=1).astype(np.float64)}
     if len(distinct) >= 2:
-        other = derangement(len(distinct), seed)[own]
-        scores["shuffled"] = np.sum(audio_emb * text_emb[other], axis=1).astype(np.float64)
+        # One derangement of a few prompts is a noisy control: average several.
+        shuffled = [
+            np.sum(audio_emb * text_emb[derangement(len(distinct), seed + k)[own]], axis=1)
+            for k in range(SHUFFLES)
+        ]
+        scores["shuffled"] = np.mean(shuffled, axis=0).astype(np.float64)
     else:
         notes.append("shuffled CLAP control skipped: every clip has the same prompt")
     return scores
@@ -497,7 +505,8 @@ def evaluate_generated(
         backend: ``"embedded"`` or ``"audioldm-eval"`` (FAD/KL/IS from audioldm_eval).
         audioldm_eval_ckpt: Checkpoint folder of the audioldm-eval backend.
         batch_size: Clips or windows per forward pass.
-        seed: Seed of the shuffled-prompt control.
+        seed: Seed of the shuffled-prompt control (its derangements use ``seed`` to
+            ``seed + SHUFFLES - 1``).
         examples_per_level: Clips per level listed under ``examples`` for the report.
         progress: Show progress bars on stderr.
 

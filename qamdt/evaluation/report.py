@@ -315,7 +315,7 @@ def _page(results: Mapping[str, Any], plots: list[tuple[str, str]], examples: li
         parts += [
             "<h2>CLAP score</h2>",
             '<p class="note">Cosine of each clip with its own prompt (no quality prefix), '
-            "and with another clip's prompt (a fixed derangement) as a control.</p>",
+            "and with other clips' prompts (the mean over seeded derangements) as a control.</p>",
             _kv_table(results["clap"]),
         ]
     baselines = results.get("baselines")
