@@ -122,7 +122,7 @@ class DemoSettings:
     sampler: str = "ddim"
     sampler_steps: int = 25
     sampler_eta: float = 0.0
-    guidance_scale: float = 3.5
+    guidance_scale: float = 7.0
     guidance_rescale: float = 0.7
     negative_quality_level: float | str = "mirror"
     audio_seconds: float = 5.0
