@@ -36,6 +36,11 @@ def test_unknown_settings_are_named(tmp_path):
         load_demo_settings(path)
     with pytest.raises(ConfigError, match="clips"):
         DemoSettings(clips=0)
+    path.write_text("guidance_interval: [800, 0]\n")
+    with pytest.raises(ConfigError, match="guidance_interval"):
+        load_demo_settings(path)
+    path.write_text("guidance_interval: null\n")
+    assert load_demo_settings(path).guidance_interval is None
 
 
 def test_seed_override_keeps_other_settings():

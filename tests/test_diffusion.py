@@ -151,6 +151,62 @@ def test_guidance_rescale_out_of_range_is_refused():
         )  # fmt: skip
 
 
+def test_guidance_interval_guides_only_the_steps_inside_it():
+    text = (torch.ones(1, 3, 2), torch.ones(1, 3, dtype=torch.bool))
+    negative = (torch.zeros(1, 2, 2), torch.ones(1, 2, dtype=torch.bool))
+    noise = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    config = build_train_scheduler(DiffusionConfig()).config
+    calls = []
+
+    class Recording(Linear):
+        def forward(self, x, t, states, mask, quality):
+            calls.append((int(t[0]), x.shape[0], states.shape[0], quality.shape[0]))
+            return super().forward(x, t, states, mask, quality)
+
+    def run(interval, model=None):
+        return sample_latents(
+            model or Linear(), build_sampler("ddim", config), noise, text, torch.tensor([5]),
+            negative, torch.tensor([1]), guidance_scale=3.0, num_inference_steps=4,
+            guidance_interval=interval,
+        )  # fmt: skip
+
+    guided = run(None, Recording())
+    steps = [t for t, *_ in calls]
+    assert steps == [750, 500, 250, 0]
+    calls.clear()
+    inside = run((0, 600), Recording())
+    # Steps above 600 run the positive branch alone: one row, not two.
+    assert [rows for _, *rows in calls] == [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
+    assert torch.allclose(run((0, 1000)), guided)
+    assert not torch.allclose(inside, guided)
+    # An interval holding no step is sampling without guidance.
+    unguided = sample_latents(
+        Linear(), build_sampler("ddim", config), noise, text, torch.tensor([5]),
+        num_inference_steps=4,
+    )  # fmt: skip
+    assert torch.allclose(run((900, 1000)), unguided)
+    # By hand: the first step takes the positive prediction, the rest the guided one.
+    sampler = build_sampler("ddim", config)
+    sampler.set_timesteps(4)
+    x = noise.clone()
+    for t in sampler.timesteps:
+        pos = 0.1 * x + (6 + 5) * 0.01
+        neg = 0.1 * x + (0 + 1) * 0.01
+        x = sampler.step(pos if t > 600 else neg + 3.0 * (pos - neg), t, x).prev_sample
+    assert torch.allclose(inside, x, atol=1e-6)
+
+
+@pytest.mark.parametrize("interval", [(800, 0), (-1, 500), (100,)])
+def test_bad_guidance_interval_is_refused(interval):
+    text = (torch.ones(1, 3, 2), torch.ones(1, 3, dtype=torch.bool))
+    sampler = build_sampler("ddim", build_train_scheduler(DiffusionConfig()).config)
+    with pytest.raises(ValueError, match="guidance_interval"):
+        sample_latents(
+            Linear(), sampler, torch.zeros(1, 1, 4, 4), text, torch.tensor([5]),
+            text, torch.tensor([1]), guidance_interval=interval,
+        )  # fmt: skip
+
+
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_runs_and_is_seeded(name):
     text = (torch.ones(2, 3, 2), torch.ones(2, 3, dtype=torch.bool))

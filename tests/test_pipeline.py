@@ -128,6 +128,8 @@ def test_bad_arguments_are_named(pipeline):
         run(pipeline, guidance="cfg++")
     with pytest.raises(ConfigError, match="scheduler"):
         run(pipeline, scheduler="heun9")
+    with pytest.raises(ConfigError, match="guidance_interval"):
+        run(pipeline, guidance_interval=(900, 100))
     with pytest.raises(ConfigError, match="prompt"):
         pipeline([], num_inference_steps=1)
 
@@ -175,6 +177,9 @@ def test_generate_command_writes_audio_and_sidecars(pipeline, tmp_path, capsys):
         str(tmp_path / "gen"),
         "--batch-size",
         "2",
+        "--cfg-interval",
+        "0",
+        "800",
         "--quiet",
     ]
     assert main(argv) == 0
@@ -186,6 +191,7 @@ def test_generate_command_writes_audio_and_sidecars(pipeline, tmp_path, capsys):
         sidecar["steps"] == 2
         and sidecar["seed"] == 5
         and sidecar["text"].startswith("high quality")
+        and sidecar["guidance_interval"] == [0.0, 800.0]
     )
     assert sf.info(wavs[0]).samplerate == 22050
     capsys.readouterr()

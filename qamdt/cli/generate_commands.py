@@ -32,6 +32,15 @@ def register(groups: argparse._SubParsersAction) -> None:
         default=0.0,
         help="guidance rescale share in [0, 1] (Lin et al. 2023); tames large --cfg",
     )
+    parser.add_argument(
+        "--cfg-interval",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="guide only at timesteps LOW..HIGH of 0-1000 (Kynkaeaenniemi et al. 2024); "
+        "e.g. 0 800 leaves the noisiest steps unguided",
+    )
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--scheduler", default="ddim", help="ddim, dpmsolver++, unipc, ...")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
@@ -81,6 +90,7 @@ def run_generate(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         guidance_scale=args.cfg,
         guidance_rescale=args.cfg_rescale,
+        guidance_interval=tuple(args.cfg_interval) if args.cfg_interval else None,
         steps=args.steps,
         scheduler=args.scheduler,
         eta=args.eta,

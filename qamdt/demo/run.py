@@ -332,6 +332,7 @@ def generate(ctx: StageContext) -> dict[str, Any]:
     common = {
         "guidance_scale": s.guidance_scale,
         "guidance_rescale": s.guidance_rescale,
+        "guidance_interval": s.guidance_interval,
         "steps": s.sampler_steps,
         "scheduler": s.sampler,
         "eta": s.sampler_eta,

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from qamdt.audio_spec import AudioSpec, get_audio_spec
-from qamdt.diffusion.sampling import sample_latents
+from qamdt.diffusion.sampling import check_guidance_interval, sample_latents
 from qamdt.diffusion.schedule import build_sampler
 from qamdt.errors import ConfigError
 from qamdt.manifest.record import with_prefix
@@ -264,6 +264,7 @@ class QAMDTPipeline:
         guidance: str = "quality",
         guidance_scale: float = 3.5,
         guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
         num_inference_steps: int = 200,
         scheduler: str = "ddim",
         eta: float = 0.0,
@@ -292,6 +293,10 @@ class QAMDTPipeline:
             guidance_rescale: Share of the guided prediction rescaled to the positive
                 branch's standard deviation (Lin et al. 2023; 0 turns it off), which
                 keeps large guidance scales from over-saturating the latents.
+            guidance_interval: ``(low, high)`` training timesteps outside which the
+                positive branch alone is used (Kynkaeaenniemi et al. 2024); None guides
+                every step. Leaving the noisiest steps unguided keeps large scales from
+                narrowing the output towards a few modes.
             num_inference_steps: Sampler steps (the paper: 200 DDIM steps).
             scheduler: Sampler name: "ddim", "dpmsolver++", "unipc", "euler", "pndm",
                 "ddpm".
@@ -314,6 +319,10 @@ class QAMDTPipeline:
             raise ConfigError(f"output_type: unknown '{output_type}'")
         if not 0.0 <= guidance_rescale <= 1.0:
             raise ConfigError(f"guidance_rescale must lie in [0, 1], got {guidance_rescale}")
+        try:
+            check_guidance_interval(guidance_interval)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if num_waveforms_per_prompt < 1 or num_inference_steps < 1:
             raise ConfigError("num_waveforms_per_prompt and num_inference_steps must be >= 1")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -386,6 +395,7 @@ class QAMDTPipeline:
             eta=eta,
             progress=progress,
             guidance_rescale=guidance_rescale,
+            guidance_interval=guidance_interval,
         )
         output = PipelineOutput(
             audios=None,

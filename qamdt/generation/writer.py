@@ -29,6 +29,7 @@ class GenerationRequest:
         guidance: "quality", "released" or "negative-prompt".
         guidance_scale: Classifier-free guidance scale.
         guidance_rescale: Guidance rescale share (0 turns it off).
+        guidance_interval: ``(low, high)`` timesteps where guidance applies (None: all).
         steps: Sampler steps.
         scheduler: Sampler name.
         eta: DDIM eta.
@@ -43,6 +44,7 @@ class GenerationRequest:
     guidance: str = "quality"
     guidance_scale: float = 3.5
     guidance_rescale: float = 0.0
+    guidance_interval: tuple[float, float] | None = None
     steps: int = 200
     scheduler: str = "ddim"
     eta: float = 0.0
@@ -107,6 +109,7 @@ def generate_to_folder(
             guidance=request.guidance,
             guidance_scale=request.guidance_scale,
             guidance_rescale=request.guidance_rescale,
+            guidance_interval=request.guidance_interval,
             num_inference_steps=request.steps,
             scheduler=request.scheduler,
             eta=request.eta,
@@ -131,6 +134,9 @@ def generate_to_folder(
                 "guidance": request.guidance,
                 "guidance_scale": request.guidance_scale,
                 "guidance_rescale": request.guidance_rescale,
+                "guidance_interval": (
+                    list(request.guidance_interval) if request.guidance_interval else None
+                ),
                 "steps": request.steps,
                 "scheduler": request.scheduler,
                 "eta": request.eta,

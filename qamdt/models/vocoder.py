@@ -375,7 +375,13 @@ class Vocoder(nn.Module):
         batch = mel.unsqueeze(0) if squeeze else mel
         if self.model is not None:
             param = next(self.model.parameters())
-            wave = self.model(batch.to(device=param.device, dtype=param.dtype))
+            batch = batch.to(device=param.device, dtype=param.dtype)
+            if param.device.type == "cpu" and len(batch) > 1:
+                # A batch's 512-channel activations outgrow the CPU caches: clip by clip is
+                # about 1.6x faster for 5 s clips (benchmarks/bench_vocoder.py), same samples.
+                wave = torch.cat([self.model(clip[None]) for clip in batch])
+            else:
+                wave = self.model(batch)
         else:
             wave = self._griffin_lim(batch.to(device=self.window.device, dtype=torch.float32))
         wave = wave.float()
