@@ -155,6 +155,36 @@ def test_cache_builds_resumes_and_refuses_other_settings(data, tmp_path):
         )
 
 
+def test_cache_borrows_the_latents_of_the_same_clips(data, tmp_path):
+    build_cache(config(data), tmp_path / "quality", progress=False)
+    no_prefix = config(data, conditioning={"quality_prefix": False})
+    borrowed = build_cache(
+        no_prefix, tmp_path / "borrowed", progress=False, latents_from=tmp_path / "quality"
+    )
+    fresh = build_cache(no_prefix, tmp_path / "fresh", progress=False)
+    assert borrowed["borrowed_shards"] == 1 and fresh["borrowed_shards"] == 0
+    a, b = LatentCacheDataset(tmp_path / "borrowed"), LatentCacheDataset(tmp_path / "fresh")
+    assert len(a) == len(b) == 10
+    for i in range(len(a)):
+        assert a[i]["caption"] == b[i]["caption"] == f"tone {i}"
+        assert a[i]["quality_level"] == b[i]["quality_level"] == 1 + i % 5
+        torch.testing.assert_close(a[i]["latent_mean"], b[i]["latent_mean"])
+        torch.testing.assert_close(a[i]["latent_std"], b[i]["latent_std"])
+        torch.testing.assert_close(a[i]["text_states"], b[i]["text_states"])
+    # The plain baseline also keeps the unlabelled row: other clips, so the VAE runs.
+    plain = config(data, conditioning={"quality_token": False, "quality_prefix": False})
+    summary = build_cache(
+        plain, tmp_path / "plain", progress=False, latents_from=tmp_path / "quality"
+    )
+    assert summary["clips"] == 11 and summary["borrowed_shards"] == 0
+    # An unfinished source lends nothing.
+    (tmp_path / "quality" / "cache_info.json").unlink()
+    summary = build_cache(
+        no_prefix, tmp_path / "again", progress=False, latents_from=tmp_path / "quality"
+    )
+    assert summary["borrowed_shards"] == 0
+
+
 def test_cache_records_unreadable_audio(data, tmp_path):
     root = tmp_path / "d"
     (root / "audio").mkdir(parents=True)

@@ -53,6 +53,13 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     _add_overrides(cache)
     cache.add_argument("--out", type=Path, required=True, help="cache folder")
+    cache.add_argument(
+        "--latents-from",
+        type=Path,
+        default=None,
+        help="a finished cache of the same clips and VAE weights whose latents to reuse "
+        "(only the captions are encoded), e.g. the quality model's for its plain baseline",
+    )
     cache.set_defaults(run=run_cache)
 
 
@@ -81,7 +88,7 @@ def run_cache(args: argparse.Namespace) -> int:
     from qamdt.training.mdt_config import load_mdt_config
 
     config = load_mdt_config(args.config, **_overrides(args))
-    summary = build_cache(config, args.out, progress=not args.quiet)
+    summary = build_cache(config, args.out, progress=not args.quiet, latents_from=args.latents_from)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
     return 0

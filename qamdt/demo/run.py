@@ -273,7 +273,9 @@ def _train_mdt(ctx: StageContext, name: str, pipeline_name: str, quality: bool) 
         seed=s.seed,
     )
     started = time.monotonic()
-    cached = build_cache(config, cache)
+    # The baseline's clips, audio and VAE are the quality model's: only captions differ.
+    shared = ctx.out / "work" / "cache-mdt" if name != "mdt" else None
+    cached = build_cache(config, cache, latents_from=shared)
     cache_seconds = round(time.monotonic() - started, 2)
     work = ctx.out / "work" / name
     summary = train_mdt(config, work)

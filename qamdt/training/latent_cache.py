@@ -13,7 +13,11 @@ A cache folder holds:
 * ``null_text.safetensors``: the states of the empty caption (the dropped condition);
 * ``failures.jsonl``: clips whose audio could not be read, with the reason.
 
-Shards are spread over processes (``accelerate launch``); each writes its own files.
+Shards are spread over processes (``accelerate launch``); each writes its own files. Two
+models trained on the same clips with other captions (a quality-aware model and its plain
+baseline) can share the latents: ``build_cache(..., latents_from=first_cache)`` copies
+each shard's latents from a finished cache of the same clips, audio settings and VAE, and
+encodes only the captions.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ CACHE_INFO = "cache_info.json"
 NULL_TEXT = "null_text.safetensors"
 FAILURES = "failures.jsonl"
 SHARD_SIZE = 64
+# The cache_info fields the latents depend on (the others concern the text).
+LATENT_FIELDS = ("audio", "frames", "vae_config_sha1", "scaling_factor", "split", "manifest")
 
 
 def _shard_stem(index: int) -> str:
@@ -89,6 +95,30 @@ def _check_info(cache_dir: Path, info: dict[str, Any]) -> None:
         )
 
 
+def _borrowed_latents(
+    source: Path | None, info: dict[str, Any], index: int, ids: list[str]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Shard ``index``'s latents from the finished cache ``source``, if they fit.
+
+    They fit when ``source`` was made with the same audio settings, VAE, split and
+    manifest, and its shard holds exactly the clips ``ids`` (so a shard with a failed clip
+    is encoded again, and fails the same way).
+    """
+    if source is None or not cache_is_complete(source):
+        return None
+    saved = json.loads((source / CACHE_INFO).read_text())
+    if any(saved.get(key) != info[key] for key in LATENT_FIELDS):
+        return None
+    stem = _shard_stem(index)
+    rows_path = source / f"{stem}.json"
+    if not rows_path.is_file():
+        return None
+    if [row["id"] for row in json.loads(rows_path.read_text())["rows"]] != ids:
+        return None
+    with safetensors.safe_open(str(source / f"{stem}.safetensors"), "pt") as handle:
+        return handle.get_tensor("latent_mean"), handle.get_tensor("latent_std")
+
+
 def _write_shard(
     cache_dir: Path,
     index: int,
@@ -97,12 +127,25 @@ def _write_shard(
     vae,
     text_encoder,
     device: torch.device,
+    borrowed: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[dict[str, str]]:
-    batch = collate_mels([dataset[i] for i in items])
+    if borrowed is not None:
+        clips = [dataset.clips[i] for i in items]
+        batch = {
+            "failed": [],
+            "id": [clip.id for clip in clips],
+            "caption": [clip.caption for clip in clips],
+            "quality_level": torch.tensor([clip.quality_level for clip in clips]),
+        }
+    else:
+        batch = collate_mels([dataset[i] for i in items])
     rows = []
-    if batch["mel"] is not None:
+    if batch["id"]:
         with torch.no_grad():
-            mean, std = posterior_latents(vae, batch["mel"].to(device))
+            if borrowed is not None:
+                mean, std = borrowed
+            else:
+                mean, std = posterior_latents(vae, batch["mel"].to(device))
             states, mask = text_encoder.encode(batch["caption"], device=device)
         tensors = {
             "latent_mean": mean.float().cpu().contiguous(),
@@ -137,6 +180,7 @@ def build_cache(
     vae=None,
     text_encoder=None,
     progress: bool = True,
+    latents_from: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Encodes every usable clip of the training split once; resumes a partial cache.
 
@@ -148,9 +192,14 @@ def build_cache(
             when None).
         text_encoder: A loaded :class:`~qamdt.models.text_encoder.TextEncoder`.
         progress: Show a progress bar.
+        latents_from: A finished cache of the same clips, audio settings and VAE weights
+            (its captions may differ): shards whose clips match take its latents instead
+            of running the VAE. The caller vouches for the weights; the cache info only
+            records the VAE's config.
 
     Returns:
-        A summary: clips cached, shards, skipped rows, failures, seconds.
+        A summary: clips cached, shards, skipped rows, failures, borrowed shards,
+        seconds.
     """
     from accelerate import PartialState
 
@@ -179,11 +228,16 @@ def build_cache(
     shards = [range(i, min(i + SHARD_SIZE, len(clips))) for i in range(0, len(clips), SHARD_SIZE)]
     mine = [i for i in range(len(shards)) if i % state.num_processes == state.process_index]
     todo = [i for i in mine if not (cache_dir / f"{_shard_stem(i)}.json").is_file()]
+    source = Path(latents_from) if latents_from is not None else None
     failures: list[dict[str, str]] = []
+    borrowed_shards = 0
     bar = tqdm(todo, desc="caching latents", disable=not progress or not state.is_main_process)
     for index in bar:
+        ids = [clips[i].id for i in shards[index]]
+        borrowed = _borrowed_latents(source, info, index, ids)
+        borrowed_shards += borrowed is not None
         failures += _write_shard(
-            cache_dir, index, shards[index], dataset, vae, text_encoder, state.device
+            cache_dir, index, shards[index], dataset, vae, text_encoder, state.device, borrowed
         )
     if failures:
         with open(cache_dir / f"failures.rank{state.process_index}.jsonl", "a") as handle:
@@ -213,6 +267,7 @@ def build_cache(
         "shards": len(shards),
         "skipped": len(skipped),
         "failed": _count_lines(cache_dir / FAILURES),
+        "borrowed_shards": borrowed_shards,
         "seconds": round(time.time() - started, 1),
     }
 
