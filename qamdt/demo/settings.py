@@ -126,9 +126,9 @@ class DemoSettings:
     sampler: str = "ddim"
     sampler_steps: int = 25
     sampler_eta: float = 0.0
-    guidance_scale: float = 7.0
+    guidance_scale: float = 8.0
     guidance_rescale: float = 0.7
-    guidance_interval: tuple[float, float] | None = (0.0, 800.0)
+    guidance_interval: tuple[float, float] | None = (0.0, 700.0)
     negative_quality_level: float | str = "mirror"
     audio_seconds: float = 5.0
     generate_batch_size: int = 5
