@@ -160,12 +160,12 @@ class DemoSettings:
             raise ConfigError("demo settings: sampler_eta must be >= 0")
         if not 0 <= self.guidance_rescale <= 1:
             raise ConfigError("demo settings: guidance_rescale must lie in [0, 1]")
-        interval = self.guidance_interval
-        if interval is not None and (len(interval) != 2 or not 0 <= interval[0] <= interval[1]):
-            raise ConfigError(
-                f"demo settings: guidance_interval must be [low, high] timesteps with "
-                f"0 <= low <= high, got {list(interval)}"
-            )
+        from qamdt.diffusion.sampling import check_guidance_interval
+
+        try:
+            check_guidance_interval(self.guidance_interval)
+        except ValueError as error:
+            raise ConfigError(f"demo settings: {error}") from None
         negative = self.negative_quality_level
         if negative != MIRROR and not (isinstance(negative, (int, float)) and 0 <= negative <= 5):
             raise ConfigError(

@@ -95,19 +95,26 @@ def _check_info(cache_dir: Path, info: dict[str, Any]) -> None:
         )
 
 
-def _borrowed_latents(
-    source: Path | None, info: dict[str, Any], index: int, ids: list[str]
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Shard ``index``'s latents from the finished cache ``source``, if they fit.
-
-    They fit when ``source`` was made with the same audio settings, VAE, split and
-    manifest, and its shard holds exactly the clips ``ids`` (so a shard with a failed clip
-    is encoded again, and fails the same way).
-    """
-    if source is None or not cache_is_complete(source):
+def _latent_source(latents_from: str | os.PathLike | None, info: dict[str, Any]) -> Path | None:
+    """``latents_from`` if it is a finished cache with the same audio, VAE, split, manifest."""
+    if latents_from is None or not cache_is_complete(latents_from):
         return None
+    source = Path(latents_from)
     saved = json.loads((source / CACHE_INFO).read_text())
     if any(saved.get(key) != info[key] for key in LATENT_FIELDS):
+        return None
+    return source
+
+
+def _borrowed_latents(
+    source: Path | None, index: int, ids: list[str]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Shard ``index``'s latents from ``source`` (see :func:`_latent_source`), if they fit.
+
+    They fit when the source's shard holds exactly the clips ``ids`` (so a shard with a
+    failed clip is encoded again, and fails the same way).
+    """
+    if source is None:
         return None
     stem = _shard_stem(index)
     rows_path = source / f"{stem}.json"
@@ -228,13 +235,13 @@ def build_cache(
     shards = [range(i, min(i + SHARD_SIZE, len(clips))) for i in range(0, len(clips), SHARD_SIZE)]
     mine = [i for i in range(len(shards)) if i % state.num_processes == state.process_index]
     todo = [i for i in mine if not (cache_dir / f"{_shard_stem(i)}.json").is_file()]
-    source = Path(latents_from) if latents_from is not None else None
+    source = _latent_source(latents_from, info)
     failures: list[dict[str, str]] = []
     borrowed_shards = 0
     bar = tqdm(todo, desc="caching latents", disable=not progress or not state.is_main_process)
     for index in bar:
         ids = [clips[i].id for i in shards[index]]
-        borrowed = _borrowed_latents(source, info, index, ids)
+        borrowed = _borrowed_latents(source, index, ids)
         borrowed_shards += borrowed is not None
         failures += _write_shard(
             cache_dir, index, shards[index], dataset, vae, text_encoder, state.device, borrowed
