@@ -58,6 +58,9 @@ class MosTrainConfig:
         grad_clip: Gradient-norm clip.
         ta_weight: Weight of the text-alignment loss (text-aware models with TA targets).
         max_minutes: Stop after this much training time (None: no limit).
+        patience: Stop after this many epochs without a better validation SRCC (None:
+            run every epoch). The learning-rate schedule still spans ``epochs``, so a
+            run that stops early keeps the weights a full run would have had so far.
         system_rule: How system ids are derived for system-level metrics.
         seed: Seed of initialisation, shuffling and crops.
         num_workers: DataLoader workers.
@@ -78,6 +81,7 @@ class MosTrainConfig:
     grad_clip: float = 1.0
     ta_weight: float = 1.0
     max_minutes: float | None = None
+    patience: int | None = None
     system_rule: str = "field"
     seed: int = 0
     num_workers: int = 0
@@ -99,6 +103,8 @@ class MosTrainConfig:
         config = cls(**values)
         if config.epochs <= 0 or config.batch_size <= 0:
             raise ConfigError(f"{where}: epochs and batch_size must be > 0")
+        if config.patience is not None and config.patience <= 0:
+            raise ConfigError(f"{where}: patience must be > 0 (or null), got {config.patience}")
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,6 +138,13 @@ def _load_clips(config: MosTrainConfig) -> tuple[list[RatedClip], list[RatedClip
         raise QamdtError(f"{config.valid_data or config.data}: no clips in split "
                          f"'{config.valid_split}'")  # fmt: skip
     return train, valid
+
+
+def _out_of_patience(best: dict[str, Any], epochs_done: int, patience: int | None) -> bool:
+    """Whether ``patience`` epochs have passed since the best one (or since the start)."""
+    if patience is None:
+        return False
+    return epochs_done - (best["epoch"] or 0) >= patience
 
 
 def predict_clips(
@@ -288,7 +301,11 @@ def train_mos_model(
 
     text_aware = model_config.kind == "text-aware"
     started = time.time()
+    epochs_done, stopped_by = first_epoch, "epochs"
     for epoch in range(first_epoch, config.epochs):
+        if _out_of_patience(best, epochs_done, config.patience):
+            stopped_by = "patience"
+            break
         dataset.set_epoch(epoch)
         accelerator.unwrap_model(model).train()
         losses = []
@@ -332,13 +349,22 @@ def train_mos_model(
         if accelerator.is_main_process:
             progress_file.write_text(json.dumps({"next_epoch": epoch + 1, "best": best}))
         accelerator.wait_for_everyone()
+        epochs_done = epoch + 1
         elapsed_minutes = (time.time() - started) / 60.0
+        if _out_of_patience(best, epochs_done, config.patience):
+            accelerator.print(f"stopping after epoch {epochs_done}: no better validation "
+                              f"SRCC since epoch {best['epoch']} (patience)")  # fmt: skip
+            stopped_by = "patience"
+            break
         if config.max_minutes is not None and elapsed_minutes >= config.max_minutes:
             accelerator.print(f"stopping after {elapsed_minutes:.1f} min (max_minutes)")
+            stopped_by = "max_minutes"
             break
     summary = {
         "best_epoch": best["epoch"],
         "best_valid_srcc": best["srcc"],
+        "epochs_run": epochs_done,
+        "stopped_by": stopped_by,
         "model": str(out / MODEL_DIR),
         "train_seconds": round(time.time() - started, 1),
         "train_clips": len(train_clips),

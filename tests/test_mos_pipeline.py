@@ -88,6 +88,38 @@ def test_training_resumes_and_finishes_at_once(trained, rated_set, capsys):
     assert len(lines) == 3  # nothing retrained
 
 
+def test_patience_stops_when_validation_stops_improving(rated_set, tmp_path):
+    """With a zero learning rate no epoch beats the first, so patience 2 stops after 3."""
+    data = f"corpus:{rated_set / 'manifest.jsonl'}"
+    config = tmp_path / "flat.yaml"
+    config.write_text(
+        "model:\n  kind: embedded\n  window_seconds: 2.0\n"
+        "epochs: 10\nbatch_size: 8\nlearning_rate: 0.0\nwarmup_steps: 1\n"
+    )
+    out = tmp_path / "run"
+    args = ["mos", "train", "--config", str(config), "--data", data, "--out", str(out)]
+    assert main([*args, "--patience", "2", "--quiet"]) == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["epoch"] for entry in log] == [1, 2, 3]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["best_epoch"], metrics["epochs_run"], metrics["stopped_by"]) == (
+        1,
+        3,
+        "patience",
+    )
+    # Resuming a run that ran out of patience trains nothing more.
+    assert main([*args, "--patience", "2", "--quiet"]) == 0
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == 3
+
+
+def test_patience_must_be_positive():
+    from mos_predictor.train import MosTrainConfig
+    from qamdt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="patience must be > 0"):
+        MosTrainConfig.from_dict({"data": "csv:x.csv", "patience": 0})
+
+
 def test_eval_prints_utterance_and_system_metrics(trained, rated_set, capsys):
     data = f"corpus:{rated_set / 'manifest.jsonl'}"
     args = ["mos", "eval", "--model", str(trained / "model"), "--data", data, "--split", "test"]

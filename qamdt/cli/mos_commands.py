@@ -32,6 +32,12 @@ def register(groups: argparse._SubParsersAction) -> None:
     train.add_argument("--batch-size", type=int, default=None)
     train.add_argument("--max-minutes", type=float, default=None, help="training time budget")
     train.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="stop after this many epochs without a better validation SRCC",
+    )
+    train.add_argument(
         "--exclude-degradation",
         action="append",
         default=None,
@@ -148,6 +154,7 @@ def run_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         max_minutes=args.max_minutes,
+        patience=args.patience,
         exclude_degradations=args.exclude_degradations,
         seed=args.seed,
     )

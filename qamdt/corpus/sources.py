@@ -287,7 +287,11 @@ def load_piece(source_name: str, path: str) -> Piece:
     parts = []
     for part in list(score.parts)[:MAX_PARTS]:
         notes = []
-        for element in part.stripTies().flatten().notes:
+        # Ties merged on the flat stream: the same notes as on the part, without the
+        # per-measure bookkeeping of removals.
+        flat = part.flatten()
+        flat.stripTies(inPlace=True)
+        for element in flat.notes:
             duration = float(element.quarterLength)
             if duration <= 0:
                 continue

@@ -116,6 +116,7 @@ def mos(ctx: StageContext) -> dict[str, Any]:
         epochs=s.mos_epochs,
         batch_size=s.mos_batch_size,
         max_minutes=s.mos_max_minutes,
+        patience=s.mos_patience,
         seed=s.seed,
     )
     work = ctx.out / "work" / "mos"

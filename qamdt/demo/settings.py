@@ -38,6 +38,8 @@ class DemoSettings:
         mos_epochs: MOS-predictor epochs.
         mos_batch_size: MOS-predictor clips per step.
         mos_max_minutes: MOS-predictor training budget.
+        mos_patience: Epochs without a better validation SRCC before the MOS predictor
+            stops (None: run every epoch).
         level_shares: Shares of quality levels 1-5 among the labelled clips (quantile
             levels).
         captioner_epochs: Embedded-captioner epochs.
@@ -99,6 +101,7 @@ class DemoSettings:
     mos_epochs: int = 30
     mos_batch_size: int = 16
     mos_max_minutes: float = 2.0
+    mos_patience: int | None = 5
     level_shares: tuple[float, ...] = (0.2, 0.2, 0.2, 0.2, 0.2)
     captioner_epochs: int = 22
     captioner_batch_size: int = 32
@@ -150,6 +153,8 @@ class DemoSettings:
         ]
         if positive:
             raise ConfigError(f"demo settings: {positive} must be > 0")
+        if self.mos_patience is not None and self.mos_patience <= 0:
+            raise ConfigError("demo settings: mos_patience must be > 0 (or null)")
         if self.mdt_warmup_steps < 0:
             raise ConfigError("demo settings: mdt_warmup_steps must be >= 0")
         if len(self.level_shares) != 5:
