@@ -78,6 +78,29 @@ def test_scaling_factor_is_applied(vae):
     assert not torch.allclose(first, latents)
 
 
+def test_clip_by_clip_inference_matches_one_batched_call(vae, monkeypatch):
+    mel = torch.randn(3, 32, 16, generator=torch.Generator().manual_seed(2)) - 4
+    with torch.no_grad():
+        batched = vae.autoencoder.encode(mel.unsqueeze(1)).latent_dist
+        posterior = vae.posterior(mel)
+        # Kernels may differ with the batch size, so rounding may too.
+        assert torch.allclose(posterior.mean, batched.mean, atol=1e-6)
+        assert torch.allclose(posterior.std, batched.std, atol=1e-6)
+        expected = vae.autoencoder.decode(batched.mean).sample.squeeze(1)
+        assert torch.allclose(vae.decode(0.4123 * batched.mean), expected, atol=1e-5)
+    # Inference runs one clip per call; under autograd the batch stays whole.
+    sizes = []
+    encode, decode = vae.autoencoder.encode, vae.autoencoder.decode
+    monkeypatch.setattr(vae.autoencoder, "encode", lambda x: sizes.append(len(x)) or encode(x))
+    monkeypatch.setattr(vae.autoencoder, "decode", lambda z: sizes.append(len(z)) or decode(z))
+    with torch.no_grad():
+        vae.decode(vae.encode(mel))
+    assert sizes == [1, 1, 1, 1, 1, 1]
+    sizes.clear()
+    vae.decode(vae.encode(mel)).sum().backward()
+    assert sizes == [3, 3]
+
+
 def test_sizes_must_divide_by_the_downsampling(vae):
     with pytest.raises(ConfigError, match="num_frames=30"):
         vae.latent_shape(30, 16)

@@ -57,9 +57,7 @@ def _shard_stem(index: int) -> str:
 
 def posterior_latents(vae, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled posterior mean and standard deviation of ``mel`` ``[B, T, F]``."""
-    parameter = next(vae.autoencoder.parameters())
-    image = mel.to(device=parameter.device, dtype=parameter.dtype).unsqueeze(1)
-    posterior = vae.autoencoder.encode(image).latent_dist
+    posterior = vae.posterior(mel)
     scale = vae.scaling_factor
     return (posterior.mean - vae.shift_factor) * scale, posterior.std * scale
 
