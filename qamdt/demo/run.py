@@ -450,7 +450,7 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
         _records(ctx.out),
         _manifest(ctx.out).parent,
         (min(s.levels), max(s.levels)),
-        s.prompts,
+        s.decoder_reference_clips,
         s.audio_seconds,
     )
     (folder / "decoder_reference.json").write_text(json.dumps(plain(reference), indent=1))

@@ -87,6 +87,8 @@ class DemoSettings:
         negative_prompt: Negative text of the paper's eq. 11 baseline.
         eval_batch_size: Clips per forward pass in evaluation.
         examples_per_level: Clips per level shown (with spectrograms) in the report.
+        decoder_reference_clips: Held-out clips per level scored as recorded and after
+            the VAE and vocoder (the report's decoder reference).
         pitch_fmin: Lowest pitch of the periodicity search, Hz.
         pitch_fmax: Highest pitch of the periodicity search, Hz.
         pitch_envelope_hz: Width of the frequency smoothing that turns a clip's long-term
@@ -123,7 +125,7 @@ class DemoSettings:
     mdt_warmup_steps: int = 50
     mdt_max_steps: int = 870
     mdt_max_minutes: float = 9.0
-    mdt_checkpoint_every: int = 50
+    mdt_checkpoint_every: int = 100
     prompts: int = 20
     levels: tuple[int, ...] = (1, 2, 3, 4, 5)
     sampler: str = "ddim"
@@ -138,6 +140,7 @@ class DemoSettings:
     negative_prompt: str = "low quality"
     eval_batch_size: int = 8
     examples_per_level: int = 2
+    decoder_reference_clips: int = 8
     pitch_fmin: float = 60.0
     pitch_fmax: float = 500.0
     pitch_envelope_hz: float = 500.0
@@ -256,6 +259,7 @@ QUICK_OVERRIDES: dict[str, Any] = {
     "audio_seconds": 2.0,
     "generate_batch_size": 2,
     "examples_per_level": 1,
+    "decoder_reference_clips": 2,
 }
 
 
