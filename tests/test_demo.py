@@ -261,6 +261,11 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert set(report["stage_seconds"]) >= {"corpus", "mdt", "evaluate", "total"}
     stages = json.loads((out / STATE_NAME).read_text())["stages"]
     assert all(entry["done"] for entry in stages.values()) and len(stages) == 12
+    # The baseline trains exactly the quality model's steps.
+    steps = [stages[name]["result"]["train"]["steps"] for name in ("mdt", "mdt-baseline")]
+    assert steps[0] == steps[1] == DemoSettings.quick().mdt_max_steps
+    baseline_config = json.loads((out / "work" / "mdt-baseline" / "train_config.json").read_text())
+    assert baseline_config["max_minutes"] is None
 
     models = out / "models"
     assert load_mos_model(models / "mos") is not None

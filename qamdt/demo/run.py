@@ -242,8 +242,14 @@ def vae(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
-def _train_mdt(ctx: StageContext, name: str, pipeline_name: str, quality: bool) -> dict[str, Any]:
-    """Caches latents and trains one MDT; its pipeline goes to ``OUT/models/<pipeline>``."""
+def _train_mdt(
+    ctx: StageContext, name: str, pipeline_name: str, quality: bool, steps: int | None = None
+) -> dict[str, Any]:
+    """Caches latents and trains one MDT; its pipeline goes to ``OUT/models/<pipeline>``.
+
+    ``steps`` fixes the step count with no time cap; by default the settings' steps and
+    minutes apply.
+    """
     from qamdt.training.latent_cache import build_cache
     from qamdt.training.mdt_config import load_mdt_config, read_yaml
     from qamdt.training.mdt_data import training_clips
@@ -268,8 +274,8 @@ def _train_mdt(ctx: StageContext, name: str, pipeline_name: str, quality: bool) 
         batch_size=min(s.mdt_batch_size, len(usable)),
         learning_rate=s.mdt_learning_rate,
         warmup_steps=s.mdt_warmup_steps,
-        max_steps=s.mdt_max_steps,
-        max_minutes=s.mdt_max_minutes,
+        max_steps=steps or s.mdt_max_steps,
+        max_minutes=None if steps else s.mdt_max_minutes,
         checkpoint_every=s.mdt_checkpoint_every,
         seed=s.seed,
     )
@@ -295,8 +301,13 @@ def mdt(ctx: StageContext) -> dict[str, Any]:
 
 
 def mdt_baseline(ctx: StageContext) -> dict[str, Any]:
-    """The plain MDT baseline: same model and budget, no quality conditioning."""
-    return _train_mdt(ctx, "mdt-baseline", "pipeline-mdt", quality=False)
+    """The plain MDT baseline: same model and budget, no quality conditioning.
+
+    It trains exactly as many steps as the quality model did, also where a slow machine
+    stopped that one at its time cap.
+    """
+    steps = ctx.results["mdt"]["train"]["steps"]
+    return _train_mdt(ctx, "mdt-baseline", "pipeline-mdt", quality=False, steps=steps)
 
 
 def choose_prompts(records, count: int) -> list[dict[str, Any]]:
@@ -499,7 +510,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "mdt-baseline",
         mdt_baseline,
-        ("refine", "vae"),
+        ("refine", "vae", "mdt"),
         ("work/mdt-baseline", "work/cache-mdt-baseline", "models/pipeline-mdt"),
     ),
     Stage("generate", generate, ("mdt", "mdt-baseline"), ("generated",)),
