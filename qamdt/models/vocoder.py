@@ -177,8 +177,8 @@ class ChannelsLastConv1d(nn.Conv1d):
     """``nn.Conv1d`` run as a channels-last 2-D convolution on the CPU.
 
     oneDNN's channels-last kernels take HiFi-GAN's long signals about 1.2x faster than
-    ``conv1d`` (``benchmarks/bench_vocoder.py``); outputs agree to float rounding (about
-    1e-6, below one step of 16-bit audio). Other devices run ``conv1d``. The parameters
+    ``conv1d`` (``benchmarks/bench_vocoder.py``); outputs agree to float rounding (at most
+    about 1e-5, a third of one step of 16-bit audio). Other devices run ``conv1d``. The parameters
     and their names are ``nn.Conv1d``'s, so state dicts are unchanged.
     """
 
