@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from qamdt.models.model_info import read_model_config
-from qamdt.models.transformer import QualityMDTTransformer, approx_forward_flops
+from qamdt.models.model_info import approx_forward_flops, read_model_config
+from qamdt.models.transformer import QualityMDTTransformer
 
 VARIANTS = {
     "reference: masked pass, sincos, SDPA": {},

@@ -10,13 +10,43 @@ from typing import Any
 from qamdt.errors import ConfigError
 from qamdt.models.transformer import (
     QualityMDTTransformer,
-    approx_forward_flops,
     check_model_config,
     count_parameters,
 )
 
 DEFAULT_TEXT_LENGTH = {1024: 128}
 """Text tokens assumed for FLOPs by text width (FLAN-T5: 128), else 64."""
+
+
+def approx_forward_flops(
+    model: QualityMDTTransformer, time: int, freq: int, text_len: int
+) -> float:
+    """Matmul FLOPs of one unmasked forward pass of one sample (2 per multiply-add).
+
+    Counts the linear layers of every block (attention projections, MLP, skips) and the two
+    attention matmuls; embeddings and norms are ignored (under 1%).
+    """
+    cfg = model.config
+    tokens = model.num_tokens(time, freq)
+    dim = cfg.hidden_size
+    hidden = int(dim * cfg.mlp_ratio)
+    blocks = cfg.encoder_depth + cfg.decoder_depth
+    per_block = (
+        2 * tokens * dim * 3 * dim  # qkv
+        + 2 * 2 * tokens * tokens * dim  # scores and weighted sum
+        + 2 * tokens * dim * dim  # out projection
+        + 2 * tokens * dim * dim  # cross-attention query
+        + 2 * text_len * dim * 2 * dim  # cross-attention keys and values
+        + 2 * 2 * tokens * text_len * dim  # cross-attention matmuls
+        + 2 * tokens * dim * dim  # cross-attention out projection
+        + 2 * 2 * tokens * dim * hidden  # MLP
+    )
+    skips = sum(
+        block.skip_linear is not None for block in (*model.encoder_blocks, *model.decoder_blocks)
+    )
+    patch_dim = model.patcher.patch_dim(cfg.in_channels)
+    extra = 2 * skips * tokens * 2 * dim * dim + 2 * 2 * tokens * patch_dim * dim
+    return float(blocks * per_block + extra + 2 * text_len * cfg.text_dim * dim * 2)
 
 
 def read_model_config(path: str | os.PathLike) -> dict[str, Any]:

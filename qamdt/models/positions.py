@@ -14,29 +14,49 @@ from diffusers.models.embeddings import get_1d_sincos_pos_embed_from_grid, get_2
 
 
 @functools.lru_cache(maxsize=16)
-def _sincos_table(dim: int, grid_t: int, grid_f: int) -> torch.Tensor:
-    # Plain integer grid positions; half of the width encodes time, half frequency.
-    time, freq = torch.meshgrid(torch.arange(grid_t), torch.arange(grid_f), indexing="ij")
+def _sincos_table(
+    dim: int, grid_t: int, grid_f: int, scales: tuple[float, float], freq_first: bool
+) -> torch.Tensor:
+    time, freq = torch.meshgrid(
+        torch.arange(grid_t, dtype=torch.float64) * scales[0],
+        torch.arange(grid_f, dtype=torch.float64) * scales[1],
+        indexing="ij",
+    )
+    axes = (freq, time) if freq_first else (time, freq)
     halves = [
-        get_1d_sincos_pos_embed_from_grid(dim // 2, axis.reshape(-1).double(), output_type="pt")
-        for axis in (time, freq)
+        get_1d_sincos_pos_embed_from_grid(dim // 2, axis.reshape(-1), output_type="pt")
+        for axis in axes
     ]
     return torch.cat(halves, dim=1).float()
 
 
-def sincos_2d(dim: int, grid: tuple[int, int], device=None, dtype=None) -> torch.Tensor:
+def sincos_2d(
+    dim: int,
+    grid: tuple[int, int],
+    device=None,
+    dtype=None,
+    scales: tuple[float, float] = (1.0, 1.0),
+    freq_first: bool = False,
+) -> torch.Tensor:
     """Fixed 2D sin-cos position vectors of a ``grid_t x grid_f`` patch grid.
+
+    Each half of the width is a 1-D table (sines, then cosines) of one axis's positions.
 
     Args:
         dim: Vector width (divisible by 4).
         grid: Patches along time and frequency.
         device: Where to put the table.
         dtype: Its dtype.
+        scales: Factors on the integer time and frequency positions (the released model
+            uses ``base / grid``: 2 and 8 for its 64 x 16 grid).
+        freq_first: Put the frequency half first (the released layout); else time first.
 
     Returns:
         ``[grid_t * grid_f, dim]`` in the patches' time-major order.
     """
-    return _sincos_table(dim, grid[0], grid[1]).to(device=device, dtype=dtype)
+    scales = (float(scales[0]), float(scales[1]))
+    table = _sincos_table(dim, grid[0], grid[1], scales, freq_first)
+    return table.to(device=device, dtype=dtype)
 
 
 @functools.lru_cache(maxsize=16)

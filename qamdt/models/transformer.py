@@ -14,6 +14,12 @@ One class, configured by its diffusers config:
 * text enters through cross-attention in every block; the timestep through adaLN-single
   (one shared projection plus a learned per-block table, as released); U-ViT style long
   skips join the first and second half of the encoder.
+
+The authors' released network (``configs/mdt/released.yaml``) differs from the paper's
+design in a few places, each an option here: no norm before cross-attention, one linear
+text projection, a skip from the embedded input into every decoder block, a learned
+decoder position table, a sin-cos table with the frequency half first and scaled
+positions, and the kept-token count rounded down.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import inspect
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import PixArtAlphaTextProjection, TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
@@ -33,6 +40,10 @@ from qamdt.models.patchify import Patcher
 from qamdt.models.positions import rope_2d, sincos_2d, with_identity_prefix
 
 POSITION_ENCODINGS = ("sincos", "rope")
+SINCOS_LAYOUTS = ("time_freq", "freq_time_scaled")
+TEXT_PROJECTIONS = ("mlp", "linear")
+DECODER_POSITIONS = ("fixed", "learned")
+KEEP_ROUNDINGS = ("round", "floor")
 NULL_QUALITY = 0
 
 
@@ -50,14 +61,24 @@ class MDTBlock(nn.Module):
         long_skip: Whether the block takes a long skip from an earlier block (joined by a
             linear layer over the concatenation, as in U-ViT).
         backend: Attention backend.
+        cross_attention_norm: Layer norm before cross-attention (the released model has
+            none).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, long_skip: bool, backend: str):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        long_skip: bool,
+        backend: str,
+        cross_attention_norm: bool = True,
+    ):
         super().__init__()
         self.skip_linear = nn.Linear(2 * dim, dim) if long_skip else None
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = SelfAttention(dim, num_heads, backend)
-        self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
+        self.norm_cross = nn.LayerNorm(dim, eps=1e-6) if cross_attention_norm else nn.Identity()
         self.cross_attn = CrossAttention(dim, num_heads, backend)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
@@ -149,6 +170,21 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
             found adaLN conditioning far stronger than in-context tokens). Off in the
             paper's model; on in the small ``embedded`` preset, whose short training
             otherwise barely learns the quality token.
+        sincos_layout: Layout of the fixed sin-cos table: "time_freq" (time half first,
+            integer grid positions) or "freq_time_scaled" (the released model: frequency
+            half first, positions scaled by ``base / grid`` of ``sample_size``, where
+            ``base`` is twice the time patches of ``sample_size``).
+        text_projection: "mlp" (PixArt's two-layer projection) or "linear" (released).
+        cross_attention_norm: Layer norm before each cross-attention (off in the released
+            model).
+        decoder_input_skip: Every decoder block also takes the embedded input (quality
+            token included, before masking) through a linear skip, as released.
+        decoder_position: What is added before the side interpolator and the decoder:
+            "fixed" (the sin-cos table again; nothing with rope) or "learned" (a table over
+            the ``sample_size`` grid, as released; cropped for smaller grids and
+            interpolated for larger ones).
+        mask_keep_rounding: Kept-token count of a masked pass: "round" or "floor" (the
+            released ``int(N * (1 - r))``).
     """
 
     _supports_gradient_checkpointing = True
@@ -174,13 +210,23 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
         prediction_type: str = "epsilon",
         attention_backend: str = "auto",
         quality_modulation: bool = False,
+        sincos_layout: str = "time_freq",
+        text_projection: str = "mlp",
+        cross_attention_norm: bool = True,
+        decoder_input_skip: bool = False,
+        decoder_position: str = "fixed",
+        mask_keep_rounding: str = "round",
     ):
         super().__init__()
-        if position_encoding not in POSITION_ENCODINGS:
-            raise ConfigError(
-                f"position_encoding: unknown '{position_encoding}'; "
-                f"known: {list(POSITION_ENCODINGS)}"
-            )
+        for name, value, known in (
+            ("position_encoding", position_encoding, POSITION_ENCODINGS),
+            ("sincos_layout", sincos_layout, SINCOS_LAYOUTS),
+            ("text_projection", text_projection, TEXT_PROJECTIONS),
+            ("decoder_position", decoder_position, DECODER_POSITIONS),
+            ("mask_keep_rounding", mask_keep_rounding, KEEP_ROUNDINGS),
+        ):
+            if value not in known:
+                raise ConfigError(f"{name}: unknown '{value}'; known: {list(known)}")
         if hidden_size % num_heads or (hidden_size // num_heads) % 4 or hidden_size % 4:
             raise ConfigError(
                 f"hidden_size {hidden_size} / num_heads {num_heads}: need a head width "
@@ -201,19 +247,28 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
         self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = TimestepEmbedding(256, hidden_size)
         self.time_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
-        self.text_proj = PixArtAlphaTextProjection(text_dim, hidden_size)
+        if text_projection == "mlp":
+            self.text_proj = PixArtAlphaTextProjection(text_dim, hidden_size)
+        else:
+            self.text_proj = nn.Linear(text_dim, hidden_size)
         self.quality_embed = QualityEmbedding(num_quality_levels, hidden_size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
+        self.decoder_pos_embed = None
+        if decoder_position == "learned":
+            grid_t, grid_f = self.patcher.grid(*sample_size)
+            self.decoder_pos_embed = nn.Parameter(torch.zeros(1, grid_t * grid_f, hidden_size))
 
         def block(long_skip: bool) -> MDTBlock:
-            return MDTBlock(hidden_size, num_heads, mlp_ratio, long_skip, backend)
+            return MDTBlock(
+                hidden_size, num_heads, mlp_ratio, long_skip, backend, cross_attention_norm
+            )
 
         half = encoder_depth // 2
         self.encoder_blocks = nn.ModuleList(
             block(long_skips and i >= encoder_depth - half) for i in range(encoder_depth)
         )
         self.side_blocks = nn.ModuleList(block(False) for _ in range(side_depth))
-        self.decoder_blocks = nn.ModuleList(block(False) for _ in range(decoder_depth))
+        self.decoder_blocks = nn.ModuleList(block(decoder_input_skip) for _ in range(decoder_depth))
 
         self.final_norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.final_scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
@@ -254,10 +309,33 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
         return block(*args)
 
     def _positions(self, grid: tuple[int, int], device, dtype):
-        head_dim = self.config.hidden_size // self.config.num_heads
-        if self.config.position_encoding == "sincos":
-            return sincos_2d(self.config.hidden_size, grid, device, dtype), None
-        return None, rope_2d(head_dim, grid, device)
+        config = self.config
+        if config.position_encoding == "rope":
+            return None, rope_2d(config.hidden_size // config.num_heads, grid, device)
+        if config.sincos_layout == "time_freq":
+            return sincos_2d(config.hidden_size, grid, device, dtype), None
+        # The released table's scales come from its training size and stay fixed, so a
+        # longer latent continues the same positions.
+        base = config.sample_size[0] // config.patch_size[0] * 2
+        trained = self.patcher.grid(*config.sample_size)
+        scales = (base / trained[0], base / trained[1])
+        return sincos_2d(config.hidden_size, grid, device, dtype, scales, freq_first=True), None
+
+    def _decoder_positions(self, grid: tuple[int, int], position: torch.Tensor | None):
+        """What is added to the patch tokens before the side interpolator and the decoder."""
+        if self.decoder_pos_embed is None:
+            return position
+        table = self.decoder_pos_embed[0]
+        trained = self.patcher.grid(*self.config.sample_size)
+        if tuple(grid) == tuple(trained):
+            return table
+        table = table.reshape(*trained, -1)
+        if grid[0] <= trained[0] and grid[1] <= trained[1]:
+            return table[: grid[0], : grid[1]].reshape(grid[0] * grid[1], -1)
+        resized = F.interpolate(
+            table.permute(2, 0, 1)[None].float(), size=grid, mode="bilinear", align_corners=True
+        )
+        return resized[0].permute(1, 2, 0).reshape(grid[0] * grid[1], -1).to(table.dtype)
 
     def sample_mask_ratio(self, generator: torch.Generator | None = None) -> float:
         """A mask ratio drawn from ``mask_ratio_range`` (one per batch, as released)."""
@@ -298,6 +376,7 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
         position, rope = self._positions(grid, device, x.dtype)
         if position is not None:
             x = x + position
+        decoder_position = self._decoder_positions(grid, position)
 
         timestep = torch.as_tensor(timestep, device=device)
         if timestep.dim() == 0:
@@ -320,8 +399,15 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
         masked = None
         full_rope = None if rope is None else with_identity_prefix(*rope)
         encoder_rope = full_rope
+        input_skip = (
+            torch.cat([quality.to(x.dtype), x], dim=1) if self.config.decoder_input_skip else None
+        )
         if mask_ratio:
-            keep = max(1, int(round(num_patches * (1 - mask_ratio))))
+            kept_share = num_patches * (1 - mask_ratio)
+            if self.config.mask_keep_rounding == "floor":
+                keep = max(1, int(kept_share))
+            else:
+                keep = max(1, int(round(kept_share)))
             noise = torch.rand(batch, num_patches, generator=generator, device="cpu")
             order = noise.argsort(dim=1).to(device)
             kept_ids = order[:, :keep]
@@ -345,13 +431,13 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
 
         if masked is not None:
             x = self._interpolate_masked(
-                x, masked, kept_ids, position, time_mod, text, text_mask, full_rope
+                x, masked, kept_ids, decoder_position, time_mod, text, text_mask, full_rope
             )
-        elif position is not None:
-            x = torch.cat([x[:, :1], x[:, 1:] + position], dim=1)
+        elif decoder_position is not None:
+            x = torch.cat([x[:, :1], x[:, 1:] + decoder_position.to(x.dtype)], dim=1)
 
         for block in self.decoder_blocks:
-            x = self._run(block, x, time_mod, text, text_mask, full_rope)
+            x = self._run(block, x, time_mod, text, text_mask, full_rope, input_skip)
 
         shift, scale = (self.final_scale_shift_table[None] + time_embedding[:, None]).chunk(
             2, dim=1
@@ -370,13 +456,16 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
         text_mask: torch.Tensor | None,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> torch.Tensor:
-        """Side interpolator: mask tokens in the gaps, a few blocks, encoder output kept."""
+        """Side interpolator: mask tokens in the gaps, a few blocks, encoder output kept.
+
+        ``position`` is the decoder position added to every patch token first.
+        """
         batch, num_patches = masked.shape
         quality, kept = x[:, :1], x[:, 1:]
         full = self.mask_token.to(x.dtype).expand(batch, num_patches, -1).clone()
         full = full.scatter(1, kept_ids[..., None].expand(-1, -1, x.shape[-1]), kept)
         if position is not None:
-            full = full + position
+            full = full + position.to(full.dtype)
         y = torch.cat([quality, full], dim=1)
         for block in self.side_blocks:
             y = self._run(block, y, time_mod, text, text_mask, rope)
@@ -388,35 +477,6 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (works on meta-device models)."""
     return sum(p.numel() for p in model.parameters())
-
-
-def approx_forward_flops(
-    model: QualityMDTTransformer, time: int, freq: int, text_len: int
-) -> float:
-    """Matmul FLOPs of one unmasked forward pass of one sample (2 per multiply-add).
-
-    Counts the linear layers of every block (attention projections, MLP, skips) and the two
-    attention matmuls; embeddings and norms are ignored (under 1%).
-    """
-    cfg = model.config
-    tokens = model.num_tokens(time, freq)
-    dim = cfg.hidden_size
-    hidden = int(dim * cfg.mlp_ratio)
-    blocks = cfg.encoder_depth + cfg.decoder_depth
-    per_block = (
-        2 * tokens * dim * 3 * dim  # qkv
-        + 2 * 2 * tokens * tokens * dim  # scores and weighted sum
-        + 2 * tokens * dim * dim  # out projection
-        + 2 * tokens * dim * dim  # cross-attention query
-        + 2 * text_len * dim * 2 * dim  # cross-attention keys and values
-        + 2 * 2 * tokens * text_len * dim  # cross-attention matmuls
-        + 2 * tokens * dim * dim  # cross-attention out projection
-        + 2 * 2 * tokens * dim * hidden  # MLP
-    )
-    skips = sum(block.skip_linear is not None for block in model.encoder_blocks)
-    patch_dim = model.patcher.patch_dim(cfg.in_channels)
-    extra = 2 * skips * tokens * 2 * dim * dim + 2 * 2 * tokens * patch_dim * dim
-    return float(blocks * per_block + extra + 2 * text_len * cfg.text_dim * dim * 2)
 
 
 def model_config_keys() -> list[str]:
