@@ -27,8 +27,11 @@ from mos_predictor.data import (
     load_ratings,
     system_ids,
 )
+from mos_predictor.grouped import GroupBatches, pairwise_rank_loss, pool_metrics, score_pool
 from mos_predictor.metrics import evaluate_predictions
 from mos_predictor.models import build_mos_model
+from mos_predictor.real_music import is_validation_file, plan_excerpts
+from mos_predictor.versions import build_version_pool
 from qamdt.audio_io import load_audio
 from qamdt.errors import ConfigError, QamdtError, check_known_keys
 
@@ -62,6 +65,21 @@ class MosTrainConfig:
             run every epoch). The learning-rate schedule still spans ``epochs``, so a
             run that stops early keeps the weights a full run would have had so far.
         system_rule: How system ids are derived for system-level metrics.
+        real_sources: Real-music sources trained on beside ``data`` (Debian packages or
+            folders, see ``mos_predictor.real_music``); empty for none.
+        holdout_sources: Real-music sources kept out of training for ``qamdt mos eval
+            --protocol`` (recorded with the model).
+        holdout_families: Degradation kinds (``qamdt.degradations.KINDS``) kept out of
+            training for the protocol; training draws from all the others.
+        real_excerpts_per_file: Excerpts (of the model's window length) per real file.
+        real_versions: Versions per excerpt: the clean one and ``real_versions - 1``
+            degraded ones.
+        real_valid_every: One real file in this many goes to validation (by name hash).
+        groups_per_batch: Real excerpts per training step, each as a group of versions.
+        group_size: Versions per group.
+        rank_weight: Weight of the pairwise ranking term within groups (0: regression
+            only).
+        real_workers: Processes that make the degraded versions.
         seed: Seed of initialisation, shuffling and crops.
         num_workers: DataLoader workers.
         mixed_precision: Accelerate precision ("no", "fp16", "bf16").
@@ -83,6 +101,16 @@ class MosTrainConfig:
     max_minutes: float | None = None
     patience: int | None = None
     system_rule: str = "field"
+    real_sources: tuple[str, ...] = ()
+    holdout_sources: tuple[str, ...] = ()
+    holdout_families: tuple[str, ...] = ()
+    real_excerpts_per_file: int = 4
+    real_versions: int = 6
+    real_valid_every: int = 8
+    groups_per_batch: int = 2
+    group_size: int = 4
+    rank_weight: float = 1.0
+    real_workers: int = 2
     seed: int = 0
     num_workers: int = 0
     mixed_precision: str = "no"
@@ -98,18 +126,58 @@ class MosTrainConfig:
         values = dict(values)
         if "data" not in values:
             raise ConfigError(f"{where}: 'data' is required (e.g. corpus:DIR/manifest.jsonl)")
-        values["exclude_degradations"] = tuple(values.get("exclude_degradations") or ())
+        for name in (
+            "exclude_degradations",
+            "real_sources",
+            "holdout_sources",
+            "holdout_families",
+        ):
+            values[name] = tuple(values.get(name) or ())
         MosModelConfig.from_dict(values.get("model") or {})
         config = cls(**values)
         if config.epochs <= 0 or config.batch_size <= 0:
             raise ConfigError(f"{where}: epochs and batch_size must be > 0")
         if config.patience is not None and config.patience <= 0:
             raise ConfigError(f"{where}: patience must be > 0 (or null), got {config.patience}")
+        _check_real_settings(config, where)
         return config
+
+    def training_kinds(self) -> tuple[str, ...]:
+        """Degradation kinds drawn for the real-music versions (all but the held-out)."""
+        from qamdt.degradations import KINDS
+
+        return tuple(k for k in KINDS if k not in self.holdout_families)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form, saved beside the checkpoints."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _check_real_settings(config: MosTrainConfig, where: str) -> None:
+    from mos_predictor.real_music import check_source_allowed
+    from qamdt.degradations import check_kinds
+
+    try:
+        check_kinds(config.holdout_families, "holdout_families")
+        for source in config.real_sources + config.holdout_sources:
+            check_source_allowed(source)
+    except (ValueError, ConfigError) as error:
+        raise ConfigError(f"{where}: {error}") from None
+    both = sorted(set(config.real_sources) & set(config.holdout_sources))
+    if both:
+        raise ConfigError(f"{where}: source(s) {both} are both trained on and held out")
+    if config.real_sources and not config.training_kinds():
+        raise ConfigError(f"{where}: holdout_families leaves no degradation kind to train on")
+    for name in ("real_excerpts_per_file", "groups_per_batch", "real_workers"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{where}: {name} must be >= 1, got {getattr(config, name)}")
+    if not 2 <= config.group_size <= config.real_versions:
+        raise ConfigError(
+            f"{where}: need 2 <= group_size <= real_versions, got {config.group_size} and "
+            f"{config.real_versions}"
+        )
+    if config.rank_weight < 0 or config.real_valid_every < 0:
+        raise ConfigError(f"{where}: rank_weight and real_valid_every must be >= 0")
 
 
 def load_train_config(path: str | os.PathLike | None, **overrides: Any) -> MosTrainConfig:
@@ -224,6 +292,68 @@ def _loss(output, batch: dict[str, torch.Tensor], ta_weight: float) -> torch.Ten
     return loss
 
 
+def build_real_pools(config: MosTrainConfig, model_config: MosModelConfig, progress: bool):
+    """Degraded versions of the real-music excerpts: a training pool and a validation pool.
+
+    Files go to validation by name hash (one in ``real_valid_every``); both pools draw
+    chains from the training kinds only. The validation pool is None without validation
+    files.
+    """
+    from qamdt.degradations import ChainSettings
+
+    excerpts = plan_excerpts(
+        config.real_sources,
+        config.real_excerpts_per_file,
+        model_config.window_seconds,
+        config.seed,
+    )
+    settings = ChainSettings(kinds=config.training_kinds())
+    rate = model_config.sample_rate
+    pools = []
+    for valid in (False, True):
+        chosen = [e for e in excerpts
+                  if is_validation_file(e.path, config.real_valid_every) == valid]  # fmt: skip
+        pools.append(
+            build_version_pool(
+                chosen,
+                rate,
+                config.real_versions,
+                settings,
+                config.seed + int(valid),
+                config.real_workers,
+                progress,
+            )  # fmt: skip
+            if chosen
+            else None
+        )
+    if pools[0] is None:
+        raise QamdtError(f"real_sources {list(config.real_sources)}: every file went to "
+                         "validation; lower real_valid_every")  # fmt: skip
+    return pools[0], pools[1]
+
+
+def _mixed_loss(model, batch, real: dict[str, torch.Tensor], config: MosTrainConfig,
+                text_aware: bool) -> torch.Tensor:  # fmt: skip
+    """Regression on corpus clips and real versions together, plus ranking within groups."""
+    device = batch["wave"].device
+    real_wave, real_mos = real["wave"].to(device), real["mos"].to(device)
+    waves = torch.cat([batch["wave"], real_wave])
+    texts = list(batch["caption"]) + [""] * real_wave.shape[0] if text_aware else None
+    output = model(waves, texts)
+    count = batch["wave"].shape[0]
+    ta = None if output.ta is None else output.ta[:count]
+    corpus_out = dataclasses.replace(output, omq=output.omq[:count], ta=ta)
+    loss = _loss(corpus_out, batch, config.ta_weight)
+    real_pred = output.omq[count:]
+    real_loss = torch.nn.functional.mse_loss(real_pred, real_mos)
+    # Weighted by clips, as one regression over the whole batch.
+    loss = (count * loss + real_pred.numel() * real_loss) / (count + real_pred.numel())
+    if config.rank_weight > 0:
+        groups = real["group"].to(device)
+        loss = loss + config.rank_weight * pairwise_rank_loss(real_pred, real_mos, groups)
+    return loss
+
+
 def train_mos_model(
     config: MosTrainConfig, out_dir: str | os.PathLike, progress: bool = True
 ) -> dict[str, Any]:
@@ -253,6 +383,11 @@ def train_mos_model(
     train_clips, valid_clips = _load_clips(config)
 
     targets = np.array([c.mos for c in train_clips], dtype=np.float64)
+    real_train = real_valid = None
+    if config.real_sources:
+        base_model = MosModelConfig.from_dict(config.model or {})
+        real_train, real_valid = build_real_pools(config, base_model, progress)
+        targets = np.concatenate([targets, real_train.targets.ravel()])
     model_config = MosModelConfig.from_dict(
         {
             **config.model,
@@ -300,6 +435,9 @@ def train_mos_model(
     (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1))
 
     text_aware = model_config.kind == "text-aware"
+    groups = None
+    if real_train is not None:
+        groups = GroupBatches(real_train, config.groups_per_batch, config.group_size, config.seed)
     started = time.time()
     epochs_done, stopped_by = first_epoch, "epochs"
     for epoch in range(first_epoch, config.epochs):
@@ -311,9 +449,14 @@ def train_mos_model(
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=not progress or not accelerator.is_main_process)  # fmt: skip
+        if groups is not None:
+            groups.set_epoch(epoch)
         for batch in bar:
-            output = model(batch["wave"], batch["caption"] if text_aware else None)
-            loss = _loss(output, batch, config.ta_weight)
+            if groups is None:
+                output = model(batch["wave"], batch["caption"] if text_aware else None)
+                loss = _loss(output, batch, config.ta_weight)
+            else:
+                loss = _mixed_loss(model, batch, groups.next(), config, text_aware)
             accelerator.backward(loss)
             if config.grad_clip:
                 accelerator.clip_grad_norm_(parameters, config.grad_clip)
@@ -332,6 +475,13 @@ def train_mos_model(
             "valid": metrics,
             "seconds": round(time.time() - started, 1),
         }
+        if real_valid is not None:
+            # Model selection weighs the corpus and real music equally.
+            real = pool_metrics(score_pool(unwrapped, real_valid, config.batch_size),
+                                real_valid.targets)  # fmt: skip
+            record["valid_real"] = real
+            metrics = {**metrics, "real": real}
+            srcc = 0.5 * (srcc + real["srcc"])
         # Every process evaluates the whole validation set, so all agree on the best epoch.
         improved = bool(np.isfinite(srcc) and srcc > best["srcc"])
         if improved:
@@ -341,8 +491,12 @@ def train_mos_model(
                 handle.write(json.dumps(record) + "\n")
             if improved:
                 unwrapped.save_pretrained(out / MODEL_DIR)
+                # The protocol of `qamdt mos eval --protocol` reads the hold-outs from here.
+                (out / MODEL_DIR / "train_config.json").write_text(
+                    json.dumps(config.to_dict(), indent=1)
+                )
             accelerator.print(
-                f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, valid SRCC {srcc:.4f}, "
+                f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, valid score {srcc:.4f}, "
                 f"LCC {metrics['omq']['utterance']['lcc']:.4f}"
             )
         accelerator.save_state(str(state_dir))
@@ -370,6 +524,11 @@ def train_mos_model(
         "train_clips": len(train_clips),
         "valid_clips": len(valid_clips),
     }
+    if real_train is not None:
+        summary["real_train_excerpts"] = len(real_train)
+        summary["real_valid_excerpts"] = 0 if real_valid is None else len(real_valid)
+        summary["real_versions"] = config.real_versions
+        summary["real_failures"] = real_train.failures + (real_valid.failures if real_valid else [])
     if accelerator.is_main_process:
         (out / METRICS_NAME).write_text(json.dumps({**summary, "valid": best.get("valid")},
                                                    indent=1))  # fmt: skip

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian machine with Python 3.11:
-# FluidSynth and the FluidR3 General MIDI soundfont from Debian, and a virtual environment
+# FluidSynth and the FluidR3 General MIDI soundfont from Debian, three game-music packages
+# and the lame / vorbis-tools / opus-tools codecs for the MOS model, and a virtual environment
 # in .venv with the CPU build of torch and the package in editable mode. Safe to run again:
 # each step is skipped when already done.
 set -euo pipefail
@@ -9,12 +10,20 @@ cd "$(dirname "$0")/.."
 packages=()
 command -v fluidsynth >/dev/null 2>&1 || packages+=(fluidsynth)
 [ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || packages+=(fluid-soundfont-gm)
+# The MOS model's real-music training data and codecs (configs/mos/embedded.yaml):
+# freely licensed game soundtracks (GPL-2+; about 385 MB to download) and the MP3, Vorbis
+# and Opus encoders. The fretsonfire-* song packages are kept for evaluation elsewhere.
+for package in lame vorbis-tools opus-tools wesnoth-1.16-music warzone2100-music hedgewars-data; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
+    || packages+=("$package")
+done
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   echo "setup: installing Debian packages: ${packages[*]}"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    "${packages[@]}" >/dev/null
 fi
 
 python=${PYTHON:-}

@@ -50,13 +50,39 @@ def register(groups: argparse._SubParsersAction) -> None:
 
     evaluate = commands.add_parser(
         "eval",
-        help="MSE, LCC, SRCC, Kendall tau of a model on rated clips",
-        description="Evaluates at utterance and system level; prints a table, or JSON.",
+        help="MSE, LCC, SRCC, Kendall tau of a model on rated clips; the generalisation protocol",
+        description="Evaluates at utterance and system level; prints a table, or JSON. With "
+        "--protocol, also runs the generalisation protocol (docs/mos.md) on the real-music "
+        "sources and degradation kinds the model was trained without.",
     )
     evaluate.add_argument("--model", required=True, help="model folder or name")
     evaluate.add_argument(
-        "--data", required=True, help="corpus:MANIFEST | musiceval:ROOT | csv:FILE"
+        "--data",
+        default=None,
+        help="corpus:MANIFEST | musiceval:ROOT | csv:FILE (optional with --protocol)",
     )
+    evaluate.add_argument(
+        "--protocol",
+        action="store_true",
+        help="run the generalisation protocol on held-out sources and degradation kinds",
+    )
+    evaluate.add_argument(
+        "--holdout-sources",
+        nargs="+",
+        default=None,
+        help="held-out real-music sources (default: those the model was trained without)",
+    )
+    evaluate.add_argument(
+        "--holdout-families",
+        nargs="*",
+        default=None,
+        help="degradation kinds held out of training (default: as the model recorded)",
+    )
+    evaluate.add_argument(
+        "--excerpts-per-file", type=int, default=1, help="protocol excerpts per held-out file"
+    )
+    evaluate.add_argument("--workers", type=int, default=2, help="processes for the protocol")
+    evaluate.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     evaluate.add_argument("--split", default="test", help="split to evaluate, or 'all'")
     evaluate.add_argument(
         "--only-degradations",
@@ -171,23 +197,61 @@ def run_eval(args: argparse.Namespace) -> int:
     from mos_predictor.models import load_mos_model
     from mos_predictor.train import evaluate_model
 
-    options = {}
-    if args.only_degradations:
-        options["only_degradations"] = set(args.only_degradations.split(","))
-    split = None if args.split == "all" else args.split
-    clips = load_ratings(args.data, split=split, **options)
-    if not clips:
-        print(f"qamdt: error: {args.data}: no clips in split '{args.split}'", file=sys.stderr)
+    if args.data is None and not args.protocol:
+        print("qamdt: error: mos eval: give --data, --protocol or both", file=sys.stderr)
         return 2
+    clips = []
+    if args.data is not None:
+        options = {}
+        if args.only_degradations:
+            options["only_degradations"] = set(args.only_degradations.split(","))
+        split = None if args.split == "all" else args.split
+        clips = load_ratings(args.data, split=split, **options)
+        if not clips:
+            print(f"qamdt: error: {args.data}: no clips in split '{args.split}'", file=sys.stderr)
+            return 2
     model = load_mos_model(args.model)
-    result = evaluate_model(model, clips, args.batch_size, args.system_rule)
+    result = {}
+    if clips:
+        result = evaluate_model(model, clips, args.batch_size, args.system_rule)
+        if not args.json:
+            for target, metrics in result.items():
+                print(f"{target} ({len(clips)} clips)")
+                print(format_metrics(metrics))
+    if args.protocol:
+        result["protocol"] = _run_protocol(args, model)
     if args.json:
         print(json.dumps(result))
-    else:
-        for target, metrics in result.items():
-            print(f"{target} ({len(clips)} clips)")
-            print(format_metrics(metrics))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return 0
+
+
+def _run_protocol(args: argparse.Namespace, model) -> dict:
+    from mos_predictor.protocol import (
+        ProtocolSettings,
+        format_protocol,
+        recorded_holdouts,
+        run_protocol,
+    )
+
+    recorded = recorded_holdouts(args.model) if Path(args.model).is_dir() else {}
+    sources = args.holdout_sources or recorded.get("holdout_sources") or []
+    families = args.holdout_families
+    if families is None:
+        families = recorded.get("holdout_families") or []
+    settings = ProtocolSettings(
+        sources=tuple(sources),
+        holdout_families=tuple(families),
+        excerpts_per_file=args.excerpts_per_file,
+        workers=args.workers,
+    )
+    protocol = run_protocol(model, settings, args.batch_size, progress=not args.json)
+    if not args.json:
+        print(f"protocol (held-out sources {list(sources)})")
+        print(format_protocol(protocol))
+    return protocol
 
 
 def run_label(args: argparse.Namespace) -> int:

@@ -1,0 +1,141 @@
+"""Training on groups of versions of one excerpt: batches and the ranking term.
+
+A group is ``group_size`` versions of the same real-music excerpt (the clean recording
+and degraded ones). Within a group nothing but quality differs, so the pairwise ranking
+term (RankNet's logistic loss on every pair whose reference qualities differ) teaches the
+model to order quality rather than to recognise sources; the regression term keeps the
+scores on the MOS scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import stats
+
+from mos_predictor.versions import VersionPool
+
+
+class GroupBatches:
+    """Endless seeded batches of groups drawn from a :class:`VersionPool`.
+
+    Excerpts are visited in a fresh seeded order each pass; each group takes the clean
+    version with probability ``clean_share`` and fills up with distinct degraded ones.
+
+    Args:
+        pool: The versions.
+        groups_per_batch: Excerpts per batch.
+        group_size: Versions per excerpt (at most the pool's versions).
+        seed: Seed of the order and the choice of versions.
+        clean_share: Odds that a group contains the clean version.
+    """
+
+    def __init__(
+        self,
+        pool: VersionPool,
+        groups_per_batch: int,
+        group_size: int,
+        seed: int,
+        clean_share: float = 0.5,
+    ):
+        versions = pool.waves.shape[1]
+        if not 2 <= group_size <= versions:
+            raise ValueError(f"group_size must be in [2, {versions}] (the pool's versions)")
+        self.pool = pool
+        self.groups_per_batch = groups_per_batch
+        self.group_size = group_size
+        self.clean_share = clean_share
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Restarts the draws from a state set by the seed and ``epoch`` alone.
+
+        A resumed run then draws what an uninterrupted one would.
+        """
+        self.rng = np.random.default_rng([self.seed, 7, epoch])
+        self.order: list[int] = []
+
+    def next(self) -> dict[str, torch.Tensor]:
+        """The next batch.
+
+        Returns:
+            ``{"wave": (G*K, S) float32, "mos": (G*K,) float32, "group": (G*K,) int64}``.
+        """
+        waves, targets, groups = [], [], []
+        versions = self.pool.waves.shape[1]
+        for g in range(self.groups_per_batch):
+            if not self.order:
+                self.order = self.rng.permutation(len(self.pool)).tolist()
+            n = self.order.pop()
+            if self.rng.random() < self.clean_share:
+                chosen = [0, *self.rng.choice(np.arange(1, versions), self.group_size - 1, False)]
+            else:
+                chosen = self.rng.choice(np.arange(1, versions), self.group_size, False).tolist()
+            waves.append(self.pool.waves[n, chosen].astype(np.float32))
+            targets.append(self.pool.targets[n, chosen])
+            groups += [g] * len(chosen)
+        return {
+            "wave": torch.from_numpy(np.concatenate(waves)),
+            "mos": torch.from_numpy(np.concatenate(targets).astype(np.float32)),
+            "group": torch.tensor(groups, dtype=torch.int64),
+        }
+
+
+def pairwise_rank_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    groups: torch.Tensor,
+    sharpness: float = 2.0,
+    min_gap: float = 0.1,
+) -> torch.Tensor:
+    """RankNet's logistic loss over pairs inside each group.
+
+    For every pair ``(i, j)`` of one group with ``target_i - target_j > min_gap`` the loss
+    is ``softplus(-sharpness * (pred_i - pred_j))``; the mean is returned (0 with no pair).
+
+    Args:
+        pred: ``(B,)`` predicted scores.
+        target: ``(B,)`` reference qualities.
+        groups: ``(B,)`` group ids.
+        sharpness: Scale of score differences, per MOS point.
+        min_gap: Pairs closer than this in reference quality are not ranked.
+
+    Returns:
+        A scalar.
+    """
+    ordered = (target[:, None] - target[None, :]) > min_gap
+    pairs = ordered & (groups[:, None] == groups[None, :])
+    if not bool(pairs.any()):
+        return pred.sum() * 0.0
+    gaps = pred[:, None] - pred[None, :]
+    return torch.nn.functional.softplus(-sharpness * gaps[pairs]).mean()
+
+
+def score_pool(model, pool: VersionPool, batch_size: int = 16) -> np.ndarray:
+    """p-MOS of every version in a pool, ``(N, V)``."""
+    flat = pool.waves.reshape(-1, pool.waves.shape[-1]).astype(np.float32)
+    scores = model.predict(list(flat), model.config.sample_rate, batch_size=batch_size)
+    return np.array([s["omq"] for s in scores]).reshape(pool.targets.shape)
+
+
+def pool_metrics(pred: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """SRCC over all versions, the mean SRCC within excerpts, and the clean versions' mean.
+
+    Args:
+        pred: ``(N, V)`` predicted scores.
+        targets: ``(N, V)`` reference qualities (version 0 clean).
+
+    Returns:
+        ``{"srcc", "within_srcc", "lcc", "clean_mean", "count"}``.
+    """
+    flat_p, flat_t = pred.ravel(), targets.ravel()
+    within = [stats.spearmanr(p, t)[0] for p, t in zip(pred, targets, strict=True) if np.ptp(t) > 0]
+    within = [w for w in within if np.isfinite(w)]
+    return {
+        "srcc": float(stats.spearmanr(flat_p, flat_t)[0]),
+        "within_srcc": float(np.mean(within)) if within else float("nan"),
+        "lcc": float(stats.pearsonr(flat_p, flat_t)[0]),
+        "clean_mean": float(pred[:, 0].mean()),
+        "count": int(flat_p.size),
+    }

@@ -1,0 +1,183 @@
+"""Degraded versions of real-music excerpts, with their simulated reference quality.
+
+For each excerpt, version 0 is the recording as it is (reference quality 5) and the others
+go through seeded degradation chains (:mod:`qamdt.degradations`). Versions of one excerpt
+share its timing, so a model that sees them side by side can only tell them apart by
+their quality. Work is spread over processes; each excerpt's versions depend only on the
+seed and the excerpt's position in the list, not on the number of processes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import dataclasses
+import multiprocessing
+from collections.abc import Sequence
+
+import numpy as np
+
+from mos_predictor.real_music import Excerpt, read_excerpt
+from qamdt.audio_io import normalize_waveform
+from qamdt.degradations import (
+    CODEC_KINDS,
+    ChainSettings,
+    apply_chain,
+    draw_chain,
+    reference_quality,
+)
+from qamdt.degradations.codecs import CodecError, require_tool
+from qamdt.errors import QamdtError
+
+CODEC_TOOLS = {"mp3": ("lame",), "vorbis": ("oggenc", "oggdec"), "opus": ("opusenc", "opusdec")}
+
+
+@dataclasses.dataclass
+class VersionPool:
+    """Excerpts and their degraded versions.
+
+    Attributes:
+        excerpts: The excerpts kept (silent ones and failures are dropped).
+        waves: ``(N, V, S)`` float16, each version normalised as models see it.
+        targets: ``(N, V)`` simulated reference quality.
+        chains: ``chains[n][v]``: the degradations applied to version ``v``.
+        failures: ``"excerpt id: reason"`` for each excerpt that could not be used.
+    """
+
+    excerpts: list[Excerpt]
+    waves: np.ndarray
+    targets: np.ndarray
+    chains: list[list[list[dict]]]
+    failures: list[str]
+
+    def __len__(self) -> int:
+        return len(self.excerpts)
+
+
+def check_codec_tools(kinds: Sequence[str]) -> None:
+    """Fails early, naming the Debian package, when a codec kind's tools are missing.
+
+    Raises:
+        CodecError: For the first missing tool.
+    """
+    for kind in kinds:
+        for tool in CODEC_TOOLS.get(kind, ()):
+            require_tool(tool)
+
+
+def _versions_task(task: tuple) -> tuple:
+    excerpt, index, sample_rate, versions, settings, seed = task
+    try:
+        clean = read_excerpt(excerpt, sample_rate)
+        if clean is None:
+            return index, None, None, None, "near silence"
+        rng = np.random.default_rng([seed, index])
+        waves = [normalize_waveform(clean)]
+        targets, chains = [5.0], [[]]
+        for _ in range(versions - 1):
+            y, applied = apply_chain(clean, sample_rate, draw_chain(rng, settings), rng)
+            waves.append(normalize_waveform(y))
+            targets.append(reference_quality(applied))
+            chains.append(applied)
+        return index, np.stack(waves).astype(np.float16), targets, chains, None
+    except QamdtError as error:
+        return index, None, None, None, str(error)
+
+
+def degrade_task(task: tuple) -> tuple:
+    """Applies one chain to one clip (a worker task of :func:`run_tasks`).
+
+    Args:
+        task: ``(key, wave, sample_rate, chain, seed)``.
+
+    Returns:
+        ``(key, normalised float32 wave or None, applied or error message)``.
+    """
+    key, wave, sample_rate, chain, seed = task
+    try:
+        y, applied = apply_chain(wave, sample_rate, chain, np.random.default_rng(seed))
+        return key, normalize_waveform(y).astype(np.float32), applied
+    except QamdtError as error:
+        return key, None, str(error)
+
+
+def run_tasks(function, tasks: list, workers: int, progress: bool = False, desc: str = ""):
+    """Runs picklable tasks in ``workers`` processes (in this one for ``workers <= 1``).
+
+    Yields:
+        Each task's result, in task order.
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), desc=desc, unit="clip", disable=not progress, leave=False)
+    if workers <= 1 or len(tasks) < 2:
+        for task in tasks:
+            yield function(task)
+            bar.update(1)
+    else:
+        # Spawned, not forked: the parent may hold torch's thread pools.
+        context = multiprocessing.get_context("spawn")
+        with futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for result in pool.map(function, tasks, chunksize=4):
+                yield result
+                bar.update(1)
+    bar.close()
+
+
+def build_version_pool(
+    excerpts: Sequence[Excerpt],
+    sample_rate: int,
+    versions: int,
+    settings: ChainSettings,
+    seed: int,
+    workers: int = 1,
+    progress: bool = False,
+) -> VersionPool:
+    """Reads the excerpts and makes ``versions`` versions of each (the first clean).
+
+    Args:
+        excerpts: Where to read.
+        sample_rate: The model's rate.
+        versions: Versions per excerpt, the clean one included (>= 2).
+        settings: Degradation chains to draw.
+        seed: Seed of the chains.
+        workers: Processes.
+        progress: Show a progress bar.
+
+    Returns:
+        The pool. Excerpts that are near silence or fail (a codec error, an unreadable
+        file) are left out and listed in ``failures``.
+
+    Raises:
+        CodecError: If a codec kind is drawn from but its tool is missing.
+        ValueError: If ``versions < 2`` or no excerpt could be used.
+    """
+    if versions < 2:
+        raise ValueError(f"versions must be >= 2 (clean and degraded), got {versions}")
+    check_codec_tools([k for k in settings.kinds if k in CODEC_KINDS])
+    tasks = [(e, i, sample_rate, versions, settings, seed) for i, e in enumerate(excerpts)]
+    kept, waves, targets, chains, failures = [], [], [], [], []
+    for index, wave, target, chain, error in run_tasks(
+        _versions_task, tasks, workers, progress, "degraded versions"
+    ):
+        if wave is None:
+            if error != "near silence":
+                failures.append(f"{excerpts[index].id}: {error}")
+            continue
+        kept.append(excerpts[index])
+        waves.append(wave)
+        targets.append(target)
+        chains.append(chain)
+    if not kept:
+        raise ValueError(
+            "no usable real-music excerpt" + (f"; first failure: {failures[0]}" if failures else "")
+        )
+    return VersionPool(
+        excerpts=kept,
+        waves=np.stack(waves),
+        targets=np.asarray(targets, dtype=np.float32),
+        chains=chains,
+        failures=failures,
+    )
+
+
+__all__ = ["CodecError", "VersionPool", "build_version_pool", "degrade_task", "run_tasks"]
