@@ -19,9 +19,9 @@ from qamdt.convert.released_components import (
     convert_released_vocoder,
     load_released_text_encoder,
     released_vae_config,
-    released_vae_key_shapes,
     split_released_state,
 )
+from qamdt.convert.released_layouts import released_vae_key_shapes
 from qamdt.errors import ConfigError
 from qamdt.models.text_encoder import TextEncoder
 from qamdt.models.vae import LatentVAE

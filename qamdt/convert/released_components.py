@@ -44,6 +44,15 @@ from transformers import (
 
 from qamdt.audio_spec import AudioSpec, get_audio_spec
 from qamdt.checkpoints import CheckpointError, load_state_strict
+from qamdt.convert.released_layouts import (
+    check_state,
+    count_indexed,
+    hifigan_plain_view,
+    hifigan_weight_shape,
+    released_vae_key_shapes,
+    released_vocoder_key_shapes,
+    tensor_shape,
+)
 from qamdt.errors import ConfigError
 from qamdt.models.text_encoder import TextEncoder
 from qamdt.models.vae import LatentVAE, autoencoder_kwargs
@@ -71,14 +80,6 @@ AUDIOLDM_HIFIGAN_16K_64: dict[str, Any] = {
     "resblock_kernel_sizes": [3, 7, 11],
     "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
 }
-# Weight forms of a HiFi-GAN convolution: plain, old weight-norm hooks, parametrizations.
-_HIFIGAN_WEIGHT_FORMS = (
-    (".weight",),
-    (".weight_g", ".weight_v"),
-    (".parametrizations.weight.original0", ".parametrizations.weight.original1"),
-)
-
-Shapes = dict[str, tuple[int, ...]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,46 +151,6 @@ def _scalar(value: Any, key: str) -> float:
     raise CheckpointError(f"'{key}' holds a {type(value).__name__}, expected a scalar tensor")
 
 
-def _check_state(state: Mapping[str, Any], expected: Shapes, prefix: str) -> None:
-    """Raises naming the first missing, unknown or misshapen key (with ``prefix``)."""
-    missing = [k for k in expected if k not in state]
-    unknown = sorted(k for k in state if k not in expected)
-    if missing:
-        raise CheckpointError(
-            f"checkpoint key '{prefix}{missing[0]}' is missing"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-        )
-    if unknown:
-        raise CheckpointError(
-            f"unknown checkpoint key '{prefix}{unknown[0]}'"
-            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
-            + "; the released layout has no such tensor"
-        )
-    for key, shape in expected.items():
-        value = state[key]
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"checkpoint key '{prefix}{key}' holds a {type(value).__name__}")
-        if tuple(value.shape) != shape:
-            raise CheckpointError(
-                f"checkpoint key '{prefix}{key}' has shape {tuple(value.shape)}, expected {shape}"
-            )
-
-
-def _shape(state: Mapping[str, Any], key: str, prefix: str) -> tuple[int, ...]:
-    value = state.get(key)
-    if not isinstance(value, torch.Tensor):
-        raise CheckpointError(f"checkpoint key '{prefix}{key}' is missing")
-    return tuple(value.shape)
-
-
-def _count(state: Mapping[str, Any], pattern: str) -> int:
-    """How many consecutive ``i`` from 0 have a key starting with ``pattern.format(i)``."""
-    count = 0
-    while any(key.startswith(pattern.format(count)) for key in state):
-        count += 1
-    return count
-
-
 # --- VAE -----------------------------------------------------------------------------------
 
 
@@ -207,16 +168,17 @@ def released_vae_config(
         CheckpointError: If a tensor the widths are read from is missing.
         ConfigError: If the layout is one diffusers' ``AutoencoderKL`` cannot express.
     """
-    levels = _count(state, "encoder.down.{}.block.0.conv1.weight")
+    levels = count_indexed(state, "encoder.down.{}.block.0.conv1.weight")
     if levels == 0:
         raise CheckpointError(
             f"checkpoint key '{prefix}encoder.down.0.block.0.conv1.weight' is missing"
         )
     widths = [
-        _shape(state, f"encoder.down.{i}.block.0.conv1.weight", prefix)[0] for i in range(levels)
+        tensor_shape(state, f"encoder.down.{i}.block.0.conv1.weight", prefix)[0]
+        for i in range(levels)
     ]
-    z_channels = _shape(state, "encoder.conv_out.weight", prefix)[0] // 2
-    embed_dim = _shape(state, "quant_conv.weight", prefix)[0] // 2
+    z_channels = tensor_shape(state, "encoder.conv_out.weight", prefix)[0] // 2
+    embed_dim = tensor_shape(state, "quant_conv.weight", prefix)[0] // 2
     if z_channels != embed_dim:
         raise ConfigError(
             f"{prefix}: z_channels {z_channels} differs from embed_dim {embed_dim}; diffusers' "
@@ -226,86 +188,15 @@ def released_vae_config(
     if uneven:
         raise ConfigError(f"{prefix}: block widths {widths} must divide by {LDM_NORM_GROUPS}")
     config = {
-        "in_channels": _shape(state, "encoder.conv_in.weight", prefix)[1],
-        "out_channels": _shape(state, "decoder.conv_out.weight", prefix)[0],
+        "in_channels": tensor_shape(state, "encoder.conv_in.weight", prefix)[1],
+        "out_channels": tensor_shape(state, "decoder.conv_out.weight", prefix)[0],
         "latent_channels": z_channels,
         "block_out_channels": widths,
-        "layers_per_block": _count(state, "encoder.down.0.block.{}.conv1.weight"),
+        "layers_per_block": count_indexed(state, "encoder.down.0.block.{}.conv1.weight"),
         "norm_num_groups": LDM_NORM_GROUPS,
         "scaling_factor": float(scale_factor),
     }
     return autoencoder_kwargs(config, where=f"{prefix} (released VAE)")
-
-
-def _ldm_resnet(name: str, c_in: int, c_out: int) -> Shapes:
-    shapes = {
-        f"{name}.norm1.weight": (c_in,),
-        f"{name}.norm1.bias": (c_in,),
-        f"{name}.conv1.weight": (c_out, c_in, 3, 3),
-        f"{name}.conv1.bias": (c_out,),
-        f"{name}.norm2.weight": (c_out,),
-        f"{name}.norm2.bias": (c_out,),
-        f"{name}.conv2.weight": (c_out, c_out, 3, 3),
-        f"{name}.conv2.bias": (c_out,),
-    }
-    if c_in != c_out:
-        shapes[f"{name}.nin_shortcut.weight"] = (c_out, c_in, 1, 1)
-        shapes[f"{name}.nin_shortcut.bias"] = (c_out,)
-    return shapes
-
-
-def _conv(name: str, c_out: int, c_in: int, kernel: int) -> Shapes:
-    return {f"{name}.weight": (c_out, c_in, kernel, kernel), f"{name}.bias": (c_out,)}
-
-
-def _ldm_mid(name: str, width: int) -> Shapes:
-    shapes = {**_ldm_resnet(f"{name}.block_1", width, width)}
-    shapes[f"{name}.attn_1.norm.weight"] = (width,)
-    shapes[f"{name}.attn_1.norm.bias"] = (width,)
-    for part in ("q", "k", "v", "proj_out"):
-        shapes.update(_conv(f"{name}.attn_1.{part}", width, width, 1))
-    shapes.update(_ldm_resnet(f"{name}.block_2", width, width))
-    return shapes
-
-
-def released_vae_key_shapes(config: Mapping[str, Any]) -> Shapes:
-    """Every tensor of an LDM-layout VAE (the keys :func:`convert_released_vae` consumes).
-
-    Args:
-        config: ``AutoencoderKL`` arguments, as :func:`released_vae_config` gives.
-
-    Returns:
-        Shape by key, keys without the ``first_stage_model.`` prefix.
-    """
-    widths = list(config["block_out_channels"])
-    blocks = int(config["layers_per_block"])
-    latent = int(config["latent_channels"])
-    top = widths[-1]
-    shapes = _conv("encoder.conv_in", widths[0], int(config["in_channels"]), 3)
-    c_in = widths[0]
-    for level, width in enumerate(widths):
-        for block in range(blocks):
-            shapes.update(_ldm_resnet(f"encoder.down.{level}.block.{block}", c_in, width))
-            c_in = width
-        if level < len(widths) - 1:
-            shapes.update(_conv(f"encoder.down.{level}.downsample.conv", width, width, 3))
-    shapes.update(_ldm_mid("encoder.mid", top))
-    shapes["encoder.norm_out.weight"] = shapes["encoder.norm_out.bias"] = (top,)
-    shapes.update(_conv("encoder.conv_out", 2 * latent, top, 3))
-    shapes.update(_conv("quant_conv", 2 * latent, 2 * latent, 1))
-    shapes.update(_conv("post_quant_conv", latent, latent, 1))
-    shapes.update(_conv("decoder.conv_in", top, latent, 3))
-    shapes.update(_ldm_mid("decoder.mid", top))
-    c_in = top
-    for level in reversed(range(len(widths))):
-        for block in range(blocks + 1):
-            shapes.update(_ldm_resnet(f"decoder.up.{level}.block.{block}", c_in, widths[level]))
-            c_in = widths[level]
-        if level > 0:
-            shapes.update(_conv(f"decoder.up.{level}.upsample.conv", c_in, c_in, 3))
-    shapes["decoder.norm_out.weight"] = shapes["decoder.norm_out.bias"] = (widths[0],)
-    shapes.update(_conv("decoder.conv_out", int(config["out_channels"]), widths[0], 3))
-    return shapes
 
 
 def convert_released_vae(
@@ -331,7 +222,7 @@ def convert_released_vae(
     if isinstance(scale_factor, torch.Tensor):
         scale_factor = _scalar(scale_factor, SCALE_FACTOR_KEY)
     config = released_vae_config(state, 1.0, prefix)
-    _check_state(state, released_vae_key_shapes(config), prefix)
+    check_state(state, released_vae_key_shapes(config), prefix)
     vae = LatentVAE(AutoencoderKL(**config))
     vae.set_scaling_factor(scale_factor)
     converted = convert_ldm_vae_checkpoint(dict(state), config)
@@ -340,13 +231,6 @@ def convert_released_vae(
 
 
 # --- Vocoder -------------------------------------------------------------------------------
-
-
-def _hifigan_weight_shape(state: Mapping[str, Any], name: str, prefix: str) -> tuple[int, ...]:
-    for form in _HIFIGAN_WEIGHT_FORMS:
-        if name + form[-1] in state:
-            return _shape(state, name + form[-1], prefix)
-    raise CheckpointError(f"checkpoint key '{prefix}{name}.weight' is missing")
 
 
 def released_vocoder_config(
@@ -376,9 +260,9 @@ def released_vocoder_config(
         list(d)
         for d in resblock_dilation_sizes or AUDIOLDM_HIFIGAN_16K_64["resblock_dilation_sizes"]
     ]
-    pre = _hifigan_weight_shape(state, "conv_pre", prefix)
-    n_ups = _count(state, "ups.{}.")
-    n_blocks = _count(state, "resblocks.{}.")
+    pre = hifigan_weight_shape(state, "conv_pre", prefix)
+    n_ups = count_indexed(state, "ups.{}.")
+    n_blocks = count_indexed(state, "resblocks.{}.")
     if n_ups == 0 or n_blocks == 0 or n_blocks % n_ups:
         raise CheckpointError(
             f"{prefix}*: {n_ups} up-sampling layers and {n_blocks} residual blocks do not make "
@@ -387,7 +271,7 @@ def released_vocoder_config(
     n_kernels = n_blocks // n_ups
     if len(rates) != n_ups:
         raise ConfigError(f"{prefix}*: {n_ups} up-sampling layers but upsample_rates {rates}")
-    depth = _count(state, "resblocks.0.convs1.{}.")
+    depth = count_indexed(state, "resblocks.0.convs1.{}.")
     if len(dilations) != n_kernels or any(len(d) != depth for d in dilations):
         raise ConfigError(
             f"{prefix}*: residual blocks have {n_kernels} kernels of {depth} convolutions but "
@@ -399,83 +283,15 @@ def released_vocoder_config(
         upsample_initial_channel=pre[0],
         upsample_rates=rates,
         upsample_kernel_sizes=[
-            _hifigan_weight_shape(state, f"ups.{i}", prefix)[-1] for i in range(n_ups)
+            hifigan_weight_shape(state, f"ups.{i}", prefix)[-1] for i in range(n_ups)
         ],
         resblock_kernel_sizes=[
-            _hifigan_weight_shape(state, f"resblocks.{j}.convs1.0", prefix)[-1]
+            hifigan_weight_shape(state, f"resblocks.{j}.convs1.0", prefix)[-1]
             for j in range(n_kernels)
         ],
         resblock_dilation_sizes=dilations,
         normalize_before=False,
     )
-
-
-def released_vocoder_key_shapes(config: SpeechT5HifiGanConfig) -> Shapes:
-    """Weight and bias shapes of the original generator's convolutions, by original key.
-
-    The weights are listed as ``NAME.weight``; :func:`convert_released_vocoder` also
-    accepts each as the weight-norm pair ``NAME.weight_g`` / ``NAME.weight_v`` (or
-    ``NAME.parametrizations.weight.original0`` / ``original1``).
-    """
-    channels = config.upsample_initial_channel
-    shapes = {"conv_pre.weight": (channels, config.model_in_dim, 7), "conv_pre.bias": (channels,)}
-    block = 0
-    for i, kernel in enumerate(config.upsample_kernel_sizes):
-        shapes[f"ups.{i}.weight"] = (channels, channels // 2, kernel)
-        channels //= 2
-        shapes[f"ups.{i}.bias"] = (channels,)
-        for size, dilation in zip(
-            config.resblock_kernel_sizes, config.resblock_dilation_sizes, strict=True
-        ):
-            for group in ("convs1", "convs2"):
-                for m in range(len(dilation)):
-                    shapes[f"resblocks.{block}.{group}.{m}.weight"] = (channels, channels, size)
-                    shapes[f"resblocks.{block}.{group}.{m}.bias"] = (channels,)
-            block += 1
-    shapes["conv_post.weight"] = (1, channels, 7)
-    shapes["conv_post.bias"] = (1,)
-    return shapes
-
-
-def _as_plain_weights(state: Mapping[str, Any], expected: Shapes, prefix: str) -> dict[str, Any]:
-    """``state`` with each weight-norm pair checked and listed under its ``.weight`` key.
-
-    Only names and shapes matter here; the folding is
-    :func:`~qamdt.models.vocoder.convert_hifigan_state_dict`'s.
-    """
-    plain: dict[str, Any] = {}
-    for key, value in state.items():
-        pair = next(
-            (f for f in _HIFIGAN_WEIGHT_FORMS[1:] if key.endswith(f[0]) or key.endswith(f[1])), None
-        )
-        if pair is None:
-            plain[key] = value
-            continue
-        base = key.removesuffix(pair[0]).removesuffix(pair[1])
-        g_key, v_key = base + pair[0], base + pair[1]
-        for part in (g_key, v_key):
-            if part not in state:
-                raise CheckpointError(f"checkpoint key '{prefix}{part}' is missing")
-        if key != v_key:
-            continue
-        weight = base + ".weight"
-        if weight in state:
-            raise CheckpointError(
-                f"unknown checkpoint key '{prefix}{weight}' beside its weight-norm pair"
-            )
-        shape = tuple(value.shape)
-        magnitude = (shape[0],) + (1,) * (len(shape) - 1)
-        if tuple(state[g_key].shape) != magnitude:
-            raise CheckpointError(
-                f"checkpoint key '{prefix}{g_key}' has shape {tuple(state[g_key].shape)}, "
-                f"expected {magnitude}"
-            )
-        if weight in expected and shape != expected[weight]:
-            raise CheckpointError(
-                f"checkpoint key '{prefix}{v_key}' has shape {shape}, expected {expected[weight]}"
-            )
-        plain[weight] = value
-    return plain
 
 
 def convert_released_vocoder(
@@ -509,7 +325,7 @@ def convert_released_vocoder(
         state, upsample_rates, resblock_dilation_sizes, spec.sample_rate, prefix
     )
     expected = released_vocoder_key_shapes(config)
-    _check_state(_as_plain_weights(state, expected, prefix), expected, prefix)
+    check_state(hifigan_plain_view(state, expected, prefix), expected, prefix)
     model = SpeechT5HifiGan(config)
     load_state_strict(model, convert_hifigan_state_dict(state), f"{prefix}* (converted)")
     return Vocoder(spec, model.eval())
@@ -520,17 +336,17 @@ def convert_released_vocoder(
 
 def _t5_config_from_state(state: Mapping[str, Any], prefix: str) -> T5Config:
     """A T5 encoder config read from the tensors; the rest are T5's (and FLAN-T5's) defaults."""
-    vocab, d_model = _shape(state, "shared.weight", prefix)
+    vocab, d_model = tensor_shape(state, "shared.weight", prefix)
     attention = "encoder.block.0.layer.0.SelfAttention."
-    buckets, heads = _shape(state, attention + "relative_attention_bias.weight", prefix)
+    buckets, heads = tensor_shape(state, attention + "relative_attention_bias.weight", prefix)
     gated = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in state
     ff_key = "encoder.block.0.layer.1.DenseReluDense." + ("wi_0.weight" if gated else "wi.weight")
     return T5Config(
         vocab_size=vocab,
         d_model=d_model,
-        d_kv=_shape(state, attention + "q.weight", prefix)[0] // heads,
-        d_ff=_shape(state, ff_key, prefix)[0],
-        num_layers=_count(state, "encoder.block.{}."),
+        d_kv=tensor_shape(state, attention + "q.weight", prefix)[0] // heads,
+        d_ff=tensor_shape(state, ff_key, prefix)[0],
+        num_layers=count_indexed(state, "encoder.block.{}."),
         num_heads=heads,
         relative_attention_num_buckets=buckets,
         feed_forward_proj="gated-gelu" if gated else "relu",
@@ -618,7 +434,7 @@ def load_released_text_encoder(
         )
     with torch.device("meta"):
         model = T5EncoderModel(config)
-    _check_state(state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, prefix)
+    check_state(state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, prefix)
     if len(tokenizer) > config.vocab_size:
         raise ConfigError(
             f"{tokenizer_dir}: the tokenizer has {len(tokenizer)} tokens but the encoder's "
