@@ -8,6 +8,7 @@ import sys
 from qamdt import __version__
 from qamdt.cli import (
     captions_commands,
+    convert_commands,
     corpus_commands,
     demo_commands,
     evaluate_commands,
@@ -27,6 +28,7 @@ COMMAND_GROUPS = (
     captions_commands,
     train_commands,
     model_commands,
+    convert_commands,
     vae_commands,
     generate_commands,
     evaluate_commands,

@@ -111,6 +111,10 @@ class _Placeholder:
     def __init__(self, *args: Any, **kwargs: Any):
         self.args = args
 
+    def __call__(self, *args: Any, **kwargs: Any) -> _Placeholder:
+        # A pickled call on a placeholder (``getattr(cls, name)(...)``) stays inert too.
+        return type(self)(*args)
+
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
