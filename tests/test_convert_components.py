@@ -27,6 +27,8 @@ from qamdt.models.text_encoder import TextEncoder
 from qamdt.models.vae import LatentVAE
 from qamdt.models.vocoder import Vocoder
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+
 # ---------------------------------------------------------------- LDM-layout VAE reference
 
 
@@ -145,7 +147,7 @@ def randomise(module, seed, scale=0.2):
     with torch.no_grad():
         for name, parameter in module.named_parameters():
             noise = torch.randn(parameter.shape, generator=generator)
-            if name.endswith("norm1.weight") or ".norm" in name and name.endswith("weight"):
+            if ".norm" in name and name.endswith(".weight"):  # GroupNorm scales
                 parameter.copy_(1 + 0.3 * noise)
             else:
                 parameter.copy_(scale * noise)
@@ -172,6 +174,7 @@ def test_vae_decode_and_encode_match_ldm(ldm_vae, tmp_path):
     latents = torch.randn(2, 4, 6, 4, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = ldm_vae.decode(latents / scale).squeeze(1)
+        assert expected.std() > 0.1
         assert torch.allclose(vae.decode(latents), expected, atol=1e-5)
         mel = torch.randn(2, 12, 8, generator=torch.Generator().manual_seed(2))
         mean = ldm_vae.encode_mean(mel.unsqueeze(1)) * scale
@@ -294,10 +297,8 @@ def hifigan(form, seed=3):
 def test_vocoder_matches_original_generator(form, tmp_path):
     model = hifigan(form)
     state = model.state_dict()
-    assert any(
-        k.endswith({"weight_g": ".weight_g", "parametrizations": ".original1"}.get(form, "bias"))
-        for k in state
-    )
+    stored_as = {"weight_g": ".weight_g", "parametrizations": ".original0", "plain": "ups.0.weight"}
+    assert any(k.endswith(stored_as[form]) for k in state)
     vocoder = convert_released_vocoder(state)
     assert isinstance(vocoder, Vocoder) and vocoder.spec.name == "paper"
     config = vocoder.model.config
