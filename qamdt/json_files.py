@@ -1,4 +1,4 @@
-"""Reading small JSON settings files with errors that name the file."""
+"""Reading and writing small JSON files: errors that name the file, writes that are atomic."""
 
 from __future__ import annotations
 
@@ -26,3 +26,22 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     return values
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and a rename.
+
+    A run killed while writing leaves the previous file (or none), never half of one.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, values: Any, indent: int | None = 1) -> None:
+    """Writes ``values`` as JSON to ``path``, atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(values, indent=indent))

@@ -306,11 +306,11 @@ class FakePipeline:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, prompts, **options):
+    def __call__(self, prompts, settings, **options):
         from qamdt.generation.pipeline import PipelineOutput
 
         self.calls.append((list(prompts), options))
-        repeat = options["num_waveforms_per_prompt"]
+        repeat = settings.num_waveforms_per_prompt
         owners = [p for p in prompts for _ in range(repeat)]
         audios = np.full((len(owners), 2205), 0.1, dtype=np.float32)
         texts = [f"high quality, {p}" for p in owners]
@@ -319,16 +319,17 @@ class FakePipeline:
 
 def test_generated_files_carry_the_sidecar_format(tmp_path):
     from qamdt.evaluation.evaluate import read_generated
-    from qamdt.generation.writer import GenerationRequest, generate_to_folder
+    from qamdt.generation.settings import GenerationSettings
+    from qamdt.generation.writer import generate_to_folder
 
     pipeline = FakePipeline()
-    request = GenerationRequest(model=str(tmp_path), quality_level=5, steps=2)
+    settings = GenerationSettings(quality_level=5, num_inference_steps=2, seed=3)
     files = generate_to_folder(
         pipeline,
         ["a fugue", "a reel", "a motet"],
-        request,
+        settings,
         tmp_path / "out",
-        seed=3,
+        model=str(tmp_path),
         batch_size=2,
         name_prefix="level5_",
         extra=[{"reference_id": f"clip{i}"} for i in range(3)],

@@ -197,3 +197,65 @@ def test_generate_command_writes_audio_and_sidecars(pipeline, tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", "--model", str(tmp_path / "pipe"), "--out", str(tmp_path / "x")]) == 2
     assert "prompt" in capsys.readouterr().err
+
+
+def test_settings_object_and_keywords_give_the_same_call(pipeline):
+    from qamdt.generation.settings import GenerationSettings
+
+    keywords = run(pipeline, quality_level=2, guidance_rescale=0.5)
+    settings = GenerationSettings(
+        quality_level=2, guidance_rescale=0.5, num_inference_steps=3, audio_length_in_s=0.3
+    )
+    assert torch.equal(pipeline("a calm piano piece", settings, generator=7).latents,
+                       keywords.latents)  # fmt: skip
+    seeded = pipeline("a calm piano piece", settings.replace(seed=7))
+    assert torch.equal(seeded.latents, keywords.latents)
+    with pytest.raises(ConfigError, match="guidance_scal"):
+        run(pipeline, guidance_scal=2.0)
+    with pytest.raises(ConfigError, match="eta: must be >= 0"):
+        run(pipeline, eta=-1.0)
+
+
+def test_generation_defaults_apply_where_a_call_gives_no_value(pipeline, tmp_path):
+    defaults = {"guidance": "released", "num_inference_steps": 2, "audio_length_in_s": 0.2}
+    pipeline.generation_defaults = dict(defaults)
+    try:
+        assert pipeline.generation_settings().guidance == "released"
+        plain = pipeline("a", generator=1)
+        assert plain.audios.shape[1] == int(round(0.2 * 22050))
+        released = pipeline("a", guidance="released", num_inference_steps=2,
+                            audio_length_in_s=0.2, generator=1)  # fmt: skip
+        assert torch.equal(plain.latents, released.latents)
+        # An explicit value wins over the pipeline's default.
+        assert run(pipeline).audios.shape[1] == int(round(0.3 * 22050))
+        pipeline.save_pretrained(tmp_path / "pipe")
+    finally:
+        pipeline.generation_defaults = {}
+    index = json.loads((tmp_path / "pipe" / "pipeline.json").read_text())
+    assert index["generation_defaults"] == defaults
+    loaded = QAMDTPipeline.from_pretrained(tmp_path / "pipe")
+    assert loaded.generation_defaults == defaults
+    assert loaded.name_or_path == str(tmp_path / "pipe")
+
+    # The command line: flags win, the folder's defaults fill the rest.
+    out = tmp_path / "gen"
+    argv = ["generate", "x", "--model", str(tmp_path / "pipe"), "--out", str(out), "--quiet"]
+    assert main([*argv, "--steps", "1"]) == 0
+    sidecar = json.loads(next(out.glob("*.json")).read_text())
+    assert sidecar["guidance"] == "released" and sidecar["audio_length_in_s"] == 0.2
+    assert sidecar["num_inference_steps"] == 1 and sidecar["guidance_scale"] == 3.5
+
+    # A folder written before generation defaults existed still loads.
+    del index["generation_defaults"]
+    (tmp_path / "pipe" / "pipeline.json").write_text(json.dumps(index))
+    assert QAMDTPipeline.from_pretrained(tmp_path / "pipe").generation_defaults == {}
+
+
+def test_bad_flags_are_named_before_loading(pipeline, tmp_path, capsys):
+    pipeline.save_pretrained(tmp_path / "pipe")
+    argv = ["generate", "x", "--model", str(tmp_path / "pipe"), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--cfg", "nan"]) == 2
+    assert "--cfg (guidance_scale): must be finite" in capsys.readouterr().err
+    assert main([*argv, "--cfg-interval", "900", "100"]) == 2
+    assert "--cfg-interval (guidance_interval)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

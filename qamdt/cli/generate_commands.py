@@ -5,6 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
+
+from qamdt.generation.settings import GUIDANCE_MODES
+
+# Command-line option (argparse dest) -> generation setting. An option left out takes the
+# pipeline folder's default, then the global one (GenerationSettings).
+FLAG_SETTINGS = {
+    "quality": "quality_level",
+    "negative_quality": "negative_quality_level",
+    "negative_prompt": "negative_prompt",
+    "guidance": "guidance",
+    "cfg": "guidance_scale",
+    "cfg_rescale": "guidance_rescale",
+    "cfg_interval": "guidance_interval",
+    "steps": "num_inference_steps",
+    "scheduler": "scheduler",
+    "eta": "eta",
+    "length": "audio_length_in_s",
+    "num_waveforms": "num_waveforms_per_prompt",
+    "seed": "seed",
+}
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -19,17 +40,17 @@ def register(groups: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompts-file", type=Path, default=None, help="one prompt per line")
     parser.add_argument("--model", required=True, help="pipeline folder (a run's OUT/pipeline)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--quality", type=float, default=5.0, help="level 1-5 (floats interpolate)")
+    parser.add_argument(
+        "--quality", type=float, default=None, help="level 1-5 (floats interpolate)"
+    )
     parser.add_argument("--negative-quality", type=float, default=None)
     parser.add_argument("--negative-prompt", default=None)
-    parser.add_argument(
-        "--guidance", choices=("quality", "released", "negative-prompt"), default="quality"
-    )
-    parser.add_argument("--cfg", type=float, default=3.5, help="guidance scale")
+    parser.add_argument("--guidance", choices=GUIDANCE_MODES, default=None)
+    parser.add_argument("--cfg", type=float, default=None, help="guidance scale")
     parser.add_argument(
         "--cfg-rescale",
         type=float,
-        default=0.0,
+        default=None,
         help="guidance rescale share in [0, 1] (Lin et al. 2023); tames large --cfg",
     )
     parser.add_argument(
@@ -41,13 +62,13 @@ def register(groups: argparse._SubParsersAction) -> None:
         help="guide only at timesteps LOW..HIGH of 0-1000 (Kynkaeaenniemi et al. 2024); "
         "e.g. 0 800 leaves the noisiest steps unguided",
     )
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--scheduler", default="ddim", help="ddim, dpmsolver++, unipc, ...")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--scheduler", default=None, help="ddim, dpmsolver++, unipc, ...")
+    parser.add_argument("--eta", type=float, default=None, help="DDIM eta")
     parser.add_argument("--length", type=float, default=None, help="seconds of audio")
-    parser.add_argument("--num-waveforms", type=int, default=1, help="candidates per prompt")
+    parser.add_argument("--num-waveforms", type=int, default=None, help="candidates per prompt")
     parser.add_argument("--clap", default=None, help="CLAP model folder for re-ranking")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=4, help="prompts per sampler batch")
     parser.add_argument("--device", default=None)
     parser.add_argument("--quiet", action="store_true")
@@ -70,42 +91,55 @@ def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
     return collected
 
 
+def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The generation settings given on the command line, by setting name."""
+    given = {
+        name: getattr(args, dest)
+        for dest, name in FLAG_SETTINGS.items()
+        if getattr(args, dest) is not None
+    }
+    if "guidance_interval" in given:
+        given["guidance_interval"] = tuple(given["guidance_interval"])
+    return given
+
+
+def _flag_error(error):
+    """The error of a bad setting, naming the option that set it."""
+    from qamdt.errors import ConfigError
+
+    flags = {name: dest for dest, name in FLAG_SETTINGS.items()}
+    flag = "--" + flags.get(error.field, error.field).replace("_", "-")
+    return ConfigError(f"{flag} ({error.field}): {error.reason}")
+
+
 def run_generate(args: argparse.Namespace) -> int:
     """Runs ``qamdt generate``."""
+    from qamdt.generation.folder import read_pipeline_index
     from qamdt.generation.pipeline import QAMDTPipeline
-    from qamdt.generation.writer import GenerationRequest, generate_to_folder
+    from qamdt.generation.settings import GenerationSettings, SettingsError
+    from qamdt.generation.writer import generate_to_folder
 
     prompts = read_prompts(args.prompt, args.prompts_file)
+    defaults = read_pipeline_index(args.model).generation_defaults
+    try:
+        settings = GenerationSettings.resolve(defaults, explicit_settings(args))
+    except SettingsError as error:
+        raise _flag_error(error) from None
     pipeline = QAMDTPipeline.from_pretrained(args.model, device=args.device)
     clap = None
     if args.clap:
         from captioning.base import load_clap
 
         clap = load_clap(args.clap)
-    request = GenerationRequest(
-        model=args.model,
-        quality_level=args.quality,
-        negative_prompt=args.negative_prompt,
-        negative_quality_level=args.negative_quality,
-        guidance=args.guidance,
-        guidance_scale=args.cfg,
-        guidance_rescale=args.cfg_rescale,
-        guidance_interval=tuple(args.cfg_interval) if args.cfg_interval else None,
-        steps=args.steps,
-        scheduler=args.scheduler,
-        eta=args.eta,
-        audio_length_in_s=args.length,
-        num_waveforms=args.num_waveforms,
-    )
     written = generate_to_folder(
         pipeline,
         prompts,
-        request,
+        settings,
         args.out,
-        seed=args.seed,
         batch_size=args.batch_size,
         clap=clap,
         progress=not args.quiet,
+        model=args.model,
     )
     print(json.dumps({"written": len(written), "out": str(args.out)}))
     return 0

@@ -336,56 +336,40 @@ def choose_prompts(records, count: int) -> list[dict[str, Any]]:
 def generate(ctx: StageContext) -> dict[str, Any]:
     """Generates the prompts at every level, and with both baselines, at the same seeds."""
     from qamdt.generation.pipeline import QAMDTPipeline
-    from qamdt.generation.writer import GenerationRequest, generate_to_folder
+    from qamdt.generation.writer import generate_to_folder
 
     s = ctx.settings
     chosen = choose_prompts(_records(ctx.out), s.prompts)
     prompts = [c["prompt"] for c in chosen]
     extra = [{"reference_id": c["reference_id"]} for c in chosen]
     folder = ctx.out / "generated"
-    common = {
-        "guidance_scale": s.guidance_scale,
-        "guidance_rescale": s.guidance_rescale,
-        "guidance_interval": s.guidance_interval,
-        "steps": s.sampler_steps,
-        "scheduler": s.sampler,
-        "eta": s.sampler_eta,
-        "audio_length_in_s": s.audio_seconds,
-    }
-    runs: list[tuple[str, str, GenerationRequest, str]] = []
-    quality_model = str(ctx.out / "models" / "pipeline")
+    common = s.generation_settings()
+    runs = []
     for level in s.levels:
-        request = GenerationRequest(
-            model=quality_model,
-            quality_level=level,
-            negative_quality_level=s.negative_level_for(level),
-            **common,
+        settings = common.replace(
+            quality_level=level, negative_quality_level=s.negative_level_for(level)
         )
-        runs.append(("pipeline", SWEEP, request, f"level{level}_"))
-    plain_model = str(ctx.out / "models" / "pipeline-mdt")
+        runs.append(("pipeline", SWEEP, settings, f"level{level}_"))
     for name, negative in ((PLAIN, ""), (NEGATIVE, s.negative_prompt)):
-        request = GenerationRequest(
-            model=plain_model,
-            quality_level=None,
-            negative_prompt=negative,
-            guidance="negative-prompt",
-            **common,
+        settings = common.replace(
+            quality_level=None, negative_prompt=negative, guidance="negative-prompt"
         )
-        runs.append(("pipeline-mdt", name, request, ""))
+        runs.append(("pipeline-mdt", name, settings, ""))
     pipelines: dict[str, Any] = {}
     counts: dict[str, int] = {}
-    for model_name, name, request, prefix in runs:
+    for model_name, name, settings, prefix in runs:
+        model = ctx.out / "models" / model_name
         if model_name not in pipelines:
-            pipelines[model_name] = QAMDTPipeline.from_pretrained(ctx.out / "models" / model_name)
+            pipelines[model_name] = QAMDTPipeline.from_pretrained(model)
         files = generate_to_folder(
             pipelines[model_name],
             prompts,
-            request,
+            settings,
             folder / name,
-            seed=s.seed,
             batch_size=s.generate_batch_size,
             name_prefix=prefix,
             extra=extra,
+            model=model,
         )
         counts[name] = counts.get(name, 0) + len(files)
         ctx.log(f"demo: generated {len(files)} clips into {folder / name}")
@@ -400,11 +384,12 @@ def _reference_filter(records) -> str:
 
 def _level5_waves(folder: Path, levels: Sequence[int]) -> tuple[list, int]:
     from qamdt.audio_io import load_audio
+    from qamdt.generation.sidecar import read_sidecar
 
     top = max(levels)
     waves, rate = [], 0
     for sidecar in sorted(folder.glob("*.json")):
-        if json.loads(sidecar.read_text()).get("quality_level") == top:
+        if read_sidecar(sidecar).settings.quality_level == top:
             wave, rate = load_audio(sidecar.with_suffix(".wav"), allow_silent=True)
             waves.append(wave)
     return waves, rate

@@ -19,9 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from qamdt.errors import ConfigError, check_known_keys
+from qamdt.generation.settings import GenerationSettings, SettingsError
 
 QUICK_SECTION = "quick"
 MIRROR = "mirror"
+# The demo's sampling settings -> the generation settings they set (GenerationSettings).
+SAMPLING_SETTINGS = {
+    "sampler": "scheduler",
+    "sampler_steps": "num_inference_steps",
+    "sampler_eta": "eta",
+    "guidance_scale": "guidance_scale",
+    "guidance_rescale": "guidance_rescale",
+    "guidance_interval": "guidance_interval",
+    "audio_seconds": "audio_length_in_s",
+    "seed": "seed",
+}
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -164,16 +176,11 @@ class DemoSettings:
             raise ConfigError("demo settings: level_shares needs five shares (levels 1-5)")
         if not self.levels or any(not 1 <= level <= 5 for level in self.levels):
             raise ConfigError(f"demo settings: levels must lie within 1..5, got {self.levels}")
-        if self.sampler_eta < 0:
-            raise ConfigError("demo settings: sampler_eta must be >= 0")
-        if not 0 <= self.guidance_rescale <= 1:
-            raise ConfigError("demo settings: guidance_rescale must lie in [0, 1]")
-        from qamdt.diffusion.sampling import check_guidance_interval
-
         try:
-            check_guidance_interval(self.guidance_interval)
-        except ValueError as error:
-            raise ConfigError(f"demo settings: {error}") from None
+            self.generation_settings()
+        except SettingsError as error:
+            key = {name: key for key, name in SAMPLING_SETTINGS.items()}[error.field]
+            raise ConfigError(f"demo settings: {key}: {error.reason}") from None
         negative = self.negative_quality_level
         if negative != MIRROR and not (isinstance(negative, (int, float)) and 0 <= negative <= 5):
             raise ConfigError(
@@ -208,6 +215,16 @@ class DemoSettings:
     def quick(cls) -> DemoSettings:
         """The ``--quick`` settings: every stage on a few dozen clips for a few steps."""
         return cls.from_dict(QUICK_OVERRIDES, "quick demo settings")
+
+    def generation_settings(self) -> GenerationSettings:
+        """The generation settings every demo call shares (levels and guidance per call).
+
+        Raises:
+            SettingsError: Naming the generation setting that is bad.
+        """
+        return GenerationSettings(
+            **{name: getattr(self, key) for key, name in SAMPLING_SETTINGS.items()}
+        )
 
     def negative_level_for(self, level: int) -> float:
         """The negative branch's quality level when generating ``level``."""

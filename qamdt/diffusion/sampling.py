@@ -69,6 +69,16 @@ def rescale_guidance(
     return from_clean(rescale * matched + (1.0 - rescale) * clean)
 
 
+def check_guidance_rescale(rescale: float) -> None:
+    """Refuses a guidance rescale outside [0, 1].
+
+    Raises:
+        ValueError: Naming the bad value.
+    """
+    if not 0.0 <= rescale <= 1.0:
+        raise ValueError(f"guidance_rescale must lie in [0, 1], got {rescale}")
+
+
 def check_guidance_interval(interval: tuple[float, float] | None) -> None:
     """Refuses a guidance interval that is not ``(low, high)`` with ``0 <= low <= high``.
 
@@ -140,8 +150,7 @@ def sample_latents(
     Returns:
         ``[B, C, T, F]`` clean latents.
     """
-    if not 0.0 <= guidance_rescale <= 1.0:
-        raise ValueError(f"guidance_rescale must lie in [0, 1], got {guidance_rescale}")
+    check_guidance_rescale(guidance_rescale)
     check_guidance_interval(guidance_interval)
     guided = negative_text is not None and guidance_scale != 1.0
     states, mask = text

@@ -5,7 +5,8 @@ sidecar ``NAME.json`` holding at least ``{"prompt": str, "quality_level": int | 
 null, "seed": int}``; the prompt is the user's text WITHOUT the quality prefix. An optional
 ``"reference_id"`` names the reference clip the sample was generated for (a manifest
 ``id`` or a reference file's stem); without it the file's stem is used. Clips whose keys
-match a reference clip are paired for KL, as audioldm_eval pairs by file name.
+match a reference clip are paired for KL, as audioldm_eval pairs by file name. The
+sidecar's format, and its reader, are in :mod:`qamdt.generation.sidecar`.
 
 Metrics, for all clips and for each quality level (the quality sweep of the paper's
 Fig. 3):
@@ -32,8 +33,6 @@ Files that cannot be read are listed in ``failures`` and skipped.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -46,6 +45,7 @@ from tqdm.auto import tqdm
 from qamdt.audio_io import load_audio
 from qamdt.errors import ConfigError, QamdtError
 from qamdt.evaluation.metrics import frechet_distance_of, inception_score, kl_divergence_paired
+from qamdt.generation.sidecar import read_sidecar
 
 GENERATED_SUFFIXES = (".wav", ".flac")
 REFERENCE_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
@@ -128,30 +128,12 @@ def read_generated(folder: str | os.PathLike) -> tuple[list[GeneratedClip], list
 
 
 def _read_sidecar(audio: Path) -> GeneratedClip:
-    sidecar = audio.with_suffix(".json")
-    if not sidecar.is_file():
-        raise QamdtError(f"{sidecar}: sidecar missing")
-    try:
-        values = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QamdtError(f"{sidecar}: not valid JSON ({exc})") from None
-    if not isinstance(values, dict):
-        raise QamdtError(f"{sidecar}: expected a JSON object")
-    prompt = values.get("prompt")
-    if not isinstance(prompt, str):
-        raise QamdtError(f"{sidecar}: field 'prompt' must be a string")
-    level = values.get("quality_level")
-    if isinstance(level, bool) or not (
-        level is None or (isinstance(level, (int, float)) and math.isfinite(level))
-    ):
-        raise QamdtError(f"{sidecar}: field 'quality_level' must be a number or null")
+    sidecar = read_sidecar(audio.with_suffix(".json"))
+    level = sidecar.settings.quality_level
     if isinstance(level, float) and level.is_integer():
         level = int(level)
-    seed = values.get("seed")
-    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
-    key = values.get("reference_id")
-    key = str(key) if isinstance(key, (str, int)) and str(key) else audio.stem
-    return GeneratedClip(audio.stem, audio, prompt, level, seed, key)
+    key = sidecar.reference_id or audio.stem
+    return GeneratedClip(audio.stem, audio, sidecar.prompt, level, sidecar.settings.seed, key)
 
 
 def parse_reference_filter(text: str) -> Callable[[Any], bool]:

@@ -1,15 +1,7 @@
 """``QAMDTPipeline``: text (and a quality level) to music, in the diffusers style.
 
-A pipeline folder holds one sub-folder per component and a small index::
-
-    pipeline.json       audio preset, how the model was conditioned, level -> prefix map
-    transformer/        QualityMDTTransformer (save_pretrained)
-    vae/                diffusers AutoencoderKL over log-mels (scaling factor in its config)
-    vocoder/            SpeechT5HifiGan or Griffin-Lim settings
-    text_encoder/       the text encoder and tokenizer (absent when it is the bundled
-                        MiniLM, which ships with the package: pipeline.json says "embedded")
-    scheduler/          the training DDPM schedule (samplers are built from it)
-    quality_stats.json  mu, sigma, level edges and prefix thresholds of the training p-MOS
+The pipeline folder's layout is in :mod:`qamdt.generation.folder`; a folder may carry
+default generation settings, which a call uses for every setting it does not give.
 
 Guidance (``guidance=``):
 
@@ -27,6 +19,7 @@ import dataclasses
 import json
 import os
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +27,18 @@ import numpy as np
 import torch
 
 from qamdt.audio_spec import AudioSpec, get_audio_spec
-from qamdt.diffusion.sampling import check_guidance_interval, sample_latents
+from qamdt.diffusion.sampling import sample_latents
 from qamdt.diffusion.schedule import build_sampler
 from qamdt.errors import ConfigError
-from qamdt.manifest.record import with_prefix
-
-GUIDANCE_MODES = ("quality", "released", "negative-prompt")
-INDEX_NAME = "pipeline.json"
-STATS_NAME = "quality_stats.json"
-DEFAULT_LEVEL_PREFIXES = {
-    1: "low quality",
-    2: "low quality",
-    3: "medium quality",
-    4: "high quality",
-    5: "high quality",
-}
+from qamdt.generation.folder import (
+    EMBEDDED,
+    STATS_NAME,
+    PipelineIndex,
+    read_pipeline_index,
+    save_pipeline_folder,
+)
+from qamdt.generation.settings import GenerationSettings, partial_settings
+from qamdt.quality import DEFAULT_LEVEL_PREFIXES, LOW_QUALITY, with_prefix
 
 
 @dataclasses.dataclass
@@ -94,7 +84,8 @@ class QAMDTPipeline:
     Args:
         transformer: The denoiser.
         vae: :class:`~qamdt.models.vae.LatentVAE`.
-        vocoder: :class:`~qamdt.models.vocoder.Vocoder`.
+        vocoder: :class:`~qamdt.models.vocoder.Vocoder`, or None for a pipeline that only
+            returns mels or latents (a training run's preview).
         text_encoder: :class:`~qamdt.models.text_encoder.TextEncoder`.
         scheduler: The training scheduler (its config seeds every sampler).
         audio: Audio preset (or spec) the model was trained on.
@@ -104,6 +95,17 @@ class QAMDTPipeline:
         quality_stats: The training set's p-MOS statistics (informational).
         text_encoder_name: "embedded" when the text encoder is the bundled MiniLM.
         vocoder_name: "embedded" when the vocoder is the packaged HiFi-GAN universal.
+        generation_defaults: Default generation settings of this pipeline, a partial
+            mapping of :class:`~qamdt.generation.settings.GenerationSettings` fields
+            (for example ``{"guidance": "released", "guidance_scale": 3.5,
+            "num_inference_steps": 200, "eta": 1.0}``). A call uses them for every
+            setting it does not give; ``save_pretrained`` writes them to
+            ``pipeline.json`` and ``from_pretrained`` reads them back. Kept, checked, in
+            the attribute of the same name.
+        trained_on: The manifest the model was trained on (recorded in ``pipeline.json``).
+
+    Attributes:
+        name_or_path: The folder the pipeline was loaded from (None when built here).
     """
 
     def __init__(
@@ -120,10 +122,12 @@ class QAMDTPipeline:
         quality_stats: dict | None = None,
         text_encoder_name: str | None = None,
         vocoder_name: str | None = None,
+        generation_defaults: Mapping[str, Any] | None = None,
+        trained_on: str | None = None,
     ):
         self.transformer = transformer.eval()
         self.vae = vae.eval()
-        self.vocoder = vocoder.eval()
+        self.vocoder = vocoder.eval() if vocoder is not None else None
         self.text_encoder = text_encoder
         self.scheduler = scheduler
         self.spec = get_audio_spec(audio) if isinstance(audio, str) else audio
@@ -134,7 +138,10 @@ class QAMDTPipeline:
         self.quality_stats = quality_stats
         self.text_encoder_name = text_encoder_name
         self.vocoder_name = vocoder_name
-        if vocoder.n_mels != self.spec.n_mels:
+        self.generation_defaults = partial_settings(generation_defaults, "generation_defaults")
+        self.trained_on = trained_on
+        self.name_or_path: str | None = None
+        if vocoder is not None and vocoder.n_mels != self.spec.n_mels:
             raise ConfigError(
                 f"vocoder expects {vocoder.n_mels} mel bands, "
                 f"the audio preset has {self.spec.n_mels}"
@@ -144,7 +151,7 @@ class QAMDTPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | None = None):
-        """Loads a pipeline folder (see the module docstring).
+        """Loads a pipeline folder (see :mod:`qamdt.generation.folder`).
 
         Raises:
             ConfigError: If the folder or one of its parts is missing.
@@ -157,20 +164,15 @@ class QAMDTPipeline:
         from qamdt.models.vocoder import Vocoder
 
         folder = Path(path)
-        index_path = folder / INDEX_NAME
-        if not index_path.is_file():
-            raise ConfigError(f"{folder}: not a pipeline folder (no {INDEX_NAME})")
-        index = json.loads(index_path.read_text())
-        vocoder_source = index.get("vocoder", "vocoder")
+        index = read_pipeline_index(folder)
         parts = ["transformer", "vae", "scheduler"] + (
-            [] if vocoder_source == "embedded" else [vocoder_source]
+            [] if index.vocoder == EMBEDDED else [index.vocoder]
         )
         for part in parts:
             if not (folder / part).is_dir():
                 raise ConfigError(f"{folder}: the pipeline has no '{part}/' folder")
-        text_source = index.get("text_encoder", "text_encoder")
         text_encoder = TextEncoder.from_pretrained(
-            text_source if text_source == "embedded" else folder / text_source
+            EMBEDDED if index.text_encoder == EMBEDDED else folder / index.text_encoder
         )
         stats_path = folder / STATS_NAME
         pipeline = cls(
@@ -178,50 +180,54 @@ class QAMDTPipeline:
             vae=LatentVAE.from_pretrained(folder / "vae"),
             vocoder=(
                 Vocoder.embedded()
-                if vocoder_source == "embedded"
-                else Vocoder.from_pretrained(folder / vocoder_source)
+                if index.vocoder == EMBEDDED
+                else Vocoder.from_pretrained(folder / index.vocoder)
             ),
             text_encoder=text_encoder,
             scheduler=DDPMScheduler.from_pretrained(folder / "scheduler"),
-            audio=AudioSpec.from_dict(index["audio"]),
-            quality_token=index.get("quality_token", True),
-            quality_prefix=index.get("quality_prefix", True),
-            level_prefixes=index.get("level_prefixes"),
+            audio=AudioSpec.from_dict(index.audio),
+            quality_token=index.quality_token,
+            quality_prefix=index.quality_prefix,
+            level_prefixes=index.level_prefixes,
             quality_stats=json.loads(stats_path.read_text()) if stats_path.is_file() else None,
-            text_encoder_name=text_source if text_source == "embedded" else None,
-            vocoder_name=vocoder_source if vocoder_source == "embedded" else None,
+            text_encoder_name=EMBEDDED if index.text_encoder == EMBEDDED else None,
+            vocoder_name=EMBEDDED if index.vocoder == EMBEDDED else None,
+            generation_defaults=index.generation_defaults,
+            trained_on=index.trained_on,
         )
+        pipeline.name_or_path = str(folder)
         return pipeline.to(device) if device is not None else pipeline
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Writes every component into one folder."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.transformer.save_pretrained(folder / "transformer")
-        self.vae.save_pretrained(folder / "vae")
-        vocoder_source = "embedded" if self.vocoder_name == "embedded" else "vocoder"
-        if vocoder_source != "embedded":
-            self.vocoder.save_pretrained(folder / "vocoder")
-        self.scheduler.save_pretrained(folder / "scheduler")
-        text_source = "embedded" if self.text_encoder_name == "embedded" else "text_encoder"
-        if text_source != "embedded":
-            self.text_encoder.save_pretrained(folder / "text_encoder")
-        if self.quality_stats is not None:
-            (folder / STATS_NAME).write_text(json.dumps(self.quality_stats, indent=1))
-        index = {
-            "audio": self.spec.to_dict(),
-            "text_encoder": text_source,
-            "vocoder": vocoder_source,
-            "quality_token": self.quality_token,
-            "quality_prefix": self.quality_prefix,
-            "level_prefixes": {str(k): v for k, v in sorted(self.level_prefixes.items())},
-        }
-        (folder / INDEX_NAME).write_text(json.dumps(index, indent=1))
+        """Writes every component, and the generation defaults, into one folder."""
+        if self.vocoder is None:
+            raise ConfigError("save_pretrained: this pipeline has no vocoder")
+        index = PipelineIndex(
+            audio=self.spec.to_dict(),
+            text_encoder=EMBEDDED if self.text_encoder_name == EMBEDDED else "text_encoder",
+            vocoder=EMBEDDED if self.vocoder_name == EMBEDDED else "vocoder",
+            quality_token=self.quality_token,
+            quality_prefix=self.quality_prefix,
+            level_prefixes=self.level_prefixes,
+            trained_on=self.trained_on,
+            generation_defaults=partial_settings(self.generation_defaults, "generation_defaults"),
+        )
+        save_pipeline_folder(
+            path,
+            index,
+            vae=self.vae,
+            scheduler=self.scheduler,
+            transformer=self.transformer,
+            vocoder=self.vocoder,
+            text_encoder=self.text_encoder,
+            quality_stats=self.quality_stats,
+        )
 
     def to(self, device: str | torch.device) -> QAMDTPipeline:
         """Moves every model to ``device``."""
         for module in (self.transformer, self.vae, self.vocoder, self.text_encoder):
-            module.to(device)
+            if module is not None:
+                module.to(device)
         return self
 
     @property
@@ -252,109 +258,108 @@ class QAMDTPipeline:
                 f"{name}: must be within 1..{top}, or 0 for the null level, got {level}"
             )
 
+    def generation_settings(
+        self, settings: GenerationSettings | Mapping[str, Any] | None = None, **options: Any
+    ) -> GenerationSettings:
+        """The settings a call would use, each from the first layer that gives it.
+
+        The layers: ``options``, ``settings``, the pipeline's :attr:`generation_defaults`,
+        the global defaults. A :class:`GenerationSettings` object sets every field (the
+        pipeline's defaults then do not apply); a mapping sets only its keys.
+
+        Raises:
+            ConfigError: Naming an unknown or bad setting.
+        """
+        return GenerationSettings.resolve(self.generation_defaults, settings, options)
+
     # ---------------------------------------------------------------- call
 
     @torch.no_grad()
     def __call__(
         self,
         prompt: str | list[str],
-        negative_prompt: str | list[str] | None = None,
-        quality_level: float | None = 5,
-        negative_quality_level: float | None = None,
-        guidance: str = "quality",
-        guidance_scale: float = 3.5,
-        guidance_rescale: float = 0.0,
-        guidance_interval: tuple[float, float] | None = None,
-        num_inference_steps: int = 200,
-        scheduler: str = "ddim",
-        eta: float = 0.0,
-        audio_length_in_s: float | None = None,
-        num_waveforms_per_prompt: int = 1,
+        settings: GenerationSettings | Mapping[str, Any] | None = None,
+        *,
         clap=None,
         generator: torch.Generator | int | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "np",
         progress: bool = False,
+        **options: Any,
     ) -> PipelineOutput:
         """Generates music for each prompt.
+
+        The generation settings are the fields of
+        :class:`~qamdt.generation.settings.GenerationSettings`, given as keyword
+        arguments in the diffusers style (``guidance_scale=3.5,
+        num_inference_steps=200, ...``), as a settings object or mapping, or both (the
+        keywords win); what neither gives comes from the pipeline's
+        :attr:`generation_defaults`, then the global defaults.
 
         Args:
             prompt: One prompt or a list (without quality prefix: it is added here when the
                 model was trained with prefixes).
-            negative_prompt: Text of the negative branch (default: empty text, or "low
-                quality" for ``guidance="negative-prompt"``).
-            quality_level: Requested level 1..5; a float interpolates between the two
-                neighbouring level embeddings; None uses the null level.
-            negative_quality_level: Level of the negative branch (default: 1 for
-                "quality", 3 for "released"; 0 is the null level, plain classifier-free
-                guidance on the quality token).
-            guidance: "quality", "released" or "negative-prompt" (module docstring).
-            guidance_scale: Classifier-free guidance scale (1 turns guidance off).
-            guidance_rescale: Share of the guided prediction rescaled to the positive
-                branch's standard deviation (Lin et al. 2023; 0 turns it off), which
-                keeps large guidance scales from over-saturating the latents.
-            guidance_interval: ``(low, high)`` training timesteps outside which the
-                positive branch alone is used (Kynkaeaenniemi et al. 2024); None guides
-                every step. Leaving the noisiest steps unguided keeps large scales from
-                narrowing the output towards a few modes.
-            num_inference_steps: Sampler steps (the paper: 200 DDIM steps).
-            scheduler: Sampler name: "ddim", "dpmsolver++", "unipc", "euler", "pndm",
-                "ddpm".
-            eta: DDIM eta (the released code uses 1.0).
-            audio_length_in_s: Length of the audio (default: the preset's clip length).
-            num_waveforms_per_prompt: Candidates per prompt; with ``clap`` they are ranked
-                by CLAP score against the prompt, best first.
-            clap: A :class:`~captioning.base.ClapScorer` for re-ranking.
-            generator: A CPU ``torch.Generator`` or an integer seed.
-            latents: Starting noise ``[N, C, T, F]`` (overrides the generator's noise).
+            settings: A :class:`GenerationSettings` or a partial mapping of its fields.
+            clap: A :class:`~captioning.base.ClapScorer` to rank the
+                ``num_waveforms_per_prompt`` candidates of each prompt by CLAP score
+                against it, best first.
+            generator: A CPU ``torch.Generator`` or an integer seed (default: the
+                settings' ``seed``, else unseeded).
+            latents: Starting noise ``[N, C, T, F]`` (overrides the generator's noise);
+                without ``audio_length_in_s`` its frame count sets the length.
             output_type: "np" or "pt" waveforms, "mel" (no vocoder), "latent" (no VAE).
             progress: Show a progress bar.
+            **options: Generation settings by name (``quality_level``,
+                ``negative_prompt``, ``negative_quality_level``, ``guidance``,
+                ``guidance_scale``, ``guidance_rescale``, ``guidance_interval``,
+                ``num_inference_steps``, ``scheduler``, ``eta``, ``audio_length_in_s``,
+                ``num_waveforms_per_prompt``, ``seed``); see
+                :class:`~qamdt.generation.settings.GenerationSettings`.
 
         Returns:
             A :class:`PipelineOutput`.
+
+        Raises:
+            ConfigError: Naming a bad setting or argument, before any sampling.
         """
-        if guidance not in GUIDANCE_MODES:
-            raise ConfigError(f"guidance: unknown '{guidance}'; known: {list(GUIDANCE_MODES)}")
+        s = self.generation_settings(settings, **options)
         if output_type not in ("np", "pt", "mel", "latent"):
             raise ConfigError(f"output_type: unknown '{output_type}'")
-        if not 0.0 <= guidance_rescale <= 1.0:
-            raise ConfigError(f"guidance_rescale must lie in [0, 1], got {guidance_rescale}")
-        try:
-            check_guidance_interval(guidance_interval)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-        if num_waveforms_per_prompt < 1 or num_inference_steps < 1:
-            raise ConfigError("num_waveforms_per_prompt and num_inference_steps must be >= 1")
+        if self.vocoder is None and output_type in ("np", "pt"):
+            raise ConfigError(f"output_type '{output_type}': this pipeline has no vocoder")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ConfigError("prompt: give a string or a non-empty list of strings")
-        negatives = negative_prompt
+        negatives = s.negative_prompt
         if isinstance(negatives, str) or negatives is None:
             negatives = [negatives] * len(prompts)
         if len(negatives) != len(prompts):
             raise ConfigError("negative_prompt: give one per prompt")
+        if generator is None and s.seed is not None:
+            generator = s.seed
         if isinstance(generator, int):
             generator = torch.Generator().manual_seed(generator)
 
-        use_tokens = self.quality_token and guidance != "negative-prompt"
+        quality_level = s.quality_level
+        use_tokens = self.quality_token and s.guidance != "negative-prompt"
         if not use_tokens:
             quality_level = None
-        if guidance == "negative-prompt":
-            negatives = [n if n is not None else "low quality" for n in negatives]
+        if s.guidance == "negative-prompt":
+            negatives = [n if n is not None else LOW_QUALITY for n in negatives]
             negative_level = None
         else:
             negatives = [n or "" for n in negatives]
-            default = 3 if guidance == "released" else 1
+            default = 3 if s.guidance == "released" else 1
             negative_level = (
-                negative_quality_level if negative_quality_level is not None else default
+                s.negative_quality_level if s.negative_quality_level is not None else default
             )
             if not use_tokens:
                 negative_level = None
         self._check_level(quality_level, "quality_level")
         self._check_level(negative_level, "negative_quality_level")
 
-        repeat = num_waveforms_per_prompt
-        prefix = self.prefix_for(quality_level) if guidance != "negative-prompt" else None
+        repeat = s.num_waveforms_per_prompt
+        prefix = self.prefix_for(quality_level) if s.guidance != "negative-prompt" else None
         texts = [with_prefix(p, prefix) for p in prompts for _ in range(repeat)]
         owners = [p for p in prompts for _ in range(repeat)]
         negative_texts = [n for n in negatives for _ in range(repeat)]
@@ -365,7 +370,10 @@ class QAMDTPipeline:
             fill = 0.0 if value is None else float(value)
             return torch.full((batch,), fill, device=device)
 
-        frames = self.latent_frames(audio_length_in_s)
+        if latents is not None and s.audio_length_in_s is None:
+            frames = latents.shape[2]
+        else:
+            frames = self.latent_frames(s.audio_length_in_s)
         shape = (
             batch,
             self.vae.latent_channels,
@@ -380,7 +388,7 @@ class QAMDTPipeline:
         dtype = next(self.transformer.parameters()).dtype
         text = self.text_encoder.encode(texts, device=device, dtype=dtype)
         negative = self.text_encoder.encode(negative_texts, device=device, dtype=dtype)
-        sampler = build_sampler(scheduler, self.scheduler.config)
+        sampler = build_sampler(s.scheduler, self.scheduler.config)
         latents = sample_latents(
             self.transformer,
             sampler,
@@ -389,13 +397,13 @@ class QAMDTPipeline:
             levels(quality_level),
             negative,
             levels(negative_level),
-            guidance_scale=guidance_scale,
-            num_inference_steps=num_inference_steps,
+            guidance_scale=s.guidance_scale,
+            num_inference_steps=s.num_inference_steps,
             generator=generator,
-            eta=eta,
+            eta=s.eta,
             progress=progress,
-            guidance_rescale=guidance_rescale,
-            guidance_interval=guidance_interval,
+            guidance_rescale=s.guidance_rescale,
+            guidance_interval=s.guidance_interval,
         )
         output = PipelineOutput(
             audios=None,
@@ -412,8 +420,8 @@ class QAMDTPipeline:
         if output_type == "mel":
             return output
         audio = self.vocoder(mels)
-        if audio_length_in_s is not None:
-            audio = audio[:, : int(round(audio_length_in_s * self.spec.sample_rate))]
+        if s.audio_length_in_s is not None:
+            audio = audio[:, : int(round(s.audio_length_in_s * self.spec.sample_rate))]
         if clap is not None:
             audio, output = self._rank(audio, output, clap, prompts, repeat)
         output.audios = audio.cpu().numpy() if output_type == "np" else audio

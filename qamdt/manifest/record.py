@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from qamdt.errors import ManifestError
+from qamdt.quality import LEVELS, PREFIXES, with_prefix
 
 SPLITS = ("train", "valid", "test")
 CAPTION_SOURCES = (None, "original", "generated", "merged", "none")
-QUALITY_PREFIXES = (None, "low quality", "medium quality", "high quality")
-QUALITY_LEVELS = (1, 2, 3, 4, 5)
+QUALITY_PREFIXES = (None, *PREFIXES)
+QUALITY_LEVELS = LEVELS
 REQUIRED_FIELDS = ("id", "audio")
 
 
@@ -134,24 +135,6 @@ class ClipRecord:
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(ClipRecord))
 _FIELD_SET = frozenset(_FIELDS)
-
-
-def with_prefix(caption: str | None, prefix: str | None) -> str:
-    """Prepend a quality prefix to a caption, the way training reads captions.
-
-    Args:
-        caption: The caption; None or blank gives just the prefix.
-        prefix: The quality prefix; None or empty gives the caption unchanged.
-
-    Returns:
-        ``"<prefix>, <caption>"``.
-    """
-    caption = caption or ""
-    if not prefix:
-        return caption
-    if not caption.strip():
-        return prefix
-    return f"{prefix}, {caption}"
 
 
 def _show(v: Any) -> str:
@@ -298,7 +281,7 @@ def _check_row(
     quality_level = v = d.get("quality_level")
     if v is not None:
         quality_level = _integer(v)
-        if quality_level is None or not 1 <= quality_level <= 5:
+        if quality_level is None or quality_level not in LEVELS:
             bad("quality_level", f"must be an integer 1-5, got {_show(v)}")
 
     v = d.get("quality_prefix")

@@ -246,6 +246,7 @@ def train_mdt(
     from qamdt.generation.export import write_pipeline_parts
     from qamdt.models.text_encoder import TextEncoder
     from qamdt.models.vae import LatentVAE
+    from qamdt.training.preview import sample_preview
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -417,7 +418,7 @@ def train_mdt(
                 and step % config.sample_every == 0
                 and accelerator.is_main_process
             ):
-                _preview(
+                sample_preview(
                     config,
                     unwrapped,
                     ema,
@@ -456,46 +457,6 @@ def train_mdt(
     if accelerator.is_main_process:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-@torch.no_grad()
-def _preview(config, model, ema, vae, text_encoder, out: Path, step: int, latent_size) -> None:
-    """Writes a preview sample (mel picture and, with a vocoder, audio) of the EMA model."""
-    from qamdt.diffusion.sampling import sample_latents
-    from qamdt.diffusion.schedule import build_sampler
-    from qamdt.training.preview import save_preview
-
-    if ema is not None:
-        ema.store(model.parameters())
-        ema.copy_to(model.parameters())
-    try:
-        model.eval()
-        device = next(model.parameters()).device
-        generator = torch.Generator().manual_seed(config.seed)
-        shape = (1, vae.latent_channels, *latent_size)
-        latents = torch.randn(shape, generator=generator).to(device)
-        sampler = build_sampler("ddim", build_train_scheduler(config.diffusion).config)
-        text = text_encoder.encode([config.sample_prompt], device=device)
-        negative = text_encoder.encode([""], device=device)
-        top = torch.tensor([model.config.num_quality_levels], device=device)
-        quality_on = config.conditioning.quality_token
-        latents = sample_latents(
-            model,
-            sampler,
-            latents,
-            text,
-            top if quality_on else torch.zeros_like(top),
-            negative,
-            torch.ones_like(top) if quality_on else torch.zeros_like(top),
-            guidance_scale=3.5,
-            num_inference_steps=config.sample_steps,
-            generator=generator,
-        )
-        mel = vae.decode(latents)[0].float().cpu()
-        save_preview(mel, config.audio, out / "samples" / f"step_{step:07d}", config.vocoder)
-    finally:
-        if ema is not None:
-            ema.restore(model.parameters())
 
 
 def loss_curve(out_dir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -1,4 +1,9 @@
-"""Preview samples written during training: a mel picture and, through a vocoder, audio."""
+"""Preview samples written during training: a mel picture and, through a vocoder, audio.
+
+The preview samples through :class:`~qamdt.generation.pipeline.QAMDTPipeline` with the
+default generation settings, the prompt as written (its own quality prefix included), at
+the top quality level.
+"""
 
 from __future__ import annotations
 
@@ -61,3 +66,54 @@ def save_preview(
     with torch.no_grad():
         wave = model(mel[None])[0]
     save_audio(stem.with_suffix(".wav"), np.asarray(wave.float().cpu()), model.sample_rate)
+
+
+@torch.no_grad()
+def sample_preview(
+    config, model, ema, vae, text_encoder, out: Path, step: int, latent_size
+) -> None:
+    """Writes a preview sample of the EMA model to ``out/samples/step_NNNNNNN``.
+
+    Args:
+        config: The run's :class:`~qamdt.training.mdt_config.MdtTrainConfig`
+            (``sample_prompt``, ``sample_steps``, ``seed``, ``vocoder``).
+        model: The transformer being trained.
+        ema: Its ``EMAModel``, or None.
+        vae: The run's VAE.
+        text_encoder: The run's text encoder.
+        out: The run folder.
+        step: The training step (names the files).
+        latent_size: ``(frames, bands)`` of the training excerpts' latents.
+    """
+    from qamdt.diffusion.schedule import build_train_scheduler
+    from qamdt.generation.pipeline import QAMDTPipeline
+
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    try:
+        pipeline = QAMDTPipeline(
+            model,
+            vae,
+            None,
+            text_encoder,
+            build_train_scheduler(config.diffusion),
+            audio=config.audio,
+            quality_token=config.conditioning.quality_token,
+            quality_prefix=False,
+        )
+        generator = torch.Generator().manual_seed(config.seed)
+        noise = torch.randn((1, vae.latent_channels, *latent_size), generator=generator)
+        output = pipeline(
+            config.sample_prompt,
+            quality_level=model.config.num_quality_levels,
+            num_inference_steps=config.sample_steps,
+            generator=generator,
+            latents=noise,
+            output_type="mel",
+        )
+        mel = output.mels[0].cpu()
+        save_preview(mel, config.audio, out / "samples" / f"step_{step:07d}", config.vocoder)
+    finally:
+        if ema is not None:
+            ema.restore(model.parameters())
