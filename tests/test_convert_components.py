@@ -208,6 +208,19 @@ def test_vae_strictness_names_the_key(ldm_vae, edit, named):
         convert_released_vae(state, 1.0)
 
 
+def test_vae_layouts_diffusers_cannot_hold(ldm_vae):
+    state = dict(ldm_vae.state_dict())
+    state["quant_conv.weight"], state["quant_conv.bias"] = torch.zeros(4, 8, 1, 1), torch.zeros(4)
+    with pytest.raises(ConfigError, match="embed_dim 2"):
+        convert_released_vae(state, 1.0)
+    narrow = LdmVae(widths=(32, 64))
+    narrow.encoder.conv_in = nn.Conv2d(1, 48, 3, padding=1)
+    with pytest.raises(
+        CheckpointError, match=re.escape("first_stage_model.encoder.conv_in.weight")
+    ):
+        convert_released_vae(narrow.state_dict(), 1.0)
+
+
 def test_vae_bad_scale(ldm_vae):
     with pytest.raises(ConfigError, match="scaling_factor"):
         convert_released_vae(ldm_vae.state_dict(), 0.0)
@@ -336,6 +349,14 @@ def test_vocoder_strictness_names_the_key(edit, named):
     else:
         state[named] = torch.zeros(2)
     with pytest.raises(CheckpointError, match=re.escape(f"first_stage_model.vocoder.{named}")):
+        convert_released_vocoder(state)
+
+
+def test_vocoder_needs_whole_resblock_groups():
+    state = {
+        k: v for k, v in hifigan("plain").state_dict().items() if not k.startswith("resblocks.14.")
+    }
+    with pytest.raises(CheckpointError, match="14 residual blocks"):
         convert_released_vocoder(state)
 
 
