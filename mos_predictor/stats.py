@@ -63,10 +63,7 @@ from typing import Any
 import numpy as np
 
 from qamdt.errors import ConfigError, QamdtError
-from qamdt.manifest.record import with_prefix  # noqa: F401 - part of this module's API
-
-QUALITY_STATS_NAME = "quality_stats.json"
-"""File name of the statistics, written beside the manifest they were fitted on."""
+from qamdt.quality import LEVELS, PREFIXES, QUALITY_STATS_NAME, with_prefix  # noqa: F401 - API
 
 QUALITY_PLOT_NAME = "quality_distribution.png"
 """File name of the distribution picture drawn by :func:`run_stats`."""
@@ -74,16 +71,11 @@ QUALITY_PLOT_NAME = "quality_distribution.png"
 LEVEL_RULES = ("five-bin", "eq1", "quantile", "edges")
 """Known level rules; see the module docstring."""
 
-PREFIXES = ("low quality", "medium quality", "high quality")
-"""The text prefixes, lowest quality first."""
-
 NORMAL_LEVEL_SHARES = (0.02275, 0.13591, 0.68269, 0.13591, 0.02275)
 """Shares of levels 1-5 that the five-bin rule gives a normal distribution."""
 
 DEFAULT_PREFIX_SIGMAS = 1.25
 """Default distance of the prefix thresholds from ``mu``, in units of ``sigma``."""
-
-LEVELS = (1, 2, 3, 4, 5)
 
 _PREFIX_ARRAY = np.array(PREFIXES, dtype=object)
 

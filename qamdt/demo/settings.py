@@ -7,6 +7,11 @@ its top level holds the full values and its ``quick:`` section the quick overrid
 
 In the full run every trainer stops on its epoch or step count; the minute budgets are
 only caps for slower machines, so the models no longer depend on how busy the machine is.
+
+The sampling settings (``sampler``, ``sampler_steps``, ``sampler_eta``, ``guidance_*``,
+``audio_seconds``, ``seed``) fill one
+:class:`~qamdt.generation.settings.GenerationSettings` (:data:`SAMPLING_SETTINGS`), which
+checks them.
 """
 
 from __future__ import annotations

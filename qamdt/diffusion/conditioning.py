@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from qamdt.models.transformer import NULL_QUALITY
+from qamdt.quality import NULL_LEVEL as NULL_QUALITY
 
 
 def drop_conditions(

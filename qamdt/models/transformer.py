@@ -38,13 +38,13 @@ from qamdt.errors import ConfigError
 from qamdt.models.attention import CrossAttention, SelfAttention, check_backend
 from qamdt.models.patchify import Patcher
 from qamdt.models.positions import rope_2d, sincos_2d, with_identity_prefix
+from qamdt.quality import NULL_LEVEL as NULL_QUALITY
 
 POSITION_ENCODINGS = ("sincos", "rope")
 SINCOS_LAYOUTS = ("time_freq", "freq_time_scaled")
 TEXT_PROJECTIONS = ("mlp", "linear")
 DECODER_POSITIONS = ("fixed", "learned")
 KEEP_ROUNDINGS = ("round", "floor")
-NULL_QUALITY = 0
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
