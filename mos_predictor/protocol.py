@@ -113,8 +113,13 @@ def run_protocol(
         excerpt), ``mean_by_severity`` and ``failures``.
     """
     rate = model.config.sample_rate
+    unreadable: list[str] = []
     planned = plan_excerpts(
-        settings.sources, settings.excerpts_per_file, model.config.window_seconds, settings.seed
+        settings.sources,
+        settings.excerpts_per_file,
+        model.config.window_seconds,
+        settings.seed,
+        failures=unreadable,
     )
     clean = []
     for excerpt in planned:
@@ -171,6 +176,7 @@ def run_protocol(
     return {
         "settings": dataclasses.asdict(settings),
         "clean": {"mean": float(clean_scores.mean()), "count": len(clean)},
+        "unreadable": unreadable,
         "kinds": per_kind,
         "summary": summarise(per_kind, float(clean_scores.mean()), settings.severities),
     }

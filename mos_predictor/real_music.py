@@ -128,7 +128,12 @@ def is_validation_file(path: str, every: int) -> bool:
 
 
 def plan_excerpts(
-    sources: Sequence[str], per_file: int, seconds: float, seed: int
+    sources: Sequence[str],
+    per_file: int,
+    seconds: float,
+    seed: int,
+    files_per_source: int | None = None,
+    failures: list[str] | None = None,
 ) -> list[Excerpt]:
     """Excerpt positions: ``per_file`` windows per file, in seeded, evenly spread slots.
 
@@ -140,21 +145,34 @@ def plan_excerpts(
         per_file: Excerpts per file.
         seconds: Excerpt length.
         seed: Seed of the positions.
+        files_per_source: Use at most this many files of each source, evenly spread over
+            its sorted list (None: all).
+        failures: When given, a file whose header cannot be read is appended to it
+            (``"path: reason"``) and skipped; otherwise it raises.
 
     Returns:
         The excerpts, source by source, file by file.
 
     Raises:
         ConfigError: As :func:`source_files`.
-        AudioError: If a file's header cannot be read (naming the file).
+        AudioError: If a file's header cannot be read (naming the file) and no
+            ``failures`` list is given.
     """
     excerpts = []
     for source in sources:
-        for path in source_files(source):
+        files = source_files(source)
+        if files_per_source is not None and len(files) > files_per_source:
+            picks = np.linspace(0, len(files) - 1, files_per_source).round().astype(int)
+            files = [files[i] for i in picks]
+        for path in files:
             try:
                 duration = sf.info(path).duration
             except (RuntimeError, sf.LibsndfileError) as error:
-                raise AudioError(path, f"cannot read the audio header ({error})") from None
+                problem = AudioError(path, f"cannot read the audio header ({error})")
+                if failures is None:
+                    raise problem from None
+                failures.append(str(problem))
+                continue
             if duration < seconds:
                 continue
             digest = hashlib.sha1(f"{seed}:{Path(path).name}".encode()).digest()
@@ -190,3 +208,21 @@ def read_excerpt(excerpt: Excerpt, sample_rate: int) -> np.ndarray | None:
     wave = wave[:size]
     level = 10.0 * np.log10(float(np.mean(np.square(wave))) + 1e-20)
     return None if level < SILENCE_DB else wave
+
+
+def missing_sources(sources: Sequence[str]) -> list[str]:
+    """The sources that are neither a folder nor an installed package with audio files.
+
+    Args:
+        sources: Sources, see :func:`source_files`.
+
+    Returns:
+        Those that cannot be used, in order.
+    """
+    missing = []
+    for source in sources:
+        try:
+            source_files(source)
+        except ConfigError:
+            missing.append(source)
+    return missing

@@ -72,6 +72,8 @@ class MosTrainConfig:
         holdout_families: Degradation kinds (``qamdt.degradations.KINDS``) kept out of
             training for the protocol; training draws from all the others.
         real_excerpts_per_file: Excerpts (of the model's window length) per real file.
+        real_files_per_source: Use at most this many files of each real source (None:
+            all; small runs use a few).
         real_versions: Versions per excerpt: the clean one and ``real_versions - 1``
             degraded ones.
         real_valid_every: One real file in this many goes to validation (by name hash).
@@ -105,6 +107,7 @@ class MosTrainConfig:
     holdout_sources: tuple[str, ...] = ()
     holdout_families: tuple[str, ...] = ()
     real_excerpts_per_file: int = 4
+    real_files_per_source: int | None = None
     real_versions: int = 6
     real_valid_every: int = 8
     groups_per_batch: int = 2
@@ -176,6 +179,8 @@ def _check_real_settings(config: MosTrainConfig, where: str) -> None:
             f"{where}: need 2 <= group_size <= real_versions, got {config.group_size} and "
             f"{config.real_versions}"
         )
+    if config.real_files_per_source is not None and config.real_files_per_source < 1:
+        raise ConfigError(f"{where}: real_files_per_source must be >= 1 (or null)")
     if config.rank_weight < 0 or config.real_valid_every < 0:
         raise ConfigError(f"{where}: rank_weight and real_valid_every must be >= 0")
 
@@ -301,11 +306,14 @@ def build_real_pools(config: MosTrainConfig, model_config: MosModelConfig, progr
     """
     from qamdt.degradations import ChainSettings
 
+    unreadable: list[str] = []
     excerpts = plan_excerpts(
         config.real_sources,
         config.real_excerpts_per_file,
         model_config.window_seconds,
         config.seed,
+        config.real_files_per_source,
+        failures=unreadable,
     )
     settings = ChainSettings(kinds=config.training_kinds())
     rate = model_config.sample_rate
@@ -326,6 +334,8 @@ def build_real_pools(config: MosTrainConfig, model_config: MosModelConfig, progr
             if chosen
             else None
         )
+    if pools[0] is not None:
+        pools[0].failures[:0] = unreadable
     if pools[0] is None:
         raise QamdtError(f"real_sources {list(config.real_sources)}: every file went to "
                          "validation; lower real_valid_every")  # fmt: skip

@@ -103,20 +103,21 @@ def corpus(ctx: StageContext) -> dict[str, Any]:
 
 
 def mos(ctx: StageContext) -> dict[str, Any]:
-    """Trains the MOS predictor on the corpus's reference quality; keeps the best epoch."""
+    """Trains the MOS predictor on the corpus and degraded real music; keeps the best epoch."""
     from mos_predictor.train import MODEL_DIR, load_train_config, train_mos_model
 
     s = ctx.settings
     valid = _split_counts(_records(ctx.out)).get("valid", 0)
     valid_split = "valid" if valid >= MIN_VALID_CLIPS else "train"
     config = load_train_config(
-        None,
+        s.resolve_path(s.mos_config),
         data=f"corpus:{_manifest(ctx.out)}",
         valid_split=valid_split,
         epochs=s.mos_epochs,
         batch_size=s.mos_batch_size,
         max_minutes=s.mos_max_minutes,
         patience=s.mos_patience,
+        real_files_per_source=s.mos_real_files_per_source,
         seed=s.seed,
     )
     work = ctx.out / "work" / "mos"

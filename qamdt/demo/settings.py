@@ -57,6 +57,10 @@ class DemoSettings:
         mos_max_minutes: MOS-predictor training budget.
         mos_patience: Epochs without a better validation SRCC before the MOS predictor
             stops (None: run every epoch).
+        mos_config: The MOS training config the demo's values override (real-music
+            sources, hold-outs, degradation versions, ranking term).
+        mos_real_files_per_source: At most this many files of each real-music source
+            (None: all).
         level_shares: Shares of quality levels 1-5 among the labelled clips (quantile
             levels).
         captioner_epochs: Embedded-captioner epochs.
@@ -121,6 +125,8 @@ class DemoSettings:
     mos_batch_size: int = 16
     mos_max_minutes: float = 2.0
     mos_patience: int | None = 5
+    mos_config: str = "configs/mos/embedded.yaml"
+    mos_real_files_per_source: int | None = None
     level_shares: tuple[float, ...] = (0.2, 0.2, 0.2, 0.2, 0.2)
     captioner_epochs: int = 22
     captioner_batch_size: int = 32
@@ -260,6 +266,7 @@ QUICK_OVERRIDES: dict[str, Any] = {
     "mos_epochs": 2,
     "mos_batch_size": 8,
     "mos_max_minutes": 1.0,
+    "mos_real_files_per_source": 3,
     "captioner_epochs": 1,
     "captioner_batch_size": 16,
     "captioner_max_minutes": 0.5,

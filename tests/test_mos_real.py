@@ -1,0 +1,229 @@
+"""Real-music sources, degraded versions, grouped training with ranking, and the protocol."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from mos_predictor.grouped import GroupBatches, pairwise_rank_loss, pool_metrics
+from mos_predictor.real_music import (
+    check_source_allowed,
+    is_validation_file,
+    plan_excerpts,
+    read_excerpt,
+    source_files,
+)
+from mos_predictor.train import MosTrainConfig
+from mos_predictor.versions import build_version_pool
+from qamdt.cli.main import main
+from qamdt.degradations import ChainSettings, reference_quality
+from qamdt.errors import ConfigError
+from qamdt.manifest import ClipRecord, write_manifest
+
+SR = 22050
+DSP_KINDS = ("coloured_noise", "bandpass", "hum", "dropouts", "bit_depth")
+
+
+def song(seconds, seed, rate=SR):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    notes = rng.choice([220, 247, 262, 294, 330, 349, 392, 440], size=int(seconds * 4))
+    freq = np.repeat(notes, int(rate / 4))[: t.size]
+    freq = np.pad(freq, (0, t.size - freq.size), mode="edge")
+    phase = 2 * np.pi * np.cumsum(freq) / rate
+    x = sum(np.sin(k * phase) / k for k in range(1, 8)) + 0.05 * rng.standard_normal(t.size)
+    return (0.4 * x / np.abs(x).max()).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def music(tmp_path_factory):
+    """Two 'packages' of stereo songs at 44.1 kHz, a silent file and a broken one."""
+    root = tmp_path_factory.mktemp("music")
+    for name, count, seed in (("band-a", 4, 0), ("band-b", 3, 10)):
+        folder = root / name / "music"
+        folder.mkdir(parents=True)
+        for i in range(count):
+            left = song(9.0, seed + i, 44100)
+            sf.write(folder / f"track{i}.ogg", np.stack([left, left * 0.8], 1), 44100)
+    sf.write(root / "band-a" / "music" / "silence.wav", np.zeros(44100 * 6), 44100)
+    (root / "band-b" / "music" / "broken.ogg").write_bytes(b"OggS not really")
+    return root
+
+
+def test_sources_list_audio_and_refuse_the_reserved_songs(music, tmp_path):
+    files = source_files(str(music / "band-a"))
+    assert [f.rsplit("/", 1)[1] for f in files] == [
+        "silence.wav",
+        *[f"track{i}.ogg" for i in range(4)],
+    ]
+    with pytest.raises(ConfigError, match="fretsonfire.*reserved for evaluation"):
+        source_files("fretsonfire-songs-muldjord")
+    with pytest.raises(ConfigError, match="reserved"):
+        check_source_allowed("/usr/share/games/fretsonfire/data/songs")
+    with pytest.raises(ConfigError, match="neither a folder nor an installed Debian package"):
+        source_files(str(tmp_path / "no-such-source"))
+    with pytest.raises(ConfigError, match="reserved"):
+        MosTrainConfig.from_dict({"data": "csv:x.csv", "holdout_sources": ["fretsonfire-game"]})
+    with pytest.raises(ConfigError, match="both trained on and held out"):
+        MosTrainConfig.from_dict(
+            {"data": "csv:x.csv", "real_sources": ["a"], "holdout_sources": ["a"]}
+        )
+
+
+def test_excerpts_are_seeded_spread_and_skip_silence_and_broken_files(music):
+    failures = []
+    sources = [str(music / "band-a"), str(music / "band-b")]
+    excerpts = plan_excerpts(sources, 2, 2.0, seed=0, failures=failures)
+    assert excerpts == plan_excerpts(sources, 2, 2.0, seed=0, failures=[])
+    assert len(excerpts) == 2 * (5 + 3)
+    assert len(failures) == 1 and "broken.ogg" in failures[0]
+    with pytest.raises(Exception, match="broken.ogg"):
+        plan_excerpts(sources, 2, 2.0, seed=0)
+    track = [e for e in excerpts if e.path.endswith("band-a/music/track0.ogg")]
+    assert len(track) == 2 and 0.45 <= track[0].start < 4.05 <= track[1].start <= 6.55
+    wave = read_excerpt(track[0], SR)
+    assert wave.shape == (2 * SR,) and wave.dtype == np.float32
+    silent = [e for e in excerpts if e.path.endswith("silence.wav")]
+    assert read_excerpt(silent[0], SR) is None
+    failures.clear()
+    few = plan_excerpts(sources, 1, 2.0, seed=0, files_per_source=2, failures=failures)
+    # The first and last file of each source; band-b's first is the broken one.
+    assert [e.path.rsplit("/", 1)[1] for e in few] == ["silence.wav", "track3.ogg", "track2.ogg"]
+    assert len(failures) == 1
+
+
+def test_validation_files_are_a_stable_share():
+    names = [f"/x/track{i}.ogg" for i in range(400)]
+    chosen = [n for n in names if is_validation_file(n, 8)]
+    assert 25 <= len(chosen) <= 75
+    assert chosen == [n for n in names if is_validation_file(n, 8)]
+    assert not any(is_validation_file(n, 0) for n in names)
+
+
+@pytest.fixture(scope="module")
+def pool(music):
+    excerpts = plan_excerpts([str(music / "band-a")], 2, 2.0, seed=0)
+    return build_version_pool(excerpts, SR, 4, ChainSettings(kinds=DSP_KINDS), seed=5)
+
+
+def test_version_pool_keeps_the_clean_first_and_the_recipe_targets(pool):
+    assert pool.waves.shape == (8, 4, 2 * SR) and pool.waves.dtype == np.float16
+    assert np.all(pool.targets[:, 0] == 5.0) and pool.chains[0][0] == []
+    for targets, chains in zip(pool.targets, pool.chains, strict=True):
+        for target, chain in zip(targets, chains, strict=True):
+            assert target == pytest.approx(reference_quality(chain), abs=1e-4)
+            assert all(step["type"] in DSP_KINDS for step in chain)
+    assert np.abs(pool.waves.astype(np.float32)).max() == pytest.approx(0.5, abs=1e-3)
+
+
+def test_version_pool_does_not_depend_on_the_number_of_processes(music, pool):
+    excerpts = plan_excerpts([str(music / "band-a")], 2, 2.0, seed=0)
+    other = build_version_pool(excerpts, SR, 4, ChainSettings(kinds=DSP_KINDS), seed=5, workers=2)
+    assert np.array_equal(other.waves, pool.waves)
+    assert np.array_equal(other.targets, pool.targets)
+
+
+def test_group_batches_hold_versions_of_one_excerpt_and_replay_per_epoch(pool):
+    batches = GroupBatches(pool, groups_per_batch=2, group_size=3, seed=1)
+    first = batches.next()
+    assert first["wave"].shape == (6, 2 * SR)
+    assert first["group"].tolist() == [0, 0, 0, 1, 1, 1]
+    for g in range(2):
+        rows = first["wave"][first["group"] == g].numpy()
+        owners = {
+            n
+            for row in rows
+            for n in range(len(pool))
+            for v in range(4)
+            if np.array_equal(row, pool.waves[n, v].astype(np.float32))
+        }
+        assert len(owners) == 1
+    batches.set_epoch(0)
+    again = batches.next()
+    assert torch.equal(first["wave"], again["wave"]) and torch.equal(first["mos"], again["mos"])
+    with pytest.raises(ValueError, match="group_size"):
+        GroupBatches(pool, 2, 5, seed=1)
+
+
+def test_pairwise_rank_loss_matches_ranknet_by_hand():
+    pred = torch.tensor([1.0, 0.0, 3.0, 2.5])
+    target = torch.tensor([5.0, 1.0, 2.0, 2.05])
+    groups = torch.tensor([0, 0, 1, 1])
+    # Pairs: (0, 1) only; (2, 3) differ by less than min_gap 0.1.
+    expected = np.log1p(np.exp(-2.0 * 1.0))
+    assert float(pairwise_rank_loss(pred, target, groups)) == pytest.approx(expected, rel=1e-6)
+    assert float(pairwise_rank_loss(pred, target, torch.tensor([0, 1, 2, 3]))) == 0.0
+    swapped = pairwise_rank_loss(torch.tensor([0.0, 1.0]), torch.tensor([5.0, 1.0]), groups[:2])
+    assert float(swapped) == pytest.approx(np.log1p(np.exp(2.0)), rel=1e-6)
+
+
+def test_pool_metrics_by_hand():
+    targets = np.array([[5.0, 3.0, 1.0], [5.0, 4.0, 2.0]])
+    pred = np.array([[4.0, 3.0, 2.0], [3.0, 3.5, 1.0]])
+    metrics = pool_metrics(pred, targets)
+    assert metrics["clean_mean"] == pytest.approx(3.5)
+    assert metrics["within_srcc"] == pytest.approx((1.0 + 0.5) / 2)
+    assert metrics["count"] == 6
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    records = []
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        quality = 5.0 - 4.0 * (i % 4) / 3
+        wave = song(3.0, 100 + i)
+        wave = wave + rng.standard_normal(wave.size).astype(np.float32) * 0.1 * (i % 4)
+        sf.write(root / f"c{i}.wav", wave, SR)
+        split = "train" if i < 12 else "valid"
+        records.append(
+            ClipRecord(id=f"c{i}", audio=f"c{i}.wav", duration=3.0, sample_rate=SR, split=split,
+                       original_caption="a song", meta={"reference_quality": quality,
+                       "degradations": [], "source": "synthetic"})
+        )  # fmt: skip
+    write_manifest(root / "manifest.jsonl", records)
+    return root
+
+
+def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "model:\n  kind: embedded\n  window_seconds: 2.0\n  cnn_channels: [8, 8]\n"
+        "  cnn_strides: [[4, 4], [4, 4]]\n  embed_dim: 16\n  head_hidden: 8\n"
+        "epochs: 2\nbatch_size: 4\nwarmup_steps: 1\nreal_workers: 1\nreal_valid_every: 3\n"
+        f"real_sources: ['{music / 'band-a'}']\nholdout_sources: ['{music / 'band-b'}']\n"
+        "holdout_families: [hum]\nreal_excerpts_per_file: 2\nreal_versions: 3\ngroup_size: 2\n"
+    )
+    out = tmp_path / "run"
+    data = f"corpus:{corpus / 'manifest.jsonl'}"
+    args = ["mos", "train", "--config", str(config), "--data", data, "--out", str(out)]
+    assert main([*args, "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["real_train_excerpts"] + summary["real_valid_excerpts"] == 8
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and {"srcc", "within_srcc", "clean_mean"} <= set(log[0]["valid_real"])
+    saved = json.loads((out / "model" / "train_config.json").read_text())
+    assert saved["holdout_families"] == ["hum"]
+    assert saved["holdout_sources"] == [str(music / "band-b")]
+
+    report = tmp_path / "protocol.json"
+    args = ["mos", "eval", "--model", str(out / "model"), "--protocol", "--workers", "1"]
+    assert main([*args, "--data", data, "--split", "valid", "--out", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out families: within-kind SRCC" in printed and "hum" in printed
+    result = json.loads(report.read_text())
+    protocol = result["protocol"]
+    assert protocol["clean"]["count"] == 3
+    assert any("broken.ogg" in line for line in protocol["unreadable"])
+    assert protocol["kinds"]["hum"]["held_out"] and not protocol["kinds"]["bandpass"]["held_out"]
+    assert set(protocol["kinds"]["hum"]["mean_by_severity"]) == {"0.2", "0.4", "0.6", "0.8", "1.0"}
+    assert result["omq"]["count"] == 4
+    assert np.isfinite(protocol["summary"]["clean_mean"])
+
+
+def test_eval_needs_data_or_protocol(capsys):
+    assert main(["mos", "eval", "--model", "x"]) == 2
+    assert "give --data, --protocol or both" in capsys.readouterr().err
