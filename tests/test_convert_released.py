@@ -14,7 +14,7 @@ from qamdt.convert.released_transformer import (
     convert_transformer_state,
     model_config_from_unet,
     read_authors_config,
-    their_parameter_names,
+    their_parameter_shapes,
 )
 from qamdt.errors import ConfigError
 from qamdt.models.model_info import describe_model, read_model_config
@@ -40,26 +40,12 @@ TINY_UNET = {
 }
 
 
-def their_shapes(model: QualityMDTTransformer) -> dict[str, tuple[int, ...]]:
-    """Their parameter names and shapes for a released-option model (their layouts)."""
-    params = dict(model.named_parameters())
-    shapes = {}
-    for theirs, ours in their_parameter_names(model).items():
-        shape = tuple(params[ours].shape)
-        if theirs == "x_embedder.proj.weight":
-            shape = (shape[0], model.config.in_channels, *model.config.patch_size)
-        if theirs == "mos_embed.weight":
-            shape = (shape[0] - 1, shape[1])
-        shapes[theirs] = shape
-    return shapes
-
-
 def released_state(seed: int = 0, ema_shift: float = 0.5) -> tuple[dict, QualityMDTTransformer]:
     """A released-layout transformer state dict (raw and EMA copies) with random values."""
     model = QualityMDTTransformer(**model_config_from_unet(TINY_UNET))
     generator = torch.Generator().manual_seed(seed)
     state = {}
-    for name, shape in their_shapes(model).items():
+    for name, shape in their_parameter_shapes(model).items():
         tensor = torch.randn(shape, generator=generator) * 0.2
         state[RAW_PREFIX + name] = tensor
         state[EMA_PREFIX + name.replace(".", "")] = tensor + ema_shift

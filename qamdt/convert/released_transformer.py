@@ -252,6 +252,25 @@ def their_parameter_names(model: torch.nn.Module) -> dict[str, str]:
     return names
 
 
+def their_parameter_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Their names and shapes of ``model``'s parameters, in their layouts.
+
+    What a released checkpoint of this configuration holds under
+    ``model.diffusion_model.`` (without the ``pos_embed`` buffer); tests and benchmarks
+    build checkpoints from it.
+    """
+    params = dict(model.named_parameters())
+    shapes = {}
+    for theirs, ours in their_parameter_names(model).items():
+        shape = tuple(params[ours].shape)
+        if theirs == "x_embedder.proj.weight":
+            shape = (shape[0], model.config.in_channels, *model.config.patch_size)
+        elif theirs == "mos_embed.weight":
+            shape = (shape[0] - 1, shape[1])
+        shapes[theirs] = shape
+    return shapes
+
+
 def _final_rows_to_ours(weight: torch.Tensor, patch: tuple[int, int], channels: int):
     """Final-layer rows from their ``(p_t, p_f, c)`` order to our ``(c, p_t, p_f)``."""
     shape = weight.shape[1:]

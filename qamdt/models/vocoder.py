@@ -427,6 +427,9 @@ class Vocoder(nn.Module):
                 wave = torch.cat([self.model(clip[None]) for clip in batch])
             else:
                 wave = self.model(batch)
+            # Generators whose first kernel exceeds its stride by an odd count (AudioLDM's
+            # 16 kHz HiFi-GAN: 16 / 5) make a few samples more than frames x hop.
+            wave = wave[..., : batch.shape[1] * self.hop_length]
         else:
             wave = self._griffin_lim(batch.to(device=self.window.device, dtype=torch.float32))
         wave = wave.float()
