@@ -268,3 +268,110 @@ def test_objects_outside_the_allow_list_are_never_built(tmp_path):
     assert torch.equal(
         loaded["state_dict"][RAW_PREFIX + "mask_token"], state[RAW_PREFIX + "mask_token"]
     )
+
+
+# ------------------------------------------------------------------ the whole checkpoint
+
+E2E_UNET = {**TINY_UNET, "input_size": [8, 32], "patch_size": [2, 4], "in_channels": 4}
+
+
+def whole_checkpoint(tmp_path, extra=None):
+    """A released-layout Lightning checkpoint at a tiny width, with every component."""
+    from test_convert_components import LdmVae, hifigan, randomise, t5_tokenizer
+    from transformers import T5Config, T5EncoderModel
+
+    from qamdt.diffusion.schedule import DiffusionConfig, build_train_scheduler
+
+    tokenizer = t5_tokenizer()
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=16,
+            d_kv=4,
+            d_ff=24,
+            num_layers=2,
+            num_heads=4,
+            feed_forward_proj="gated-gelu",
+        )
+    )
+    tokenizer.save_pretrained(tmp_path / "flan-t5")
+    unet = {**E2E_UNET, "cond_dim": 16}
+    model = QualityMDTTransformer(**model_config_from_unet(unet))
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for name, shape in their_parameter_shapes(model).items():
+        state[RAW_PREFIX + name] = torch.randn(shape, generator=generator) * 0.2
+        state[EMA_PREFIX + name.replace(".", "")] = state[RAW_PREFIX + name] * 0.9
+    grid = model.grid(*model.config.sample_size)
+    state[RAW_PREFIX + "pos_embed"] = model._positions(grid, "cpu", torch.float32)[0][None]
+    state["model_ema.decay"], state["model_ema.num_updates"] = torch.tensor(0.99), torch.tensor(3)
+    for key, value in randomise(LdmVae(latent=4), seed=1).state_dict().items():
+        state["first_stage_model." + key] = value
+    for key, value in hifigan("weight_g").state_dict().items():
+        state["first_stage_model.vocoder." + key] = value
+    state["first_stage_model.loss.logvar"] = torch.zeros(())
+    for key, value in t5.state_dict().items():
+        state["cond_stage_models.0.model." + key] = value
+    state["clap.logit_scale_a"] = torch.ones(())
+    state["scale_factor"] = torch.tensor(0.8)
+    schedule = build_train_scheduler(DiffusionConfig())
+    state["betas"], state["alphas_cumprod"] = schedule.betas, schedule.alphas_cumprod
+    state["logvar"] = torch.zeros(1000)
+    state.update(extra or {})
+    path = tmp_path / "checkpoint_3.ckpt"
+    torch.save(
+        {
+            "state_dict": state,
+            "optimizer_states": [{"step": 3}],
+            "global_step": 3,
+            "hyper_parameters": {"config": TrainingConfig(8e-5)},
+        },
+        path,
+    )
+    lines = [f"        {k}: {v}" for k, v in unet.items()]
+    config = tmp_path / "qa_mdt.yaml"
+    config.write_text(
+        "preprocessing:\n  audio: {sampling_rate: 16000, duration: 10.24}\n"
+        "  stft: {hop_length: 160}\n  mel: {n_mel_channels: 64}\nmodel:\n  params:\n"
+        "    linear_start: 0.0015\n    linear_end: 0.0195\n    timesteps: 1000\n"
+        "    parameterization: eps\n    unet_config:\n      params:\n" + "\n".join(lines) + "\n"
+    )
+    return path, config, state, model
+
+
+def test_a_whole_checkpoint_converts_into_a_pipeline_that_generates(tmp_path):
+    from qamdt.cli.main import main
+    from qamdt.convert.released import RELEASED_GENERATION
+    from qamdt.generation.pipeline import QAMDTPipeline
+
+    path, config, state, model = whole_checkpoint(tmp_path)
+    out = tmp_path / "pipeline"
+    argv = ["convert", "released", "--checkpoint", str(path), "--config", str(config)]
+    assert main([*argv, "--text-encoder", str(tmp_path / "flan-t5"), "--out", str(out)]) == 0
+    pipe = QAMDTPipeline.from_pretrained(out)
+    expected, _ = convert_transformer_state(state, model, "ema")
+    loaded = pipe.transformer.state_dict()
+    assert set(loaded) == set(expected)
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+    assert pipe.vae.autoencoder.config.scaling_factor == pytest.approx(0.8)
+    assert pipe.scheduler.config.steps_offset == 1
+    assert {k: v for k, v in pipe.generation_defaults.items() if v is not None} == {
+        k: v for k, v in RELEASED_GENERATION.items()
+    }
+    assert pipe.quality_stats["mu"] == pytest.approx(3.8)
+    output = pipe("a quiet piano", num_inference_steps=2, audio_length_in_s=0.2, generator=0)
+    assert output.audios.shape == (1, 3200) and output.sample_rate == 16000
+    assert output.texts == ["high quality, a quiet piano"]
+    assert torch.isfinite(torch.as_tensor(output.audios)).all()
+
+
+def test_keys_neither_converted_nor_dropped_are_named(tmp_path, capsys):
+    from qamdt.cli.main import main
+
+    extra = {RAW_PREFIX + "extra_head.weight": torch.zeros(2)}
+    path, config, _, _ = whole_checkpoint(tmp_path, extra)
+    argv = ["convert", "released", "--checkpoint", str(path), "--config", str(config)]
+    out = tmp_path / "pipeline"
+    assert main([*argv, "--text-encoder", str(tmp_path / "flan-t5"), "--out", str(out)]) == 2
+    assert "model.diffusion_model.extra_head.weight" in capsys.readouterr().err
+    assert not out.exists()
