@@ -178,9 +178,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).splitlines()[0]
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        name = f" such as {found[1]}" if found else ""
         print(
-            f"{path}: holds objects outside torch's weights-only allow-list ({reason[:120]}); "
+            f"{path}: holds objects outside torch's weights-only allow-list{name}; "
             "reading tensors only, the rest as inert placeholders",
             file=sys.stderr,
         )

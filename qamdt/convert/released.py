@@ -182,7 +182,9 @@ def convert_released(
         # The tensors stay memory-mapped (a mapping outlives the joined file's deletion):
         # the weights are read from disk once, when they are written out.
         transformer.load_state_dict(converted, strict=True, assign=True)
-        transformer = transformer.to(torch.float32).eval()
+        if any(p.dtype != torch.float32 for p in transformer.parameters()):
+            transformer = transformer.float()
+        transformer.eval()
 
         scheduler = _scheduler(diffusion, state)
         schedule_keys = {"betas", *SCHEDULE_BUFFERS} & set(state)
