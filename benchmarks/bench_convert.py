@@ -92,6 +92,10 @@ def build_checkpoint(path: Path) -> int:
         encoder = T5EncoderModel(t5)
     for key, tensor in encoder.state_dict().items():
         fill("cond_stage_models.0.model." + key, tuple(tensor.shape))
+    # T5 ties its input embeddings to the shared table.
+    state["cond_stage_models.0.model.encoder.embed_tokens.weight"] = state[
+        "cond_stage_models.0.model.shared.weight"
+    ]
     state["scale_factor"] = torch.tensor(0.6)
     scheduler = build_train_scheduler(DiffusionConfig())
     state["betas"] = scheduler.betas.clone()
@@ -134,7 +138,15 @@ def run(target, *args):
     queue = context.Queue()
     process = context.Process(target=target, args=(*args, queue))
     process.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Exception:
+            if not process.is_alive():
+                raise SystemExit(
+                    f"{target.__name__} failed (exit code {process.exitcode})"
+                ) from None
     process.join()
     return result
 
