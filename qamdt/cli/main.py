@@ -7,6 +7,7 @@ import sys
 
 from qamdt import __version__
 from qamdt.cli import (
+    app_commands,
     captions_commands,
     convert_commands,
     corpus_commands,
@@ -33,6 +34,7 @@ COMMAND_GROUPS = (
     generate_commands,
     evaluate_commands,
     demo_commands,
+    app_commands,
 )
 
 

@@ -1,0 +1,1 @@
+"""The web app of ``qamdt app``: generation, scoring and dataset browsing in the browser."""
