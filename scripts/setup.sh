@@ -17,6 +17,11 @@ for package in lame vorbis-tools opus-tools wesnoth-1.16-music warzone2100-music
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
     || packages+=("$package")
 done
+# The web app's browser tests: headless Chromium and its driver (Selenium is given its path).
+for package in chromium chromium-driver; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
+    || packages+=("$package")
+done
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -40,7 +45,7 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # torch first, pinned: a looser requirement would pull the CUDA build.
   .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,app]"
   echo "$want" > "$stamp"
 fi
 echo "setup: ready (.venv/bin/qamdt)"
