@@ -18,6 +18,32 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
 
+    create = commands.add_parser(
+        "create",
+        help="a manifest from folders of audio files (no audio copied)",
+        description="Finds WAV, FLAC, OGG, Opus, MP3 (and M4A where a decoder reads it) "
+        "recursively, reads duration and format from the headers, cuts long files into "
+        "clip rows that point into the file (offset, duration), takes captions from "
+        "--captions (CSV or JSONL: path or id, caption or tags) or from NAME.txt / "
+        "NAME.json beside each file, and assigns stable ids and a deterministic split. "
+        "Unreadable files are listed in OUT.failures.jsonl with the reason.",
+    )
+    create.add_argument("audio_dirs", type=Path, nargs="+", metavar="AUDIO_DIR")
+    create.add_argument("--out", type=Path, required=True, help="manifest to write")
+    create.add_argument("--captions", type=Path, default=None, help="CSV or JSONL captions")
+    create.add_argument(
+        "--clip-seconds", type=float, default=None, help="cut files into clips this long"
+    )
+    create.add_argument(
+        "--hop-seconds", type=float, default=None, help="clip start distance (default: no overlap)"
+    )
+    create.add_argument("--split-by", choices=["file", "folder"], default="file")
+    create.add_argument(
+        "--split", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VALID", "TEST")
+    )
+    create.add_argument("--workers", type=int, default=4, help="threads reading headers")
+    create.set_defaults(run=run_create)
+
     validate = commands.add_parser(
         "validate",
         help="check every row; report each error with its line and field",
@@ -50,6 +76,29 @@ def register(groups: argparse._SubParsersAction) -> None:
         help="what to do when two shards hold the same id",
     )
     merge.set_defaults(run=run_merge)
+
+
+def run_create(args: argparse.Namespace) -> int:
+    """Runs ``qamdt manifest create``."""
+    from qamdt.manifest.create import CreateSettings, create_manifest
+
+    settings = CreateSettings(
+        clip_seconds=args.clip_seconds,
+        hop_seconds=args.hop_seconds,
+        split_by=args.split_by,
+        split=tuple(args.split),
+        workers=args.workers,
+    )
+    summary = create_manifest(
+        args.audio_dirs, args.out, settings, captions=args.captions, progress=True
+    )
+    print(json.dumps(summary, indent=1))
+    if summary["unreadable"]:
+        print(
+            f"{summary['unreadable']} unreadable file(s) listed in {args.out}.failures.jsonl",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def run_validate(args: argparse.Namespace) -> int:
