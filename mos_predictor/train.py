@@ -396,7 +396,9 @@ def train_mos_model(
     real_train = real_valid = None
     if config.real_sources:
         base_model = MosModelConfig.from_dict(config.model or {})
+        pool_started = time.time()
         real_train, real_valid = build_real_pools(config, base_model, progress)
+        pool_seconds = round(time.time() - pool_started, 1)
         targets = np.concatenate([targets, real_train.targets.ravel()])
     model_config = MosModelConfig.from_dict(
         {
@@ -538,6 +540,7 @@ def train_mos_model(
         summary["real_train_excerpts"] = len(real_train)
         summary["real_valid_excerpts"] = 0 if real_valid is None else len(real_valid)
         summary["real_versions"] = config.real_versions
+        summary["real_pool_seconds"] = pool_seconds
         summary["real_failures"] = real_train.failures + (real_valid.failures if real_valid else [])
     if accelerator.is_main_process:
         (out / METRICS_NAME).write_text(json.dumps({**summary, "valid": best.get("valid")},

@@ -123,7 +123,7 @@ class DemoSettings:
     max_clips_per_variant: int = 3
     mos_epochs: int = 30
     mos_batch_size: int = 16
-    mos_max_minutes: float = 2.0
+    mos_max_minutes: float = 60.0
     mos_patience: int | None = 5
     mos_config: str = "configs/mos/embedded.yaml"
     mos_real_files_per_source: int | None = None
