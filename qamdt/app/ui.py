@@ -46,6 +46,7 @@ has those modes; until then nothing here edits audio.
 
 def _user_errors(fn):
     """Turns the project's user-facing errors into a message in the page."""
+
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         try:
@@ -146,6 +147,7 @@ def _generate_tab(models, out_root: Path) -> None:
                 rescale = gr.Slider(
                     0.0, 1.0, value=start.guidance_rescale, step=0.05, label="Guidance rescale"
                 )
+            with gr.Row():
                 use_interval = gr.Checkbox(
                     value=start.guidance_interval is not None, label="Guide only in an interval"
                 )
@@ -153,11 +155,13 @@ def _generate_tab(models, out_root: Path) -> None:
                 high = gr.Number(value=interval[1], label="Interval high (timestep)")
             with gr.Row():
                 sampler = gr.Dropdown(sorted(SAMPLERS), value=start.scheduler, label="Sampler")
-                steps = gr.Number(value=start.num_inference_steps, precision=0, label="Steps")
+                steps = gr.Number(
+                    value=start.num_inference_steps, precision=0, label="Steps", elem_id="steps"
+                )
                 eta = gr.Number(value=start.eta, label="Eta (DDIM)")
                 length = gr.Number(
-                    value=start.audio_length_in_s,
-                    label=f"Length (s; empty: the model's clip, {clip_s:.1f} s)",
+                    value=start.audio_length_in_s or round(clip_s, 2),
+                    label="Length (s)",
                     elem_id="length",
                 )
             with gr.Row():
@@ -237,6 +241,7 @@ def _generate_tab(models, out_root: Path) -> None:
             seed_value,
             n_cand,
         ) = values
+        text = check_prompt(text)
         settings = build_settings(
             pipe.generation_defaults,
             quality=q,
@@ -256,7 +261,7 @@ def _generate_tab(models, out_root: Path) -> None:
             seed=seed_value,
             candidates=n_cand,
         )
-        return check_prompt(text), settings
+        return text, settings
 
     def present(clips, began):
         updates = [
