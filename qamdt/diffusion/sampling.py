@@ -152,38 +152,97 @@ def sample_latents(
     """
     check_guidance_rescale(guidance_rescale)
     check_guidance_interval(guidance_interval)
-    guided = negative_text is not None and guidance_scale != 1.0
-    states, mask = text
-    if guided:
-        states, mask = concat_text(text, negative_text)
-        quality = torch.cat([quality, negative_quality.to(quality.dtype)])
+    denoiser = GuidedDenoiser(
+        model,
+        scheduler,
+        text,
+        quality,
+        negative_text,
+        negative_quality,
+        guidance_scale,
+        guidance_rescale,
+        guidance_interval,
+    )
     scheduler.set_timesteps(num_inference_steps, device=latents.device)
     latents = latents * scheduler.init_noise_sigma
+    step_kwargs = scheduler_step_kwargs(scheduler, generator, eta)
+    for t in tqdm(scheduler.timesteps, disable=not progress, desc="sampling", leave=False):
+        prediction = denoiser(latents, t)
+        latents = scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
+    return latents
+
+
+def scheduler_step_kwargs(scheduler, generator: torch.Generator | None, eta: float) -> dict:
+    """The keyword arguments of ``scheduler.step`` it accepts among ``generator`` and ``eta``."""
     step_kwargs = {}
     accepted = set(inspect.signature(scheduler.step).parameters)
     if "generator" in accepted:
         step_kwargs["generator"] = generator
     if "eta" in accepted:
         step_kwargs["eta"] = eta
-    batch = len(latents)
-    for t in tqdm(scheduler.timesteps, disable=not progress, desc="sampling", leave=False):
-        guide = guided and _inside(t, guidance_interval)
+    return step_kwargs
+
+
+class GuidedDenoiser:
+    """One guided prediction per call: both branches in one batch, then eq. 7 / eq. 11.
+
+    Args:
+        model: The transformer.
+        scheduler: The sampling scheduler (for ``scale_model_input`` and the rescale).
+        text: Positive ``(states, mask)``.
+        quality: ``[B]`` positive levels.
+        negative_text: Negative branch text; None disables guidance.
+        negative_quality: ``[B]`` negative levels.
+        guidance_scale: ``s``; 1 also disables the negative branch.
+        guidance_rescale: See :func:`rescale_guidance`.
+        guidance_interval: See :func:`sample_latents`.
+    """
+
+    def __init__(
+        self,
+        model,
+        scheduler,
+        text: tuple[torch.Tensor, torch.Tensor],
+        quality: torch.Tensor,
+        negative_text: tuple[torch.Tensor, torch.Tensor] | None,
+        negative_quality: torch.Tensor | None,
+        guidance_scale: float,
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
+    ):
+        self.model = model
+        self.scheduler = scheduler
+        self.guided = negative_text is not None and guidance_scale != 1.0
+        self.states, self.mask = text
+        self.quality = quality
+        if self.guided:
+            self.states, self.mask = concat_text(text, negative_text)
+            self.quality = torch.cat([quality, negative_quality.to(quality.dtype)])
+        self.guidance_scale = guidance_scale
+        self.guidance_rescale = guidance_rescale
+        self.guidance_interval = guidance_interval
+
+    def __call__(self, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The guided prediction for ``latents`` at timestep ``t``."""
+        scheduler, batch = self.scheduler, len(latents)
+        guide = self.guided and _inside(t, self.guidance_interval)
         model_input = torch.cat([latents, latents]) if guide else latents
         model_input = scheduler.scale_model_input(model_input, t)
         timestep = t.expand(model_input.shape[0]).to(latents.device)
         rows = slice(None) if guide else slice(0, batch)
-        prediction = model(model_input, timestep, states[rows], mask[rows], quality[rows]).float()
+        prediction = self.model(
+            model_input, timestep, self.states[rows], self.mask[rows], self.quality[rows]
+        ).float()
         if guide:
             positive, negative = prediction.chunk(2)
-            prediction = negative + guidance_scale * (positive - negative)
-            if guidance_rescale:
+            prediction = negative + self.guidance_scale * (positive - negative)
+            if self.guidance_rescale:
                 prediction = rescale_guidance(
                     prediction,
                     positive,
                     model_input[:batch].float(),
                     scheduler.alphas_cumprod[int(t)],
-                    guidance_rescale,
+                    self.guidance_rescale,
                     scheduler.config.prediction_type,
                 )
-        latents = scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
-    return latents
+        return prediction

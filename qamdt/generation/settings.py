@@ -29,7 +29,10 @@ GUIDANCE_MODES = ("quality", "released", "negative-prompt")
 """See :mod:`qamdt.generation.pipeline`."""
 
 MAX_AUDIO_LENGTH_IN_S = 600.0
-"""Longest audio one call may ask for: attention grows with the square of the length."""
+"""Longest audio one call may ask for (beyond one window, time grows with the length)."""
+
+MAX_WINDOW_OVERLAP = 0.75
+"""Largest share of a window that the next one may repeat."""
 
 
 class SettingsError(ConfigError):
@@ -67,6 +70,19 @@ class GenerationSettings:
         num_waveforms_per_prompt: Candidates per prompt.
         seed: Seed of the starting noise (None: unseeded; files written to a folder
             start at 0).
+        strength: Audio-to-audio (``init_audio``): share of the schedule run from the
+            input's noised latent, in [0, 1] (SDEdit); 0 returns the input's VAE round
+            trip, 1 ignores the input.
+        inpaint_ranges: Inpainting (``inpaint_audio``): ``((start, end), ...)`` seconds
+            of the input to regenerate; the rest is kept.
+        repaint_resamples: Passes over each stretch of steps when frames are kept
+            (RePaint's r; 1: a single pass). Needs the "ddim" or "ddpm" sampler.
+        repaint_jump: Steps per stretch that is passed over again (RePaint's jump).
+        window_seconds: Seconds per sampling window: a longer piece is made of windows,
+            each conditioned on its overlap with the one before (None: the audio
+            preset's clip, the length the model was trained for).
+        window_overlap: Share of a window that the next one repeats as context, in
+            (0, 0.75].
     """
 
     quality_level: float | None = 5.0
@@ -82,10 +98,24 @@ class GenerationSettings:
     audio_length_in_s: float | None = None
     num_waveforms_per_prompt: int = 1
     seed: int | None = None
+    strength: float = 0.5
+    inpaint_ranges: tuple[tuple[float, float], ...] | None = None
+    repaint_resamples: int = 1
+    repaint_jump: int = 10
+    window_seconds: float | None = None
+    window_overlap: float = 0.25
 
     def __post_init__(self):
         for name, check in _CHECKS.items():
             object.__setattr__(self, name, check(name, getattr(self, name)))
+        from qamdt.diffusion.inpainting import RESAMPLING_SCHEDULERS
+
+        if self.repaint_resamples > 1 and self.scheduler not in RESAMPLING_SCHEDULERS:
+            raise SettingsError(
+                "repaint_resamples",
+                f"resampling needs a sampler of {list(RESAMPLING_SCHEDULERS)}, "
+                f"not '{self.scheduler}'",
+            )
 
     @classmethod
     def from_dict(
@@ -135,6 +165,8 @@ class GenerationSettings:
         for name in ("negative_prompt", "guidance_interval"):
             if isinstance(values[name], tuple):
                 values[name] = list(values[name])
+        if values["inpaint_ranges"] is not None:
+            values["inpaint_ranges"] = [list(r) for r in values["inpaint_ranges"]]
         return values
 
 
@@ -267,6 +299,45 @@ def _seed(name: str, value: Any) -> int | None:
     return int(value)
 
 
+def _strength(name: str, value: Any) -> float:
+    if not 0 <= _number(name, value) <= 1:
+        raise SettingsError(name, f"must lie in [0, 1], got {value}")
+    return value
+
+
+def _ranges(name: str, value: Any) -> tuple[tuple[float, float], ...] | None:
+    if value is None:
+        return None
+    pairs = [] if isinstance(value, (str, bytes)) else value
+    if not hasattr(pairs, "__len__") or not pairs:
+        raise SettingsError(
+            name, f"must be a non-empty list of (start, end) or null, got {value!r}"
+        )
+    ranges = []
+    for pair in pairs:
+        if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+            raise SettingsError(name, f"each range must be (start, end) in seconds, got {pair!r}")
+        start, end = (_number(name, v) for v in pair)
+        if not 0 <= start < end:
+            raise SettingsError(name, f"need 0 <= start < end, got ({start}, {end})")
+        ranges.append((start, end))
+    return tuple(sorted(ranges))
+
+
+def _window(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if not 0 < _number(name, value) <= MAX_AUDIO_LENGTH_IN_S:
+        raise SettingsError(name, f"must be > 0 seconds, got {value}")
+    return value
+
+
+def _overlap(name: str, value: Any) -> float:
+    if not 0 < _number(name, value) <= MAX_WINDOW_OVERLAP:
+        raise SettingsError(name, f"must lie in (0, {MAX_WINDOW_OVERLAP}], got {value}")
+    return value
+
+
 _CHECKS = {
     "quality_level": _level,
     "negative_prompt": _negative_prompt,
@@ -281,4 +352,10 @@ _CHECKS = {
     "audio_length_in_s": _length,
     "num_waveforms_per_prompt": _count,
     "seed": _seed,
+    "strength": _strength,
+    "inpaint_ranges": _ranges,
+    "repaint_resamples": _count,
+    "repaint_jump": _count,
+    "window_seconds": _window,
+    "window_overlap": _overlap,
 }
