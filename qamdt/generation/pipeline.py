@@ -212,21 +212,23 @@ class QAMDTPipeline:
             trained_on=self.trained_on,
             generation_defaults=partial_settings(self.generation_defaults, "generation_defaults"),
         )
-        save_pipeline_folder(
-            path,
-            index,
-            vae=self.vae,
-            scheduler=self.scheduler,
-            transformer=self.transformer,
-            vocoder=self.vocoder,
-            text_encoder=self.text_encoder,
-            quality_stats=self.quality_stats,
-        )
+        save_pipeline_folder(path, index, quality_stats=self.quality_stats, **self.components)
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """The pipeline's parts by name, as diffusers pipelines list them."""
+        return {
+            "transformer": self.transformer,
+            "vae": self.vae,
+            "vocoder": self.vocoder,
+            "text_encoder": self.text_encoder,
+            "scheduler": self.scheduler,
+        }
 
     def to(self, device: str | torch.device) -> QAMDTPipeline:
         """Moves every model to ``device``."""
-        for module in (self.transformer, self.vae, self.vocoder, self.text_encoder):
-            if module is not None:
+        for name, module in self.components.items():
+            if name != "scheduler" and module is not None:
                 module.to(device)
         return self
 
