@@ -9,7 +9,6 @@ file's path.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ import soundfile as sf
 import soxr
 
 from qamdt.errors import AudioError
+from qamdt.json_files import atomic_path
 
 MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 384000
@@ -338,12 +338,6 @@ def crop_or_pad(
     return wave[..., start : start + length].copy(), start
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_audio(
     path: str | os.PathLike,
     wave: np.ndarray,
@@ -383,18 +377,5 @@ def save_audio(
         wave = np.clip(wave, -1.0, 1.0)
     data = wave.T if wave.ndim == 2 else wave
 
-    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=folder, prefix="." + os.path.basename(os.fspath(path)) + ".", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            sf.write(handle, data, int(sample_rate), subtype=subtype, format=fmt)
-        # mkstemp creates the file as 0600; give the result the usual permissions.
-        os.chmod(tmp, 0o666 & ~_current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as temporary:
+        sf.write(str(temporary), data, int(sample_rate), subtype=subtype, format=fmt)

@@ -34,6 +34,7 @@ from qamdt.corpus.degrade import DegradationSettings, degrade_clip, reference_qu
 from qamdt.corpus.render import find_fluidsynth, find_soundfont, render_midi
 from qamdt.corpus.sources import SOURCES, list_pieces, load_piece_cached
 from qamdt.errors import ConfigError, QamdtError, check_known_keys
+from qamdt.json_files import write_json
 from qamdt.manifest import ClipRecord, ManifestAppender, read_manifest, write_manifest
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -362,7 +363,7 @@ def build_corpus(
         return out / MANIFEST_NAME
     find_fluidsynth()
     soundfont_path = str(find_soundfont(soundfont))
-    (out / ".build-config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    write_json(out / ".build-config.json", config.to_dict())
     spec = get_audio_spec(config.preset)
     workers = workers or os.cpu_count() or 1
     started = time.time()
@@ -437,7 +438,7 @@ def build_corpus(
         "workers": workers,
         "soundfont": Path(soundfont_path).name,
     }
-    (out / INFO_NAME).write_text(json.dumps(info, indent=1))
+    write_json(out / INFO_NAME, info)
     with open(out / FAILURES_NAME, "a", encoding="utf-8") as handle:
         for failure in failures:
             handle.write(json.dumps(failure) + "\n")

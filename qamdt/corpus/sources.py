@@ -18,6 +18,8 @@ import warnings
 from functools import cache
 from pathlib import Path
 
+from qamdt.json_files import write_text_atomic
+
 MAX_PARTS = 8
 
 
@@ -252,10 +254,7 @@ def load_piece_cached(source_name: str, path: str) -> Piece:
         except (ValueError, TypeError, KeyError):
             pass
     piece = load_piece(source_name, path)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    temporary = cache.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(dataclasses.asdict(piece)))
-    os.replace(temporary, cache)
+    write_text_atomic(cache, json.dumps(dataclasses.asdict(piece)))
     return piece
 
 

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from qamdt.demo.settings import DemoSettings
-from qamdt.demo.stages import Stage, StageContext, StageState, plain, run_stages
+from qamdt.demo.stages import Stage, StageContext, StageState, run_stages
 from qamdt.errors import QamdtError
+from qamdt.json_files import write_json
 
 MANIFEST = "corpus/manifest.jsonl"
 SWEEP = "qa-mdt"
@@ -431,7 +432,7 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
             seed=s.seed,
             examples_per_level=s.examples_per_level,
         )
-        (folder / f"{name}.json").write_text(json.dumps(plain(results), indent=1))
+        write_json(folder / f"{name}.json", results)
         overall = results["overall"]
         summary[name] = {"pmos_mean": overall["pmos_mean"], "frechet": overall["frechet"],
                          "clap": overall["clap"]}  # fmt: skip
@@ -440,7 +441,7 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
         waves, rate, s.pitch_fmin, s.pitch_fmax, s.pitch_envelope_hz, seed=s.seed
     )
     pitch = {"level": max(s.levels), **pitch}
-    (folder / "pitch.json").write_text(json.dumps(plain(pitch), indent=1))
+    write_json(folder / "pitch.json", pitch)
     reference = decoder_reference(
         QAMDTPipeline.from_pretrained(models / "pipeline"),
         scorers["mos_model"],
@@ -450,7 +451,7 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
         s.decoder_reference_clips,
         s.audio_seconds,
     )
-    (folder / "decoder_reference.json").write_text(json.dumps(plain(reference), indent=1))
+    write_json(folder / "decoder_reference.json", reference)
     return {**summary, "pitch": pitch, "decoder_reference": reference}
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import numbers
 import os
 import shutil
 import time
@@ -24,6 +22,7 @@ from typing import Any
 
 from qamdt.demo.settings import DemoSettings
 from qamdt.errors import ConfigError, QamdtError
+from qamdt.json_files import write_json
 
 STATE_NAME = "stages.json"
 
@@ -67,30 +66,6 @@ class Stage:
     reset: Callable[[Path], None] | None = None
 
 
-def plain(value: Any) -> Any:
-    """Strict JSON values: non-finite numbers become None, numpy scalars and paths plain."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value) if math.isfinite(value) else None
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        return plain(value.item())
-    return str(value)
-
-
-def _write_atomic(path: Path, value: Any) -> None:
-    temporary = path.with_suffix(".json.tmp")
-    text = json.dumps(plain(value), indent=1, allow_nan=False)
-    temporary.write_text(text + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-
-
 class StageState:
     """The contents of ``OUT/stages.json``, saved after every change."""
 
@@ -123,7 +98,7 @@ class StageState:
 
     def save(self) -> None:
         """Writes ``stages.json`` (atomically)."""
-        _write_atomic(self.path, {"settings": self.settings, "stages": self.stages})
+        write_json(self.path, {"settings": self.settings, "stages": self.stages})
 
 
 def recorded_settings(out: str | os.PathLike) -> dict[str, Any] | None:

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from qamdt.json_files import plain_json, write_json
+
 SWEEP_COLUMNS = (
     "level",
     "count",
@@ -95,8 +97,8 @@ def write_report(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    clean = _jsonable(results)
-    (out / "report.json").write_text(json.dumps(clean, indent=2) + "\n", encoding="utf-8")
+    clean = plain_json(results)
+    write_json(out / "report.json", clean, indent=2)
     plots = _sweep_plots(clean, out)
     shown = _prepare_examples(examples if examples is not None else clean.get("examples"), out)
     page = _page(clean, plots, shown)
@@ -106,25 +108,6 @@ def write_report(
 
 
 # ------------------------------------------------------------------------------- values
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types; NaN and infinities become ``None``."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if value is None or isinstance(value, str):
-        return value
-    return str(value)
 
 
 def _esc(value: Any) -> str:

@@ -6,9 +6,10 @@ import os
 import warnings
 
 from qamdt.errors import ManifestError
+from qamdt.json_files import fsync_path
 from qamdt.manifest.reading import ManifestWarning, _scan
 from qamdt.manifest.record import ClipRecord
-from qamdt.manifest.writing import _encode, _folder_of, _fsync_dir
+from qamdt.manifest.writing import _encode, _folder_of
 
 
 class ManifestAppender:
@@ -97,7 +98,7 @@ class ManifestAppender:
             f.close()
             raise
         if not existed:
-            _fsync_dir(self._dir)
+            fsync_path(self._dir)
         self.done_ids = done
         self._file = f
         self._unsynced = 0

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from qamdt.errors import ManifestError
+from qamdt.json_files import atomic_path
 from qamdt.manifest.record import ClipRecord, _check_row, _show
 
 
@@ -72,36 +73,6 @@ def _encode(
         raise _serialisation_error(d, exc, path, line) from exc
 
 
-def _fsync_dir(folder: str) -> None:
-    """Make a rename or a new file in ``folder`` durable (best effort; no-op on Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _create_temp(dest: str) -> tuple[int, str]:
-    """Create a hidden temp file beside ``dest``, with the permissions a new file would get.
-
-    ``tempfile.mkstemp`` would create it with mode 0600, which the renamed manifest would
-    then keep.
-    """
-    folder, name = os.path.split(os.path.abspath(dest))
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = os.path.join(folder, f".{name}.{os.urandom(4).hex()}.tmp")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-
-
 def _atomic_write(
     path: str | os.PathLike,
     items: Iterable[tuple[ClipRecord, str]],
@@ -112,37 +83,21 @@ def _atomic_write(
     """Write ``(record, folder its audio path is relative to)`` pairs atomically."""
     path = os.fspath(path)
     dest_dir = _folder_of(path)
-    fd, tmp = _create_temp(path)
-    try:
-        with open(fd, "wb") as f:
-            seen: set[str] = set()
-            n = 0
-            for n, (record, src_dir) in enumerate(items, start=1):
-                data = _encode(record, src_dir, dest_dir, path, n, validate)
-                if check_duplicates:
-                    if record.id in seen:
-                        raise ManifestError(
-                            f"duplicate id {record.id!r} in the records to write",
-                            path=path,
-                            line=n,
-                            field="id",
-                        )
-                    seen.add(record.id)
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-        except FileNotFoundError:
-            pass
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(dest_dir)
+    with atomic_path(path, durable=True) as temporary, open(temporary, "wb") as f:
+        seen: set[str] = set()
+        n = 0
+        for n, (record, src_dir) in enumerate(items, start=1):
+            data = _encode(record, src_dir, dest_dir, path, n, validate)
+            if check_duplicates:
+                if record.id in seen:
+                    raise ManifestError(
+                        f"duplicate id {record.id!r} in the records to write",
+                        path=path,
+                        line=n,
+                        field="id",
+                    )
+                seen.add(record.id)
+            f.write(data)
     return n
 
 

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from qamdt.audio_spec import get_audio_spec
 from qamdt.errors import ConfigError
+from qamdt.json_files import atomic_path, write_json, write_text_atomic
 from qamdt.training.mdt_config import MdtTrainConfig
 from qamdt.training.mdt_data import (
     ClipMelDataset,
@@ -160,23 +161,16 @@ def _write_shard(
             "quality_level": batch["quality_level"].contiguous(),
         }
         stem = _shard_stem(index)
-        temporary = cache_dir / f"{stem}.safetensors.tmp"
-        safetensors.torch.save_file(tensors, temporary)
-        os.replace(temporary, cache_dir / f"{stem}.safetensors")
+        with atomic_path(cache_dir / f"{stem}.safetensors") as temporary:
+            safetensors.torch.save_file(tensors, temporary)
         rows = [
             {"id": clip_id, "caption": caption, "quality_level": int(level)}
             for clip_id, caption, level in zip(
                 batch["id"], batch["caption"], batch["quality_level"].tolist(), strict=True
             )
         ]
-    _write_json(cache_dir / f"{_shard_stem(index)}.json", {"rows": rows})
+    write_json(cache_dir / f"{_shard_stem(index)}.json", {"rows": rows})
     return batch["failed"]
-
-
-def _write_json(path: Path, value: Any) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(value, indent=1))
-    os.replace(temporary, path)
 
 
 def build_cache(
@@ -259,7 +253,7 @@ def build_cache(
             },
             cache_dir / NULL_TEXT,
         )
-        _write_json(cache_dir / CACHE_INFO, info)
+        write_json(cache_dir / CACHE_INFO, info)
         _merge_failures(cache_dir)
     state.wait_for_everyone()
     dataset_size = sum(
@@ -286,15 +280,11 @@ def _merge_failures(cache_dir: Path) -> None:
                     row = json.loads(line)
                     seen[row["id"]] = row
     if seen:
-        _write_json_lines(cache_dir / FAILURES, list(seen.values()))
+        write_text_atomic(
+            cache_dir / FAILURES, "".join(json.dumps(row) + "\n" for row in seen.values())
+        )
     for path in cache_dir.glob("failures.rank*.jsonl"):
         path.unlink()
-
-
-def _write_json_lines(path: Path, rows: list[dict]) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    os.replace(temporary, path)
 
 
 def _count_lines(path: Path) -> int:

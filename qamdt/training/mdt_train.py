@@ -30,6 +30,7 @@ from qamdt.diffusion.loss import diffusion_loss, training_target
 from qamdt.diffusion.sampling import pad_text
 from qamdt.diffusion.schedule import build_train_scheduler
 from qamdt.errors import ConfigError
+from qamdt.json_files import write_json
 from qamdt.models.transformer import QualityMDTTransformer
 from qamdt.training.mdt_config import MdtTrainConfig
 
@@ -317,7 +318,7 @@ def train_mdt(
         accelerator.print(f"resuming at step {step}")
     if accelerator.is_main_process:
         _truncate_log(out, step)
-        (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        write_json(out / "train_config.json", config.to_dict())
         accelerator.init_trackers("qamdt")
 
     accumulation = config.gradient_accumulation_steps
@@ -338,7 +339,7 @@ def train_mdt(
     def checkpoint() -> None:
         accelerator.save_state(str(state_dir))
         if accelerator.is_main_process:
-            (state_dir / PROGRESS_NAME).write_text(json.dumps({"step": step}))
+            write_json(state_dir / PROGRESS_NAME, {"step": step}, indent=None)
             export_model(unwrapped, ema, out / MODEL_DIR)
             if not (out / PIPELINE_DIR / "pipeline.json").is_file():
                 write_pipeline_parts(config, out / PIPELINE_DIR, vae, text_encoder)
@@ -455,7 +456,7 @@ def train_mdt(
         "pipeline": str(out / PIPELINE_DIR),
     }
     if accelerator.is_main_process:
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        write_json(out / "train_summary.json", summary)
     return summary
 
 

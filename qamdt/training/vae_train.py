@@ -43,6 +43,7 @@ import torch
 from qamdt.audio_io import crop_or_pad, resample
 from qamdt.audio_spec import AudioSpec, get_audio_spec
 from qamdt.errors import ConfigError, QamdtError, check_known_keys
+from qamdt.json_files import write_text_atomic
 from qamdt.manifest import read_manifest
 from qamdt.manifest.stages import load_clip_audio
 from qamdt.mel import MelFrontEnd
@@ -427,12 +428,6 @@ def prepare_for_training(vae: LatentVAE, mels: torch.Tensor, config: VaeTrainCon
         moments.bias[vae.latent_channels :] = config.initial_logvar
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class _Checkpoints:
     """``OUT/checkpoint`` with a progress file, replaced as a whole on each save."""
 
@@ -458,7 +453,7 @@ class _Checkpoints:
         """Saves the Accelerate state and ``progress``, then swaps the folder in."""
         self.accelerator.save_state(str(self.incoming))
         if self.accelerator.is_main_process:
-            _write_atomic(self.incoming / PROGRESS_NAME, json.dumps(progress))
+            write_text_atomic(self.incoming / PROGRESS_NAME, json.dumps(progress))
         self.recover()
 
 
@@ -517,7 +512,7 @@ def _trim_log(path: Path, next_step: int) -> None:
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line)["step"] <= next_step]
     if len(kept) != len(lines):
-        _write_atomic(path, "".join(line + "\n" for line in kept))
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def train_vae(
@@ -597,7 +592,7 @@ def train_vae(
         accelerator.print(f"resuming at step {step}")
     if accelerator.is_main_process:
         _trim_log(out / LOG_NAME, step)
-        _write_atomic(out / CONFIG_NAME, json.dumps(config.to_dict(), indent=1))
+        write_text_atomic(out / CONFIG_NAME, json.dumps(config.to_dict(), indent=1))
 
     session_start = time.time()
     budget = None if config.max_minutes is None else config.max_minutes * 60.0
@@ -685,6 +680,6 @@ def train_vae(
     }
     if accelerator.is_main_process:
         vae.save_pretrained(out / MODEL_DIR)
-        _write_atomic(out / METRICS_NAME, json.dumps(summary, indent=1))
+        write_text_atomic(out / METRICS_NAME, json.dumps(summary, indent=1))
     accelerator.wait_for_everyone()
     return summary
