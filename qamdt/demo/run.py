@@ -507,23 +507,10 @@ STAGES: tuple[Stage, ...] = (
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
 
-def run_demo(
-    out: str | Path,
-    settings: DemoSettings,
-    only: Sequence[str] = (),
-    redo: Sequence[str] = (),
-    log: Callable[[str], None] = print,
-) -> StageState:
-    """Runs the demo's stages (see :func:`qamdt.demo.stages.run_stages`).
+def run_demo(out: str | Path, settings: DemoSettings, **options: Any) -> StageState:
+    """Runs the demo's :data:`STAGES`.
 
-    Args:
-        out: The run folder.
-        settings: The run's settings.
-        only: Run only these stages.
-        redo: Run these stages again from scratch (and, later, what depends on them).
-        log: Where progress messages go.
-
-    Returns:
-        The recorded state of every stage.
+    ``options`` (``only``, ``redo``, ``log``) and the return value are those of
+    :func:`qamdt.demo.stages.run_stages`.
     """
-    return run_stages(STAGES, out, settings, only=only, redo=redo, log=log)
+    return run_stages(STAGES, out, settings, **options)
