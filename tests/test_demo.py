@@ -331,7 +331,7 @@ class FakePipeline:
 
 
 def test_generated_files_carry_the_sidecar_format(tmp_path):
-    from qamdt.evaluation.evaluate import read_generated
+    from qamdt.evaluation.inputs import read_generated
     from qamdt.generation.settings import GenerationSettings
     from qamdt.generation.writer import generate_to_folder
 

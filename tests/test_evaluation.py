@@ -19,14 +19,8 @@ from qamdt.cli.main import main
 from qamdt.errors import ConfigError, QamdtError
 from qamdt.evaluation import audioldm_eval_backend as aeval
 from qamdt.evaluation.embedders import ClapAudioEmbedder, TaggerClassifier
-from qamdt.evaluation.evaluate import (
-    _clap_scores,
-    derangement,
-    evaluate_generated,
-    parse_reference_filter,
-    read_generated,
-    read_reference,
-)
+from qamdt.evaluation.evaluate import _clap_scores, derangement, evaluate_generated
+from qamdt.evaluation.inputs import parse_reference_filter, read_generated, read_reference
 from qamdt.evaluation.metrics import (
     embedding_statistics,
     frechet_distance,
