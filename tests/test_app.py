@@ -393,7 +393,9 @@ def test_browser_generates_and_downloads_a_wav(server, browser, tmp_path):
     retype("#steps input", "3")
     retype("#length input", "1.5")
     find("#generate-button").click()
-    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#clip-0 audio"))
+    # Playable: the player has decoded the clip and shows its length.
+    shown = "const t = document.querySelector('#clip-0 #duration'); return t && t.textContent;"
+    wait.until(lambda b: b.execute_script(shown) not in (None, "", "0:00"))
     assert "level 3.2" in find("#clip-0").text
     link = find("#downloads a[download$='.wav']")
     link.click()
