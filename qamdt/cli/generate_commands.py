@@ -25,6 +25,20 @@ FLAG_SETTINGS = {
     "length": "audio_length_in_s",
     "num_waveforms": "num_waveforms_per_prompt",
     "seed": "seed",
+    "strength": "strength",
+    "inpaint": "inpaint_ranges",
+    "repaint_resamples": "repaint_resamples",
+    "repaint_jump": "repaint_jump",
+    "window": "window_seconds",
+    "window_overlap": "window_overlap",
+}
+
+# Command-line option -> the pipeline's input-audio argument (not settings: the sidecar
+# records the file and its hash).
+AUDIO_FLAGS = {
+    "continue_audio": "continue_audio",
+    "init_audio": "init_audio",
+    "inpaint_audio": "inpaint_audio",
 }
 
 
@@ -65,10 +79,65 @@ def register(groups: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--scheduler", default=None, help="ddim, dpmsolver++, unipc, ...")
     parser.add_argument("--eta", type=float, default=None, help="DDIM eta")
-    parser.add_argument("--length", type=float, default=None, help="seconds of audio")
+    parser.add_argument(
+        "--length",
+        type=float,
+        default=None,
+        help="seconds of audio; beyond one window (the preset's clip) the piece is made of "
+        "overlapping windows; with --continue-audio the total length",
+    )
     parser.add_argument("--num-waveforms", type=int, default=None, help="candidates per prompt")
     parser.add_argument("--clap", default=None, help="CLAP model folder for re-ranking")
     parser.add_argument("--seed", type=int, default=None)
+    modes = parser.add_argument_group(
+        "long-form and editing", "see docs/generation.md; at most one input audio per run"
+    )
+    modes.add_argument(
+        "--continue-audio", type=Path, default=None, metavar="FILE", help="keep FILE and go on"
+    )
+    modes.add_argument(
+        "--init-audio",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="audio-to-audio from FILE (with --quality 5: enhancement)",
+    )
+    modes.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="audio-to-audio: 0 keeps the input (VAE round trip), 1 ignores it (default 0.5)",
+    )
+    modes.add_argument(
+        "--inpaint-audio", type=Path, default=None, metavar="FILE", help="regenerate parts of FILE"
+    )
+    modes.add_argument(
+        "--inpaint",
+        type=float,
+        nargs=2,
+        action="append",
+        default=None,
+        metavar=("START", "END"),
+        help="seconds of --inpaint-audio to regenerate (repeatable)",
+    )
+    modes.add_argument(
+        "--repaint-resamples",
+        type=int,
+        default=None,
+        help="RePaint passes per stretch of steps when audio is kept (ddim/ddpm; default 1)",
+    )
+    modes.add_argument(
+        "--repaint-jump", type=int, default=None, help="RePaint steps per stretch (default 10)"
+    )
+    modes.add_argument(
+        "--window", type=float, default=None, help="seconds per window (default: the clip)"
+    )
+    modes.add_argument(
+        "--window-overlap",
+        type=float,
+        default=None,
+        help="share of a window the next one repeats as context (default 0.25)",
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="prompts per sampler batch")
     parser.add_argument("--device", default=None)
     parser.add_argument("--quiet", action="store_true")
@@ -100,7 +169,14 @@ def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
     }
     if "guidance_interval" in given:
         given["guidance_interval"] = tuple(given["guidance_interval"])
+    if "inpaint_ranges" in given:
+        given["inpaint_ranges"] = tuple(tuple(pair) for pair in given["inpaint_ranges"])
     return given
+
+
+def audio_inputs(args: argparse.Namespace) -> dict[str, Path]:
+    """The input-audio files given on the command line, by pipeline argument."""
+    return {name: getattr(args, dest) for dest, name in AUDIO_FLAGS.items() if getattr(args, dest)}
 
 
 def _flag_error(error):
@@ -114,12 +190,16 @@ def _flag_error(error):
 
 def run_generate(args: argparse.Namespace) -> int:
     """Runs ``qamdt generate``."""
+    from qamdt.errors import ConfigError
     from qamdt.generation.folder import read_pipeline_index
     from qamdt.generation.pipeline import QAMDTPipeline
     from qamdt.generation.settings import GenerationSettings, SettingsError
     from qamdt.generation.writer import generate_to_folder
 
     prompts = read_prompts(args.prompt, args.prompts_file)
+    for dest, path in audio_inputs(args).items():
+        if not path.is_file():
+            raise ConfigError(f"--{dest.replace('_', '-')}: {path}: file not found")
     defaults = read_pipeline_index(args.model).generation_defaults
     try:
         settings = GenerationSettings.resolve(defaults, explicit_settings(args))
@@ -140,6 +220,7 @@ def run_generate(args: argparse.Namespace) -> int:
         clap=clap,
         progress=not args.quiet,
         model=args.model,
+        audio_inputs=audio_inputs(args),
     )
     print(json.dumps({"written": len(written), "out": str(args.out)}))
     return 0

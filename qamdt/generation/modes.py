@@ -7,8 +7,8 @@ sampled window by window (:func:`sample_plan`); a window is the length the model
 trained for (the audio preset's clip, unless ``window_seconds`` says otherwise), and each
 window after the first re-imposes its overlap with what is already made, so the piece
 goes on from it (outpainting, as ACE-Step extends). One window is sampled at a time and
-the VAE and vocoder decode in windows too (:mod:`qamdt.models.chunked`), so memory does
-not grow with the length.
+the VAE and vocoder run in windows of the preset's clip (:mod:`qamdt.models.chunked`),
+so memory does not grow with the length.
 
 * long-form: ``audio_length_in_s`` beyond one window, nothing kept;
 * continuation (``continue_audio``): the input's whole latent frames are kept, the piece
@@ -203,7 +203,7 @@ def plan_mode(pipeline, settings, audio: Mapping[str, Any]) -> ModePlan | None:
                 f"({kept * block / spec.sample_rate:.3f} s)"
             )
         frames = math.ceil(samples / block)
-        latent = _encode(pipeline, wave[: kept * block], window)
+        latent = _encode(pipeline, wave[: kept * block])
         known = latent.new_zeros(*latent.shape[:2], frames, latent.shape[3])
         known[:, :, :kept] = latent
         keep = torch.zeros(frames)
@@ -219,7 +219,7 @@ def plan_mode(pipeline, settings, audio: Mapping[str, Any]) -> ModePlan | None:
     samples = len(wave)
     frames = math.ceil(samples / block)
     padded = np.pad(wave, (0, frames * block - samples))
-    latent = _encode(pipeline, padded, window)
+    latent = _encode(pipeline, padded)
     if mode == "audio-to-audio":
         return ModePlan(
             mode,
@@ -269,12 +269,12 @@ def inpaint_weights(ranges, frames: int, samples: int, spec, factor: int) -> tor
     return keep
 
 
-def _encode(pipeline, wave: np.ndarray, window: int) -> torch.Tensor:
+def _encode(pipeline, wave: np.ndarray) -> torch.Tensor:
     from qamdt.mel import MelFrontEnd
 
     front_end = MelFrontEnd(pipeline.spec)
     mel = front_end(torch.from_numpy(np.ascontiguousarray(wave))).T.unsqueeze(0)
-    return encode_mel(pipeline.vae, mel.to(pipeline.device), window).float()
+    return encode_mel(pipeline.vae, mel.to(pipeline.device), pipeline.latent_frames(None)).float()
 
 
 def sample_plan(
@@ -370,11 +370,11 @@ def sample_plan(
 
 
 def decode_plan(pipeline, plan: ModePlan, latents: torch.Tensor) -> torch.Tensor:
-    """Latents to log-mel, in windows of the plan's window."""
-    return decode_latents(pipeline.vae, latents, plan.window).float()
+    """Latents to log-mel, in windows of the audio preset's clip."""
+    return decode_latents(pipeline.vae, latents, pipeline.latent_frames(None)).float()
 
 
 def vocode_plan(pipeline, plan: ModePlan, mels: torch.Tensor) -> torch.Tensor:
-    """Log-mel to waveforms cut to the plan's samples, in windows of the plan's window."""
-    audio = vocode(pipeline.vocoder, mels, plan.window * pipeline.vae.downsample_factor)
+    """Log-mel to waveforms cut to the plan's samples, in windows of the preset's clip."""
+    audio = vocode(pipeline.vocoder, mels, pipeline.spec.clip_frames)
     return audio[:, : plan.samples]

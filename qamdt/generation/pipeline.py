@@ -37,6 +37,7 @@ from qamdt.generation.folder import (
     read_pipeline_index,
     save_pipeline_folder,
 )
+from qamdt.generation.modes import decode_plan, plan_mode, sample_plan, vocode_plan
 from qamdt.generation.settings import GenerationSettings, partial_settings
 from qamdt.quality import DEFAULT_LEVEL_PREFIXES, LOW_QUALITY, with_prefix
 
@@ -54,6 +55,10 @@ class PipelineOutput:
         prompts: The prompt each output belongs to (without the quality prefix).
         texts: The text the model was conditioned on (with the prefix, when used).
         clap_scores: CLAP score of each output against its prompt, when re-ranked.
+        mode_facts: The mode and its inputs, as the sidecar records them: ``mode``
+            ("text", "long-form", "continuation", "audio-to-audio", "inpainting"), and
+            beyond one clip ``windows`` (seconds sampled together), ``input_audio``,
+            ``input_sha256`` and ``input_seconds``.
     """
 
     audios: Any
@@ -63,6 +68,7 @@ class PipelineOutput:
     prompts: list[str]
     texts: list[str]
     clap_scores: list[float] | None = None
+    mode_facts: dict[str, Any] = dataclasses.field(default_factory=lambda: {"mode": "text"})
 
 
 def level_prefixes_from_manifest(manifest: str | os.PathLike, split: str = "train") -> dict:
@@ -287,6 +293,9 @@ class QAMDTPipeline:
         latents: torch.Tensor | None = None,
         output_type: str = "np",
         progress: bool = False,
+        continue_audio: Any = None,
+        init_audio: Any = None,
+        inpaint_audio: Any = None,
         **options: Any,
     ) -> PipelineOutput:
         """Generates music for each prompt.
@@ -311,6 +320,13 @@ class QAMDTPipeline:
                 without ``audio_length_in_s`` its frame count sets the length.
             output_type: "np" or "pt" waveforms, "mel" (no vocoder), "latent" (no VAE).
             progress: Show a progress bar.
+            continue_audio: Continuation: a file (or ``(samples, sample_rate)``) that is
+                kept and goes on to ``audio_length_in_s`` seconds.
+            init_audio: Audio-to-audio (SDEdit) from this audio, by ``strength``.
+            inpaint_audio: Inpainting: the ``inpaint_ranges`` of this audio are
+                regenerated, the rest kept. An ``audio_length_in_s`` beyond one window
+                (the preset's clip, or ``window_seconds``) samples overlapping windows;
+                see :mod:`qamdt.generation.modes`.
             **options: Generation settings by name (``quality_level``,
                 ``negative_prompt``, ``negative_quality_level``, ``guidance``,
                 ``guidance_scale``, ``guidance_rescale``, ``guidance_interval``,
@@ -372,7 +388,18 @@ class QAMDTPipeline:
             fill = 0.0 if value is None else float(value)
             return torch.full((batch,), fill, device=device)
 
-        if latents is not None and s.audio_length_in_s is None:
+        inputs = {
+            "continue_audio": continue_audio,
+            "init_audio": init_audio,
+            "inpaint_audio": inpaint_audio,
+        }
+        given = any(value is not None for value in inputs.values())
+        # Starting noise without a length sets the length: one window, as before.
+        plain = latents is not None and s.audio_length_in_s is None and not given
+        plan = None if plain else plan_mode(self, s, inputs)
+        if plan is not None:
+            frames = plan.frames
+        elif latents is not None and s.audio_length_in_s is None:
             frames = latents.shape[2]
         else:
             frames = self.latent_frames(s.audio_length_in_s)
@@ -390,23 +417,24 @@ class QAMDTPipeline:
         dtype = next(self.transformer.parameters()).dtype
         text = self.text_encoder.encode(texts, device=device, dtype=dtype)
         negative = self.text_encoder.encode(negative_texts, device=device, dtype=dtype)
-        sampler = build_sampler(s.scheduler, self.scheduler.config)
-        latents = sample_latents(
-            self.transformer,
-            sampler,
-            latents,
-            text,
-            levels(quality_level),
-            negative,
-            levels(negative_level),
-            guidance_scale=s.guidance_scale,
-            num_inference_steps=s.num_inference_steps,
-            generator=generator,
-            eta=s.eta,
-            progress=progress,
-            guidance_rescale=s.guidance_rescale,
-            guidance_interval=s.guidance_interval,
-        )
+        quality, negative_quality = levels(quality_level), levels(negative_level)
+        if plan is not None:
+            latents = sample_plan(
+                self,
+                plan,
+                s,
+                text,
+                quality,
+                negative,
+                negative_quality,
+                latents,
+                generator,
+                progress,
+            )
+        else:
+            latents = self._sample(
+                s, latents, text, quality, negative, negative_quality, generator, progress
+            )
         output = PipelineOutput(
             audios=None,
             sample_rate=self.spec.sample_rate,
@@ -415,19 +443,46 @@ class QAMDTPipeline:
             prompts=owners,
             texts=texts,
         )
+        if plan is not None:
+            output.mode_facts = plan.facts(self)
         if output_type == "latent":
             return output
-        mels = self.vae.decode(latents).float()
+        mels = (
+            self.vae.decode(latents).float() if plan is None else decode_plan(self, plan, latents)
+        )
         output.mels = mels
         if output_type == "mel":
             return output
-        audio = self.vocoder(mels)
-        if s.audio_length_in_s is not None:
-            audio = audio[:, : int(round(s.audio_length_in_s * self.spec.sample_rate))]
+        if plan is not None:
+            audio = vocode_plan(self, plan, mels)
+        else:
+            audio = self.vocoder(mels)
+            if s.audio_length_in_s is not None:
+                audio = audio[:, : int(round(s.audio_length_in_s * self.spec.sample_rate))]
         if clap is not None:
             audio, output = self._rank(audio, output, clap, prompts, repeat)
         output.audios = audio.cpu().numpy() if output_type == "np" else audio
         return output
+
+    def _sample(self, s, latents, text, quality, negative, negative_quality, generator, progress):
+        """One window from noise: the plain text-to-music call."""
+        sampler = build_sampler(s.scheduler, self.scheduler.config)
+        return sample_latents(
+            self.transformer,
+            sampler,
+            latents,
+            text,
+            quality,
+            negative,
+            negative_quality,
+            guidance_scale=s.guidance_scale,
+            num_inference_steps=s.num_inference_steps,
+            generator=generator,
+            eta=s.eta,
+            progress=progress,
+            guidance_rescale=s.guidance_rescale,
+            guidance_interval=s.guidance_interval,
+        )
 
     def _rank(self, audio: torch.Tensor, output: PipelineOutput, clap, prompts, repeat):
         waves = [a.cpu().numpy() for a in audio]

@@ -4,7 +4,9 @@ A sidecar holds the prompt (without the quality prefix), the text the model saw,
 generation setting of the call under its :class:`~qamdt.generation.settings.GenerationSettings`
 name (``seed`` is the seed of the file's batch), and per-file facts: ``batch_index``,
 ``rank`` and ``clap_score`` (with CLAP re-ranking), ``sample_rate``, ``model`` (the
-pipeline folder), plus what the caller adds (the demo's ``reference_id``).
+pipeline folder), the mode (``mode``; beyond a plain clip also ``windows``, and with an
+input audio ``input_audio``, ``input_sha256``, ``input_seconds``; see
+:mod:`qamdt.generation.modes`), plus what the caller adds (the demo's ``reference_id``).
 
 ``steps`` repeats ``num_inference_steps`` under the name sidecars used before it; files
 with only ``steps``, and hand-written sidecars with just ``prompt``, ``quality_level`` and
@@ -46,6 +48,18 @@ class Sidecar:
     def text(self) -> str | None:
         """The text the model was conditioned on, when recorded."""
         return self.fields.get("text")
+
+    @property
+    def mode(self) -> str:
+        """The generation mode ("text" for a plain clip and for files without the field)."""
+        mode = self.fields.get("mode")
+        return mode if isinstance(mode, str) and mode else "text"
+
+    @property
+    def input_audio(self) -> str | None:
+        """The input audio file of an editing mode, when recorded."""
+        path = self.fields.get("input_audio")
+        return path if isinstance(path, str) else None
 
     @property
     def reference_id(self) -> str | None:

@@ -33,6 +33,7 @@ def generate_to_folder(
     name_prefix: str = "",
     extra: Sequence[Mapping[str, Any]] | None = None,
     model: str | Path | None = None,
+    audio_inputs: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Generates every prompt and writes ``NNNN_<slug>.wav`` + ``.json`` pairs.
 
@@ -52,6 +53,9 @@ def generate_to_folder(
         extra: Additional sidecar fields per prompt (e.g. ``reference_id``).
         model: The pipeline folder recorded in the sidecars (default: the folder the
             pipeline was loaded from).
+        audio_inputs: The input audio of every call, by pipeline argument (``continue_audio``,
+            ``init_audio`` or ``inpaint_audio``); the sidecars record the mode, the file
+            and its hash.
 
     Returns:
         The WAV files written, in order.
@@ -68,6 +72,7 @@ def generate_to_folder(
     written = []
     repeat = settings.num_waveforms_per_prompt
     first_seed = settings.seed or 0
+    inputs = dict(audio_inputs or {})
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         batch = settings.replace(seed=first_seed + start)
@@ -77,6 +82,7 @@ def generate_to_folder(
             clap=clap,
             generator=torch.Generator().manual_seed(batch.seed),
             progress=progress,
+            **inputs,
         )
         for i, (audio, prompt, text) in enumerate(
             zip(output.audios, output.prompts, output.texts, strict=True)
@@ -90,6 +96,7 @@ def generate_to_folder(
                 "clap_score": None if output.clap_scores is None else output.clap_scores[i],
                 "sample_rate": output.sample_rate,
                 "model": str(Path(model).resolve()) if model is not None else None,
+                **output.mode_facts,
                 **(extra[start + i // repeat] if extra is not None else {}),
             }
             write_sidecar(stem.with_suffix(".json"), batch, prompt, text, fields)
