@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--full-size-mdt", action="store_true")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--browser-runs", type=int, default=3)
     parser.add_argument("--users", default="1,4,16")
     parser.add_argument("--load-seconds", type=float, default=10.0, help="clip length, load test")
     parser.add_argument("--time-limit", type=float, default=600.0, help="whole load test, s")
@@ -178,7 +179,7 @@ def main() -> None:
         process = start_app(models, pipeline, port, work / "app.log")
         url = f"http://{HOST}:{port}/"
         try:
-            times = browser_times(url, args.seconds, args.steps)
+            times = browser_times(url, args.seconds, args.steps, args.browser_runs)
             report = {
                 "cpu_threads": os.cpu_count(),
                 "full_size_mdt": args.full_size_mdt,

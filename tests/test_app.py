@@ -33,6 +33,9 @@ from qamdt.models.transformer import QualityMDTTransformer
 from qamdt.models.vae import LatentVAE
 from qamdt.models.vocoder import Vocoder
 
+# One worker runs this module (scripts/test.sh distributes by group), so one server serves it.
+pytestmark = pytest.mark.xdist_group("app")
+
 SR = 22050
 TINY_MOS = {"kind": "embedded", "window_seconds": 0.5, "cnn_channels": [4, 8], "embed_dim": 8}
 TINY_MOS["cnn_strides"] = [[4, 2], [4, 2]]
@@ -252,6 +255,23 @@ def test_dataset_view_filters_rows_and_draws_plots(folders, tmp_path):
         view.rows(split="dev")
     with pytest.raises(InputError, match="no row with id 'zz'"):
         view.audio_path("zz")
+
+
+def test_command_names_what_it_cannot_load(folders, tmp_path, capsys, monkeypatch):
+    from qamdt.cli.app_commands import OFFLINE_ENVIRONMENT
+    from qamdt.cli.main import main
+
+    for key in OFFLINE_ENVIRONMENT:  # the command sets them; the teardown restores them
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+
+    assert main(["app", "--model", str(folders / "pipe"), "--port", "0"]) == 2
+    assert "--port: must be within 1..65535" in capsys.readouterr().err
+    assert main(["app", "--model", str(tmp_path / "none")]) == 2
+    assert str(tmp_path / "none") in capsys.readouterr().err
+    missing = tmp_path / "rows.jsonl"
+    assert main(["app", "--model", str(folders / "pipe"), "--manifest", str(missing)]) == 2
+    assert f"--manifest {missing}: no such file" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ API

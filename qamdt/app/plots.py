@@ -51,18 +51,18 @@ def spectrogram_png(wave: np.ndarray, spec: AudioSpec, path: Path, title: str = 
     if wave.shape[0] < front.min_samples:
         wave = np.pad(wave, (0, front.min_samples - wave.shape[0]))
     with torch.no_grad():
-        mel = front(torch.from_numpy(np.ascontiguousarray(wave))).cpu().numpy()
+        mel = front(torch.from_numpy(np.ascontiguousarray(wave))).cpu().numpy()  # [mels, frames]
     figure = _figure(6.4, 2.4)
     axis = figure.add_subplot()
     seconds = wave.shape[0] / spec.sample_rate
     axis.imshow(
-        mel.T,
+        mel,
         origin="lower",
         aspect="auto",
         cmap="magma",
         vmin=-11.5,
         vmax=2.0,
-        extent=(0.0, seconds, 0, mel.shape[1]),
+        extent=(0.0, seconds, 0, mel.shape[0]),
     )
     axis.set_xlabel("seconds")
     axis.set_ylabel("mel band")

@@ -387,11 +387,19 @@ def _dataset_tab(models, out_root: Path) -> None:
     first, total = view.rows()
     count = gr.Markdown(f"{len(first)} of {total} rows shown; select a row to play it.")
     table = gr.Dataframe(
-        value=first, headers=COLUMNS, interactive=False, wrap=True, elem_id="dataset-table"
+        value=first,
+        headers=COLUMNS,
+        interactive=False,
+        wrap=True,
+        max_height=420,
+        column_widths=["14%", "5%", "5%", "6%", "7%", "7%", "7%", "22%", "27%"],
+        elem_id="dataset-table",
     )
     with gr.Row():
         clip_id = gr.Textbox(label="Clip id (select a row, or type one)", elem_id="clip-id")
-        player = gr.Audio(type="filepath", label="Clip", interactive=False)
+        player = gr.Audio(
+            type="filepath", label="Clip", interactive=False, elem_id="dataset-player"
+        )
         picture = gr.Image(type="filepath", show_label=False)
 
     @_user_errors
