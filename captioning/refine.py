@@ -29,14 +29,9 @@ from typing import Any
 import numpy as np
 
 from qamdt.errors import ConfigError, QamdtError, dataclass_from_dict
-from qamdt.manifest import (
-    ClipRecord,
-    ManifestAppender,
-    read_manifest,
-    shard_records,
-    write_manifest,
-)
-from qamdt.manifest.stages import load_clip_audio, merge_rank_shards, rank_shard_path
+from qamdt.manifest import ClipRecord, read_manifest, shard_records, write_manifest
+from qamdt.manifest.stage_state import StageRun, content_hash, manifest_lock, real_manifest
+from qamdt.manifest.stages import MIN_CLIP_SECONDS, load_clip_audio
 
 ERROR_KEY = "captions"
 BRANCHES = ("merged", "generated", "original", "none")
@@ -91,14 +86,22 @@ def _present(caption: str | None) -> bool:
 
 
 STAGE = "captions"
+FIELDS = ("generated_caption", "clap", f"errors.{ERROR_KEY}")
 
 
-def _score_batch(records: list[ClipRecord], manifest_dir: Path, clap, captioner, regenerate):
+def _score_batch(
+    records: list[ClipRecord],
+    manifest_dir: Path,
+    clap,
+    captioner,
+    regenerate,
+    min_seconds: float = MIN_CLIP_SECONDS,
+):
     """Rows of one batch with generated captions and CLAP scores, or their errors."""
     loaded, failed = [], []
     for record in records:
         try:
-            wave, rate = load_clip_audio(record, manifest_dir)
+            wave, rate = load_clip_audio(record, manifest_dir, min_seconds)
             loaded.append((record, wave, rate))
         except QamdtError as error:
             errors = {**record.errors, ERROR_KEY: str(error)}
@@ -147,22 +150,36 @@ def score_manifest(
     batch_size: int = 16,
     regenerate: bool = False,
     progress: bool = True,
+    resume_anyway: bool = False,
+    min_seconds: float = MIN_CLIP_SECONDS,
 ) -> dict[str, Any]:
     """Stage 1: generated captions and CLAP scores for every row not yet scored.
 
     A row counts as scored when its ``clap`` holds the scores its captions allow. Under
     ``torchrun`` / ``accelerate launch`` each process scores one shard; the main process
-    merges them.
+    merges them. The run is a :class:`~qamdt.manifest.stage_state.StageRun` owning
+    ``generated_caption``, ``clap`` and ``errors.captions``; it resumes only from shards
+    written with the same CLAP scorer, captioner and settings (or with ``resume_anyway``).
 
     Returns:
         Counts of rows scored, failed and skipped.
     """
     import torch
     from accelerate import PartialState
-    from tqdm import tqdm
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    manifest = Path(manifest)
+    settings = {"regenerate": regenerate, "min_seconds": min_seconds}
+    model = content_hash(clap, captioner)
+    with StageRun(manifest, STAGE, FIELDS, model, settings, state, resume_anyway) as run:
+        return _score_rows(
+            run, state, clap, captioner, batch_size, regenerate, progress, min_seconds
+        )
+
+
+def _score_rows(run, state, clap, captioner, batch_size, regenerate, progress, min_seconds):
+    from tqdm import tqdm
+
+    manifest = run.manifest
     records = read_manifest(manifest)
 
     def needs_work(record: ClipRecord) -> bool:
@@ -177,24 +194,24 @@ def score_manifest(
             wanted.add("original_generated")
         return not wanted <= set(record.clap) or ERROR_KEY in record.errors
 
-    todo = [r for r in records if needs_work(r)]
+    todo = [r for r in records if needs_work(r) and r.id not in run.resumed_ids]
     mine = shard_records(todo, state.num_processes, state.process_index)
-    shard = rank_shard_path(manifest, STAGE, state.process_index)
     scored = failed = 0
-    with ManifestAppender(shard, source_dir=manifest.parent) as appender:
+    with run.appender() as appender:
         pending = [r for r in mine if r.id not in appender]
         bar = tqdm(total=len(mine), initial=len(mine) - len(pending), unit="clip",
                    desc="captions", disable=not progress or not state.is_local_main_process,
                    file=sys.stderr)  # fmt: skip
         for start in range(0, len(pending), batch_size):
             batch = pending[start : start + batch_size]
-            for record in _score_batch(batch, manifest.parent, clap, captioner, regenerate):
+            rows = _score_batch(batch, manifest.parent, clap, captioner, regenerate, min_seconds)
+            for record in rows:
                 appender.append(record)
                 failed += ERROR_KEY in record.errors
                 scored += ERROR_KEY not in record.errors
             bar.update(len(batch))
         bar.close()
-    merge_rank_shards(manifest, STAGE, state)
+    run.merge()
     return {"scored": scored, "failed": failed, "skipped": len(records) - len(todo)}
 
 
@@ -241,6 +258,8 @@ def refine_manifest(
     batch_size: int = 16,
     regenerate: bool = False,
     progress: bool = True,
+    resume_anyway: bool = False,
+    min_seconds: float = MIN_CLIP_SECONDS,
 ) -> dict[str, Any]:
     """Runs both stages and writes ``final_caption`` and ``caption_source`` into the rows.
 
@@ -254,6 +273,9 @@ def refine_manifest(
         batch_size: Clips per batch in stage 1; merges per batch in stage 2.
         regenerate: Caption again rows that already have a generated caption.
         progress: Show progress bars.
+        resume_anyway: Resume from a shard written by another scorer, captioner or
+            settings.
+        min_seconds: Shortest clip scored; shorter ones get ``errors["captions"]``.
 
     Returns:
         The summary: thresholds, the share of generated captions filtered (eq. 8), of
@@ -266,14 +288,21 @@ def refine_manifest(
 
     settings = settings or RefineSettings()
     merger = merger or RuleMerger()
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        raise QamdtError(f"{manifest}: manifest not found")
-    stage1 = score_manifest(manifest, clap, captioner, batch_size, regenerate, progress)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise QamdtError(f"batch_size must be a positive integer, got {batch_size!r}")
+    manifest = real_manifest(manifest)
+    stage1 = score_manifest(
+        manifest, clap, captioner, batch_size, regenerate, progress, resume_anyway, min_seconds
+    )
     state = PartialState(cpu=not torch.cuda.is_available())
     if not state.is_main_process:
         return {"stage1": stage1}
+    with manifest_lock(manifest):
+        return _choose_captions(manifest, merger, settings, batch_size, stage1)
 
+
+def _choose_captions(manifest: Path, merger, settings, batch_size: int, stage1: dict) -> dict:
+    """Stage 2 over the whole manifest (under its lock)."""
     records = read_manifest(manifest)
     scored = [r for r in records if ERROR_KEY not in r.errors]
     thresholds = resolve_thresholds(scored, settings)
@@ -307,7 +336,7 @@ def refine_manifest(
                 meta=meta,
             )
         )
-    write_manifest(manifest, out)
+    write_manifest(manifest, out, keep_absolute=True)
     return {"stage1": stage1, **summarize_refinement(out, thresholds)}
 
 

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from qamdt.cli.arguments import add_stage_arguments, positive_int, stage_exit_status
+
 
 def register(groups: argparse._SubParsersAction) -> None:
     """Adds the ``captions`` command group."""
@@ -52,8 +54,9 @@ def register(groups: argparse._SubParsersAction) -> None:
     refine.add_argument("--rho1", default="0.1", help="eq. 8 threshold (number or pX)")
     refine.add_argument("--rho2", default="0.1", help="eq. 9 threshold (number or pX)")
     refine.add_argument("--rho3", default="0.25", help="eq. 10 threshold (number or pX)")
-    refine.add_argument("--batch-size", type=int, default=16)
+    refine.add_argument("--batch-size", type=positive_int, default=16)
     refine.add_argument("--regenerate", action="store_true", help="caption every clip again")
+    add_stage_arguments(refine)
     refine.add_argument("--quiet", action="store_true")
     refine.set_defaults(run=run_refine)
 
@@ -140,10 +143,13 @@ def run_refine(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         regenerate=args.regenerate,
         progress=not args.quiet,
+        resume_anyway=args.resume_anyway,
+        min_seconds=args.min_seconds,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
-    return 0
+    stage1 = summary["stage1"]
+    return stage_exit_status(stage1["scored"], stage1["failed"])
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from qamdt.cli.arguments import add_stage_arguments, positive_int, stage_exit_status
+
 
 def register(groups: argparse._SubParsersAction) -> None:
     """Adds the ``mos`` command group."""
@@ -106,8 +108,9 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     label.add_argument("manifest", type=Path)
     label.add_argument("--model", required=True, help="model folder or name")
-    label.add_argument("--batch-size", type=int, default=16)
+    label.add_argument("--batch-size", type=positive_int, default=16)
     label.add_argument("--overwrite", action="store_true", help="re-score rows with a p-MOS")
+    add_stage_arguments(label)
     label.add_argument("--quiet", action="store_true")
     label.set_defaults(run=run_label)
 
@@ -266,9 +269,11 @@ def run_label(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        resume_anyway=args.resume_anyway,
+        min_seconds=args.min_seconds,
     )
     print(json.dumps(summary))
-    return 0
+    return stage_exit_status(summary["scored"], summary["failed"])
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from qamdt.errors import ManifestError
 from qamdt.manifest.reading import _load_line, _scan, _warn_skipped_tail
@@ -34,6 +35,39 @@ class MergeStats:
     conflicts: int = 0
 
 
+def take_fields(
+    current: dict[str, Any], shard: dict[str, Any], fields: Iterable[str]
+) -> dict[str, Any]:
+    """``current`` with the ``fields`` a stage owns taken from its ``shard`` row.
+
+    A field is a row field (``"pmos"``) or one key of a mapping field (``"errors.mos"``,
+    ``"meta.pmos_ta"``); a key the shard row lacks is removed from the current row, so a
+    stage that succeeded clears its own earlier error.
+
+    Args:
+        current: The row as the manifest holds it now.
+        shard: The stage's row.
+        fields: The fields the stage owns.
+
+    Returns:
+        A new row: ``current`` with those fields replaced.
+    """
+    out = dict(current)
+    for name in fields:
+        top, _, key = name.partition(".")
+        if not key:
+            out[top] = shard.get(top)
+            continue
+        merged = dict(out.get(top) or {})
+        source = shard.get(top) or {}
+        if key in source:
+            merged[key] = source[key]
+        else:
+            merged.pop(key, None)
+        out[top] = merged
+    return out
+
+
 def merge_manifests(
     out_path: str | os.PathLike,
     shard_paths: Iterable[str | os.PathLike],
@@ -42,6 +76,7 @@ def merge_manifests(
     *,
     validate: bool = True,
     allow_truncated_tail: bool = False,
+    fields: Iterable[str] | None = None,
 ) -> MergeStats:
     """Merge per-shard manifests written by several processes, atomically.
 
@@ -62,6 +97,9 @@ def merge_manifests(
         validate: Validate every input row.
         allow_truncated_tail: Skip a truncated last line of an input with a warning
             instead of raising.
+        fields: With a base, take only these fields from a shard row (see
+            :func:`take_fields`) and keep the rest of the base row as it is now, its
+            audio path included (absolute paths stay absolute). None takes whole rows.
 
     Returns:
         Counts of what was merged.
@@ -73,6 +111,9 @@ def merge_manifests(
     """
     if on_conflict not in ("error", "last"):
         raise ValueError(f"on_conflict must be 'error' or 'last', got {on_conflict!r}")
+    if fields is not None and base_path is None:
+        raise ValueError("fields needs a base manifest to merge into")
+    fields = None if fields is None else tuple(fields)
     shards = [os.fspath(p) for p in shard_paths]
     shard_dirs = [_folder_of(p) for p in shards]
     base = None if base_path is None else os.fspath(base_path)
@@ -137,10 +178,20 @@ def merge_manifests(
                 handles[si].seek(offset)
                 obj = _load_line(handles[si].readline(), shards[si], line)
                 stats.replaced += 1
+                if fields is not None:
+                    obj = take_fields(record.to_dict(), obj, fields)
+                    yield _record_unchecked(obj, shards[si], line), base_dir
+                    continue
                 yield _record_unchecked(obj, shards[si], line), shard_dirs[si]
 
     items = concatenated() if base is None else rebuilt()
-    stats.written = _atomic_write(out_path, items, validate=False, check_duplicates=False)
+    stats.written = _atomic_write(
+        out_path,
+        items,
+        validate=False,
+        check_duplicates=False,
+        keep_absolute=fields is not None,
+    )
     return stats
 
 

@@ -16,13 +16,16 @@ def _folder_of(path: str | os.PathLike) -> str:
     return os.path.dirname(os.path.abspath(path))
 
 
-def _rebase(audio: str, src_dir: str, dest_dir: str) -> str:
+def _rebase(audio: str, src_dir: str, dest_dir: str, keep_absolute: bool = False) -> str:
     """Express ``audio`` (relative to ``src_dir``, or absolute) relative to ``dest_dir``.
 
-    Both folders must be absolute. The path stays absolute only when no relative path
-    exists (another drive on Windows).
+    Both folders must be absolute. The path stays absolute when ``keep_absolute`` is set
+    (a stage updating a manifest in place must not change what a row points at when the
+    file is copied elsewhere) or when no relative path exists (another drive on Windows).
     """
-    if src_dir == dest_dir and not os.path.isabs(audio):
+    if keep_absolute and os.path.isabs(audio):
+        rel = audio
+    elif src_dir == dest_dir and not os.path.isabs(audio):
         rel = audio
     else:
         target = audio if os.path.isabs(audio) else os.path.join(src_dir, audio)
@@ -52,7 +55,13 @@ def _serialisation_error(
 
 
 def _encode(
-    record: ClipRecord, src_dir: str, dest_dir: str, path: str, line: int | None, validate: bool
+    record: ClipRecord,
+    src_dir: str,
+    dest_dir: str,
+    path: str,
+    line: int | None,
+    validate: bool,
+    keep_absolute: bool = False,
 ) -> bytes:
     """Serialise one record as a UTF-8 JSON line, with its audio path rebased."""
     if not isinstance(record, ClipRecord):
@@ -66,7 +75,7 @@ def _encode(
         d = values
     elif not isinstance(d["audio"], str):
         raise ManifestError(f"must be a string, got {_show(d['audio'])}", path, line, "audio")
-    d["audio"] = _rebase(d["audio"], src_dir, dest_dir)
+    d["audio"] = _rebase(d["audio"], src_dir, dest_dir, keep_absolute)
     try:
         return (json.dumps(d, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
     except (TypeError, ValueError) as exc:
@@ -79,6 +88,7 @@ def _atomic_write(
     *,
     validate: bool,
     check_duplicates: bool,
+    keep_absolute: bool = False,
 ) -> int:
     """Write ``(record, folder its audio path is relative to)`` pairs atomically."""
     path = os.fspath(path)
@@ -87,7 +97,7 @@ def _atomic_write(
         seen: set[str] = set()
         n = 0
         for n, (record, src_dir) in enumerate(items, start=1):
-            data = _encode(record, src_dir, dest_dir, path, n, validate)
+            data = _encode(record, src_dir, dest_dir, path, n, validate, keep_absolute)
             if check_duplicates:
                 if record.id in seen:
                     raise ManifestError(
@@ -107,6 +117,7 @@ def write_manifest(
     source_dir: str | os.PathLike | None = None,
     *,
     validate: bool = True,
+    keep_absolute: bool = False,
 ) -> int:
     """Write records to a manifest atomically.
 
@@ -123,6 +134,8 @@ def write_manifest(
         source_dir: Folder the records' relative audio paths are relative to, i.e. the
             folder of the manifest they were read from. Defaults to the destination folder.
         validate: Check every record before writing it.
+        keep_absolute: Write absolute audio paths as they are (stages that update a
+            manifest in place).
 
     Returns:
         The number of rows written.
@@ -133,5 +146,9 @@ def write_manifest(
     """
     src = _folder_of(path) if source_dir is None else os.path.abspath(source_dir)
     return _atomic_write(
-        path, ((r, src) for r in records), validate=validate, check_duplicates=True
+        path,
+        ((r, src) for r in records),
+        validate=validate,
+        check_duplicates=True,
+        keep_absolute=keep_absolute,
     )

@@ -3,14 +3,15 @@
 A run folder holds ``pipeline/`` (a complete generation pipeline folder whose
 ``transformer/`` holds the EMA weights, see :mod:`qamdt.generation.pipeline`),
 ``checkpoint/`` (the Accelerate state: model, optimiser, scheduler, EMA, RNG, and
-``progress.json``), ``train_log.jsonl``, TensorBoard logs under ``logs/``,
+``progress.json``; written atomically beside ``checkpoint.prev``, see
+:mod:`qamdt.checkpoint_folders`), ``train_log.jsonl``, TensorBoard logs under ``logs/``,
 ``train_config.json``, ``samples/`` (periodic previews) and ``cache/`` (pre-computed
 latents and text states, when enabled).
 
 Every random draw of a step (posterior sample, noise, timesteps, masks, condition drops)
 comes from a generator seeded by the run seed and the step's batch index, and the data
 order of each epoch is a seeded permutation, so a resumed run continues the same loss
-curve as an uninterrupted one.
+curve, and ends with the same weights bit for bit, as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from qamdt.audio_spec import get_audio_spec
+from qamdt.checkpoint_folders import CheckpointFolders, recover_folder, replace_folder
 from qamdt.diffusion.conditioning import drop_conditions
 from qamdt.diffusion.loss import diffusion_loss, training_target
 from qamdt.diffusion.sampling import pad_text
@@ -310,12 +312,22 @@ def train_mdt(
         ema.to(device)
         accelerator.register_for_checkpointing(ema)
 
-    state_dir = out / STATE_DIR
-    step = 0
-    if (state_dir / PROGRESS_NAME).is_file():
-        accelerator.load_state(str(state_dir))
-        step = json.loads((state_dir / PROGRESS_NAME).read_text())["step"]
+    folders = CheckpointFolders(
+        out,
+        STATE_DIR,
+        accelerator.is_main_process,
+        accelerator.wait_for_everyone,
+        accelerator.print,
+    )
+    saved = folders.recover() or {"step": 0, "recent": []}
+    step = int(saved["step"])
+    # Losses since the last log line, so the log reads the same after a resume.
+    recent: list[float] = list(saved.get("recent", []))
+    if step:
+        accelerator.load_state(str(folders.current))
         accelerator.print(f"resuming at step {step}")
+    if accelerator.is_main_process:
+        recover_folder(out / MODEL_DIR)
     if accelerator.is_main_process:
         _truncate_log(out, step)
         write_json(out / "train_config.json", config.to_dict())
@@ -327,7 +339,6 @@ def train_mdt(
         raise ConfigError("fewer batches per epoch than gradient_accumulation_steps")
     started = time.time()
     stop_reason = "max_steps"
-    recent: list[float] = []
     samples_seen = 0
     bar = tqdm(
         total=config.max_steps,
@@ -336,23 +347,29 @@ def train_mdt(
         disable=not progress or not accelerator.is_main_process,
     )
 
-    def checkpoint() -> None:
-        accelerator.save_state(str(state_dir))
+    def export() -> None:
         if accelerator.is_main_process:
-            write_json(state_dir / PROGRESS_NAME, {"step": step}, indent=None)
-            export_model(unwrapped, ema, out / MODEL_DIR)
+            replace_folder(out / MODEL_DIR, lambda path: export_model(unwrapped, ema, path))
             if not (out / PIPELINE_DIR / "pipeline.json").is_file():
                 write_pipeline_parts(config, out / PIPELINE_DIR, vae, text_encoder)
         accelerator.wait_for_everyone()
+
+    def checkpoint() -> None:
+        export()
+        folders.save(
+            lambda path: accelerator.save_state(str(path)), {"step": step, "recent": recent}
+        )
 
     last_checkpoint = step
     while step < config.max_steps and stop_reason == "max_steps":
         batch_index = step * accumulation
         epoch, skip = divmod(batch_index, batches_per_epoch)
-        sampler.set_epoch(epoch)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        # A prepared loader sets the sampler's and the dataset's epoch to its own count of
+        # passes when iterated, which restarts at 0 in a resumed run: give it the epoch.
+        for target in (sampler, dataset, loader, epoch_loader):
+            if hasattr(target, "set_epoch"):
+                target.set_epoch(epoch)
         unwrapped.train()
         for batch in epoch_loader:
             generator = _step_generator(config.seed, batch_index, accelerator.process_index)
@@ -441,8 +458,10 @@ def train_mdt(
             if step >= config.max_steps or stop_reason != "max_steps":
                 break
     bar.close()
-    if last_checkpoint != step or not (out / MODEL_DIR).is_dir():
+    if last_checkpoint != step:
         checkpoint()
+    else:
+        export()
     accelerator.end_training()
     elapsed = time.time() - started
     summary = {

@@ -1,0 +1,50 @@
+"""Argument types of the command line: each bad value is refused before any work starts."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def positive_int(text: str) -> int:
+    """An integer of at least 1 (counts, batch sizes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite number of at least 0 (durations, thresholds in seconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def add_stage_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every resumable manifest stage shares."""
+    from qamdt.manifest.stages import MIN_CLIP_SECONDS
+
+    parser.add_argument(
+        "--resume-anyway",
+        action="store_true",
+        help="resume from a shard left by another model or other settings (normally discarded)",
+    )
+    parser.add_argument(
+        "--min-seconds",
+        type=nonnegative_float,
+        default=MIN_CLIP_SECONDS,
+        help="shortest clip processed; shorter ones get an error in their row",
+    )
+
+
+def stage_exit_status(done: int, failed: int) -> int:
+    """1 when a stage had rows to do and every one of them failed, else 0."""
+    return 1 if failed and not done else 0
