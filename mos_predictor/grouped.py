@@ -13,7 +13,10 @@ import numpy as np
 import torch
 from scipy import stats
 
-from mos_predictor.versions import VersionPool
+from mos_predictor.real_music import check_source_allowed, is_validation_file, plan_excerpts
+from mos_predictor.versions import VersionPool, build_version_pool
+from qamdt.degradations import ChainSettings, check_kinds
+from qamdt.errors import ConfigError, QamdtError
 
 
 class GroupBatches:
@@ -139,3 +142,88 @@ def pool_metrics(pred: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         "clean_mean": float(pred[:, 0].mean()),
         "count": int(flat_p.size),
     }
+
+
+def check_real_settings(config, where: str) -> None:
+    """Checks the real-music settings of a ``MosTrainConfig``.
+
+    Raises:
+        ConfigError: On a reserved or doubly used source, an unknown kind, or a bad count,
+            naming the setting and ``where``.
+    """
+    try:
+        check_kinds(config.holdout_families, "holdout_families")
+        for source in config.real_sources + config.holdout_sources:
+            check_source_allowed(source)
+    except (ValueError, ConfigError) as error:
+        raise ConfigError(f"{where}: {error}") from None
+    both = sorted(set(config.real_sources) & set(config.holdout_sources))
+    if both:
+        raise ConfigError(f"{where}: source(s) {both} are both trained on and held out")
+    if config.real_sources and not config.training_kinds():
+        raise ConfigError(f"{where}: holdout_families leaves no degradation kind to train on")
+    for name in ("real_excerpts_per_file", "groups_per_batch", "real_workers"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{where}: {name} must be >= 1, got {getattr(config, name)}")
+    if not 2 <= config.group_size <= config.real_versions:
+        raise ConfigError(
+            f"{where}: need 2 <= group_size <= real_versions, got {config.group_size} and "
+            f"{config.real_versions}"
+        )
+    if config.real_files_per_source is not None and config.real_files_per_source < 1:
+        raise ConfigError(f"{where}: real_files_per_source must be >= 1 (or null)")
+    if config.rank_weight < 0 or config.real_valid_every < 0:
+        raise ConfigError(f"{where}: rank_weight and real_valid_every must be >= 0")
+
+
+def build_real_pools(config, model_config, progress: bool):
+    """Degraded versions of the real-music excerpts: a training pool and a validation pool.
+
+    Files go to validation by name hash (one in ``real_valid_every``); both pools draw
+    chains from the training kinds only.
+
+    Args:
+        config: A ``MosTrainConfig`` with ``real_sources``.
+        model_config: The model's ``MosModelConfig`` (rate and window length).
+        progress: Show a progress bar.
+
+    Returns:
+        ``(train_pool, valid_pool)``; the validation pool is None without validation files.
+
+    Raises:
+        QamdtError: If every file went to validation.
+    """
+    unreadable: list[str] = []
+    excerpts = plan_excerpts(
+        config.real_sources,
+        config.real_excerpts_per_file,
+        model_config.window_seconds,
+        config.seed,
+        config.real_files_per_source,
+        failures=unreadable,
+    )
+    settings = ChainSettings(kinds=config.training_kinds())
+    rate = model_config.sample_rate
+    pools = []
+    for valid in (False, True):
+        chosen = [e for e in excerpts
+                  if is_validation_file(e.path, config.real_valid_every) == valid]  # fmt: skip
+        pools.append(
+            build_version_pool(
+                chosen,
+                rate,
+                config.real_versions,
+                settings,
+                config.seed + int(valid),
+                config.real_workers,
+                progress,
+            )  # fmt: skip
+            if chosen
+            else None
+        )
+    if pools[0] is not None:
+        pools[0].failures[:0] = unreadable
+    if pools[0] is None:
+        raise QamdtError(f"real_sources {list(config.real_sources)}: every file went to "
+                         "validation; lower real_valid_every")  # fmt: skip
+    return pools[0], pools[1]

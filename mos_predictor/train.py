@@ -27,11 +27,16 @@ from mos_predictor.data import (
     load_ratings,
     system_ids,
 )
-from mos_predictor.grouped import GroupBatches, pairwise_rank_loss, pool_metrics, score_pool
+from mos_predictor.grouped import (
+    GroupBatches,
+    build_real_pools,
+    check_real_settings,
+    pairwise_rank_loss,
+    pool_metrics,
+    score_pool,
+)
 from mos_predictor.metrics import evaluate_predictions
 from mos_predictor.models import build_mos_model
-from mos_predictor.real_music import is_validation_file, plan_excerpts
-from mos_predictor.versions import build_version_pool
 from qamdt.audio_io import load_audio
 from qamdt.errors import ConfigError, QamdtError, check_known_keys
 
@@ -142,7 +147,7 @@ class MosTrainConfig:
             raise ConfigError(f"{where}: epochs and batch_size must be > 0")
         if config.patience is not None and config.patience <= 0:
             raise ConfigError(f"{where}: patience must be > 0 (or null), got {config.patience}")
-        _check_real_settings(config, where)
+        check_real_settings(config, where)
         return config
 
     def training_kinds(self) -> tuple[str, ...]:
@@ -154,35 +159,6 @@ class MosTrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON form, saved beside the checkpoints."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
-
-
-def _check_real_settings(config: MosTrainConfig, where: str) -> None:
-    from mos_predictor.real_music import check_source_allowed
-    from qamdt.degradations import check_kinds
-
-    try:
-        check_kinds(config.holdout_families, "holdout_families")
-        for source in config.real_sources + config.holdout_sources:
-            check_source_allowed(source)
-    except (ValueError, ConfigError) as error:
-        raise ConfigError(f"{where}: {error}") from None
-    both = sorted(set(config.real_sources) & set(config.holdout_sources))
-    if both:
-        raise ConfigError(f"{where}: source(s) {both} are both trained on and held out")
-    if config.real_sources and not config.training_kinds():
-        raise ConfigError(f"{where}: holdout_families leaves no degradation kind to train on")
-    for name in ("real_excerpts_per_file", "groups_per_batch", "real_workers"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"{where}: {name} must be >= 1, got {getattr(config, name)}")
-    if not 2 <= config.group_size <= config.real_versions:
-        raise ConfigError(
-            f"{where}: need 2 <= group_size <= real_versions, got {config.group_size} and "
-            f"{config.real_versions}"
-        )
-    if config.real_files_per_source is not None and config.real_files_per_source < 1:
-        raise ConfigError(f"{where}: real_files_per_source must be >= 1 (or null)")
-    if config.rank_weight < 0 or config.real_valid_every < 0:
-        raise ConfigError(f"{where}: rank_weight and real_valid_every must be >= 0")
 
 
 def load_train_config(path: str | os.PathLike | None, **overrides: Any) -> MosTrainConfig:
@@ -295,51 +271,6 @@ def _loss(output, batch: dict[str, torch.Tensor], ta_weight: float) -> torch.Ten
     if output.aux_loss is not None:
         loss = loss + output.aux_loss
     return loss
-
-
-def build_real_pools(config: MosTrainConfig, model_config: MosModelConfig, progress: bool):
-    """Degraded versions of the real-music excerpts: a training pool and a validation pool.
-
-    Files go to validation by name hash (one in ``real_valid_every``); both pools draw
-    chains from the training kinds only. The validation pool is None without validation
-    files.
-    """
-    from qamdt.degradations import ChainSettings
-
-    unreadable: list[str] = []
-    excerpts = plan_excerpts(
-        config.real_sources,
-        config.real_excerpts_per_file,
-        model_config.window_seconds,
-        config.seed,
-        config.real_files_per_source,
-        failures=unreadable,
-    )
-    settings = ChainSettings(kinds=config.training_kinds())
-    rate = model_config.sample_rate
-    pools = []
-    for valid in (False, True):
-        chosen = [e for e in excerpts
-                  if is_validation_file(e.path, config.real_valid_every) == valid]  # fmt: skip
-        pools.append(
-            build_version_pool(
-                chosen,
-                rate,
-                config.real_versions,
-                settings,
-                config.seed + int(valid),
-                config.real_workers,
-                progress,
-            )  # fmt: skip
-            if chosen
-            else None
-        )
-    if pools[0] is not None:
-        pools[0].failures[:0] = unreadable
-    if pools[0] is None:
-        raise QamdtError(f"real_sources {list(config.real_sources)}: every file went to "
-                         "validation; lower real_valid_every")  # fmt: skip
-    return pools[0], pools[1]
 
 
 def _mixed_loss(model, batch, real: dict[str, torch.Tensor], config: MosTrainConfig,
