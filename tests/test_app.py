@@ -4,6 +4,7 @@ One server per test module (per xdist worker) runs the real command on tiny mode
 saved to folders, on a free port of 127.0.0.1.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -32,9 +33,6 @@ from qamdt.models.text_encoder import TextEncoder
 from qamdt.models.transformer import QualityMDTTransformer
 from qamdt.models.vae import LatentVAE
 from qamdt.models.vocoder import Vocoder
-
-# One worker runs this module (scripts/test.sh distributes by group), so one server serves it.
-pytestmark = pytest.mark.xdist_group("app")
 
 SR = 22050
 TINY_MOS = {"kind": "embedded", "window_seconds": 0.5, "cnn_channels": [4, 8], "embed_dim": 8}
@@ -274,10 +272,23 @@ def test_command_names_what_it_cannot_load(folders, tmp_path, capsys, monkeypatc
     assert f"--manifest {missing}: no such file" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------------------ API
+# ------------------------------------------------------------------------------ the server
 
 
-def test_api_generates_scores_and_records_the_settings(client):
+def test_the_running_app(server, client, folders, tmp_path):
+    # One test, so that one server serves every check (xdist would start one per worker).
+    check_generate(client)
+    check_candidates(client)
+    check_sweep(client)
+    check_errors(client)
+    check_score(client, folders)
+    check_dataset(client)
+    check_concurrent_users(server)
+    with open_browser(tmp_path) as browser:
+        check_browser(server, browser, tmp_path)
+
+
+def check_generate(client):
     status, sidecar, files, audio, picture, caption, *rest = generate(client)
     assert status.startswith("1 clip(s)")
     wav = next(f for f in files if f.endswith(".wav"))
@@ -294,7 +305,7 @@ def test_api_generates_scores_and_records_the_settings(client):
     assert np.array_equal(sf.read(wav)[0], sf.read(again[3]["value"])[0])  # same seed
 
 
-def test_api_candidates_are_ranked_by_clap(client):
+def check_candidates(client):
     out = generate(client, candidates=3, random_seed=True)
     captions = [out[5 + 3 * i]["value"] for i in range(3)]
     scores = [float(c.rsplit("CLAP ", 1)[1]) for c in captions]
@@ -302,7 +313,7 @@ def test_api_candidates_are_ranked_by_clap(client):
     assert not out[3 + 3 * 3]["visible"]
 
 
-def test_api_sweep_renders_levels_one_to_five(client):
+def check_sweep(client):
     out = generate(client, api="/sweep")
     sidecars = [json.loads(open(f).read()) for f in out[2] if f.endswith(".json")]
     assert [s["quality_level"] for s in sidecars] == [1, 2, 3, 4, 5]
@@ -312,7 +323,7 @@ def test_api_sweep_renders_levels_one_to_five(client):
     ]
 
 
-def test_api_errors_name_the_control(client):
+def check_errors(client):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="Prompt: type what the music should be"):
@@ -323,7 +334,7 @@ def test_api_errors_name_the_control(client):
         generate(client, api="/sweep", guidance="negative-prompt")
 
 
-def test_api_scores_an_upload(client, folders):
+def check_score(client, folders):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
@@ -341,7 +352,7 @@ def test_api_scores_an_upload(client, folders):
         client.predict(None, "", api_name="/score")
 
 
-def test_api_browses_the_dataset(client):
+def check_dataset(client):
     note, table = client.predict("5", "all", "all", api_name="/dataset_rows")
     assert note.startswith("2 of 2 rows")
     assert [row[0] for row in table["data"]] == ["c1", "c2"]
@@ -349,7 +360,7 @@ def test_api_browses_the_dataset(client):
     assert sf.info(wav).samplerate == SR and os.path.isfile(picture)
 
 
-def test_queue_serves_concurrent_users(server):
+def check_concurrent_users(server):
     from gradio_client import Client
 
     def one_user(i):
@@ -362,8 +373,8 @@ def test_queue_serves_concurrent_users(server):
 # ------------------------------------------------------------------------------ browser
 
 
-@pytest.fixture
-def browser(tmp_path):
+@contextlib.contextmanager
+def open_browser(tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -381,11 +392,13 @@ def browser(tmp_path):
     driver.execute_cdp_cmd(
         "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)}
     )
-    yield driver
-    driver.quit()
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
-def test_browser_generates_and_downloads_a_wav(server, browser, tmp_path):
+def check_browser(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait

@@ -29,6 +29,13 @@ from qamdt.errors import QamdtError
 from qamdt.generation.settings import GUIDANCE_MODES
 from qamdt.quality import LEVELS
 
+SETTING_CONTROLS = (
+    "quality", "guidance", "negative_level", "negative_prompt", "guidance_scale",
+    "guidance_rescale", "use_interval", "interval_low", "interval_high", "sampler", "steps",
+    "eta", "length", "random_seed", "seed", "candidates",
+)  # fmt: skip
+"""The Generate tab's controls after the prompt, by ``build_settings`` keyword, in order."""
+
 SLOTS = max(MAX_CANDIDATES, len(LEVELS))
 """Result places on the Generate tab: every candidate, or one clip per level."""
 
@@ -221,47 +228,10 @@ def _generate_tab(models, out_root: Path) -> None:
     ]
     outputs = [status, settings_json, files] + [c for slot in slots for c in slot]
 
-    def settings_of(values):
-        (
-            text,
-            q,
-            mode,
-            neg_level,
-            neg_prompt,
-            cfg,
-            cfg_rescale,
-            interval_on,
-            lo,
-            hi,
-            sched,
-            n_steps,
-            eta_value,
-            seconds,
-            rand,
-            seed_value,
-            n_cand,
-        ) = values
+    def settings_of(text, values):
         text = check_prompt(text)
-        settings = build_settings(
-            pipe.generation_defaults,
-            quality=q,
-            guidance=mode,
-            negative_level=neg_level,
-            negative_prompt=neg_prompt,
-            guidance_scale=cfg,
-            guidance_rescale=cfg_rescale,
-            use_interval=interval_on,
-            interval_low=lo,
-            interval_high=hi,
-            sampler=sched,
-            steps=n_steps,
-            eta=eta_value,
-            length=seconds,
-            random_seed=rand,
-            seed=seed_value,
-            candidates=n_cand,
-        )
-        return text, settings
+        named = dict(zip(SETTING_CONTROLS, values, strict=True))
+        return text, build_settings(pipe.generation_defaults, **named)
 
     def present(clips, began):
         updates = [
@@ -285,24 +255,39 @@ def _generate_tab(models, out_root: Path) -> None:
                 ]
         return updates
 
-    @_user_errors
-    def on_generate(*values, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+    def respond(text, values, sweep, progress):
         began = time.perf_counter()
-        text, settings = settings_of(values)
-        clips = generate_clips(models, text, settings, new_result_dir(out_root))
-        return present(clips, began)
-
-    @_user_errors
-    def on_sweep(*values, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-        began = time.perf_counter()
-        text, settings = settings_of(values)
+        text, settings = settings_of(text, values)
         folder = new_result_dir(out_root)
+        if not sweep:
+            return present(generate_clips(models, text, settings, folder), began)
         best = []
         for level_settings in progress.tqdm(sweep_levels(settings), desc="levels"):
             level = int(level_settings.quality_level)
-            clips = generate_clips(models, text, level_settings, folder, f"level{level}_")
-            best.append(clips[0])
+            best.append(generate_clips(models, text, level_settings, folder, f"level{level}_")[0])
         return present(best, began)
+
+    # Gradio passes its progress tracker only to a named positional parameter, hence the
+    # controls spelled out; the tracker follows the sampler's progress bar (tqdm).
+    @_user_errors
+    def on_generate(
+        text, q, mode, neg_level, neg_prompt, cfg, cfg_rescale, interval_on, lo, hi, sched,
+        n_steps, eta_value, seconds, rand, seed_value, n_cand,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008
+    ):  # fmt: skip
+        values = (q, mode, neg_level, neg_prompt, cfg, cfg_rescale, interval_on, lo, hi, sched,
+                  n_steps, eta_value, seconds, rand, seed_value, n_cand)  # fmt: skip
+        return respond(text, values, False, progress)
+
+    @_user_errors
+    def on_sweep(
+        text, q, mode, neg_level, neg_prompt, cfg, cfg_rescale, interval_on, lo, hi, sched,
+        n_steps, eta_value, seconds, rand, seed_value, n_cand,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008
+    ):  # fmt: skip
+        values = (q, mode, neg_level, neg_prompt, cfg, cfg_rescale, interval_on, lo, hi, sched,
+                  n_steps, eta_value, seconds, rand, seed_value, n_cand)  # fmt: skip
+        return respond(text, values, True, progress)
 
     # One sampling run at a time, across both buttons.
     run.click(
