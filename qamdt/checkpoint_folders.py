@@ -172,9 +172,9 @@ class CheckpointFolders:
         )
 
     def _rotate(self) -> None:
-        if self.previous.exists():
-            shutil.rmtree(self.previous)
         if self.current.exists():
+            if self.previous.exists():
+                shutil.rmtree(self.previous)
             os.replace(self.current, self.previous)
         os.replace(self.incoming, self.current)
         fsync_path(self.out)

@@ -22,8 +22,20 @@ class ManifestWarning(UserWarning):
 
 
 def _nonblank_lines(path: str) -> Iterator[tuple[int, int, bytes]]:
-    """Yield ``(line number, byte offset, raw bytes)`` for each non-blank line of a file."""
-    with open(path, "rb") as f:
+    """Yield ``(line number, byte offset, raw bytes)`` for each non-blank line of a file.
+
+    Raises:
+        ManifestError: If the file is missing, a folder or unreadable (naming it).
+    """
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the with block below
+    except FileNotFoundError:
+        raise ManifestError("manifest not found", path=path) from None
+    except IsADirectoryError:
+        raise ManifestError("is a folder, not a manifest file", path=path) from None
+    except OSError as exc:
+        raise ManifestError(f"cannot be read ({exc.strerror})", path=path) from None
+    with f:
         offset = 0
         for lineno, raw in enumerate(f, start=1):
             start, offset = offset, offset + len(raw)

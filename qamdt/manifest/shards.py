@@ -64,7 +64,8 @@ def take_fields(
             merged[key] = source[key]
         else:
             merged.pop(key, None)
-        out[top] = merged
+        # Sorted, so the row reads the same whichever stage finished first.
+        out[top] = dict(sorted(merged.items()))
     return out
 
 

@@ -7,9 +7,12 @@ A cache folder holds:
 * ``shard_00000.safetensors`` ...: per clip the posterior mean and standard deviation of
   the scaled latent (so training can sample from the posterior, as LDMs do), the caption's
   text states and mask, and the quality level;
-* ``shard_00000.json`` ...: the ids, captions and levels of the shard's rows, written after
-  its tensors, so a shard counts as done only when both exist (a killed run resumes by
-  skipping finished shards);
+* ``shard_00000.json`` ...: the ids, captions and levels of the shard's rows and the clips
+  of the shard that failed, written after its tensors, so a shard counts as done only when
+  both exist (a killed run resumes by skipping finished shards);
+* ``cache_build.json`` while the cache is being built: its settings and the content hashes
+  of the VAE and text encoder; a partial cache of other settings or models is discarded
+  with a message, never mixed in;
 * ``null_text.safetensors``: the states of the empty caption (the dropped condition);
 * ``failures.jsonl``: clips whose audio could not be read, with the reason.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,13 @@ from tqdm import tqdm
 
 from qamdt.audio_spec import get_audio_spec
 from qamdt.errors import ConfigError
-from qamdt.json_files import atomic_path, write_json, write_text_atomic
+from qamdt.json_files import (
+    atomic_path,
+    plain_json,
+    read_json_object,
+    write_json,
+    write_text_atomic,
+)
 from qamdt.training.mdt_config import MdtTrainConfig
 from qamdt.training.mdt_data import (
     ClipMelDataset,
@@ -47,6 +57,7 @@ from qamdt.training.mdt_data import (
 CACHE_INFO = "cache_info.json"
 NULL_TEXT = "null_text.safetensors"
 FAILURES = "failures.jsonl"
+BUILD_STATE = "cache_build.json"
 SHARD_SIZE = 64
 # The cache_info fields the latents depend on (the others concern the text).
 LATENT_FIELDS = ("audio", "frames", "vae_config_sha1", "scaling_factor", "split", "manifest")
@@ -134,7 +145,7 @@ def _write_shard(
     text_encoder,
     device: torch.device,
     borrowed: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> list[dict[str, str]]:
+) -> None:
     if borrowed is not None:
         clips = [dataset.clips[i] for i in items]
         batch = {
@@ -169,8 +180,7 @@ def _write_shard(
                 batch["id"], batch["caption"], batch["quality_level"].tolist(), strict=True
             )
         ]
-    write_json(cache_dir / f"{_shard_stem(index)}.json", {"rows": rows})
-    return batch["failed"]
+    write_json(cache_dir / f"{_shard_stem(index)}.json", {"rows": rows, "failed": batch["failed"]})
 
 
 def build_cache(
@@ -217,6 +227,9 @@ def build_cache(
     frames = excerpt_frames(spec, None, vae.downsample_factor)
     info = cache_info(config, vae, frames)
     _check_info(cache_dir, info)
+    if state.is_main_process:
+        _check_build(cache_dir, info, vae, text_encoder)
+    state.wait_for_everyone()
     clips, skipped = training_clips(
         config.manifest,
         config.split,
@@ -228,20 +241,15 @@ def build_cache(
     mine = [i for i in range(len(shards)) if i % state.num_processes == state.process_index]
     todo = [i for i in mine if not (cache_dir / f"{_shard_stem(i)}.json").is_file()]
     source = _latent_source(latents_from, info)
-    failures: list[dict[str, str]] = []
     borrowed_shards = 0
     bar = tqdm(todo, desc="caching latents", disable=not progress or not state.is_main_process)
     for index in bar:
         ids = [clips[i].id for i in shards[index]]
         borrowed = _borrowed_latents(source, index, ids)
         borrowed_shards += borrowed is not None
-        failures += _write_shard(
+        _write_shard(
             cache_dir, index, shards[index], dataset, vae, text_encoder, state.device, borrowed
         )
-    if failures:
-        with open(cache_dir / f"failures.rank{state.process_index}.jsonl", "a") as handle:
-            for failure in failures:
-                handle.write(json.dumps(failure) + "\n")
     state.wait_for_everyone()
     if state.is_main_process:
         with torch.no_grad():
@@ -253,8 +261,9 @@ def build_cache(
             },
             cache_dir / NULL_TEXT,
         )
+        _merge_failures(cache_dir, len(shards))
         write_json(cache_dir / CACHE_INFO, info)
-        _merge_failures(cache_dir)
+        (cache_dir / BUILD_STATE).unlink(missing_ok=True)
     state.wait_for_everyone()
     dataset_size = sum(
         len(json.loads((cache_dir / f"{_shard_stem(i)}.json").read_text())["rows"])
@@ -271,7 +280,29 @@ def build_cache(
     }
 
 
-def _merge_failures(cache_dir: Path) -> None:
+def _check_build(cache_dir: Path, info: dict[str, Any], vae, text_encoder) -> None:
+    """Discards a partial cache made by other settings or models; records this build's."""
+    from qamdt.manifest.stage_state import content_hash
+
+    for leftover in cache_dir.glob(".*.tmp"):  # left by a write a kill interrupted
+        leftover.unlink(missing_ok=True)
+    if (cache_dir / CACHE_INFO).is_file():
+        return
+    build = {"info": info, "vae": content_hash(vae), "text_encoder": content_hash(text_encoder)}
+    saved = read_json_object(cache_dir / BUILD_STATE)
+    stale = sorted(cache_dir.glob("shard_*.json"))
+    if stale and saved != plain_json(build):
+        why = "no build record" if not saved else "other settings or models"
+        print(
+            f"{cache_dir}: discarding {len(stale)} shards of a partial cache made with {why}",
+            file=sys.stderr,
+        )
+        for path in [*stale, *cache_dir.glob("shard_*.safetensors")]:
+            path.unlink()
+    write_json(cache_dir / BUILD_STATE, build)
+
+
+def _merge_failures(cache_dir: Path, shards: int) -> None:
     seen: dict[str, dict] = {}
     for path in [cache_dir / FAILURES, *sorted(cache_dir.glob("failures.rank*.jsonl"))]:
         if path.is_file():
@@ -279,6 +310,11 @@ def _merge_failures(cache_dir: Path) -> None:
                 if line.strip():
                     row = json.loads(line)
                     seen[row["id"]] = row
+    for index in range(shards):
+        for row in json.loads((cache_dir / f"{_shard_stem(index)}.json").read_text()).get(
+            "failed", []
+        ):
+            seen[row["id"]] = row
     if seen:
         write_text_atomic(
             cache_dir / FAILURES, "".join(json.dumps(row) + "\n" for row in seen.values())
