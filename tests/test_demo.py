@@ -273,7 +273,12 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         assert np.isfinite([row["pmos_recorded"], row["pmos_resynthesised"]]).all()
     assert set(report["stage_seconds"]) >= {"corpus", "mdt", "evaluate", "total"}
     stages = json.loads((out / STATE_NAME).read_text())["stages"]
-    assert all(entry["done"] for entry in stages.values()) and len(stages) == 12
+    assert all(entry["done"] for entry in stages.values()) and len(stages) == 13
+    targets = {row["measure"].split(" (")[0] for row in report["long_form_and_editing"]}
+    assert len(targets) == 4 and len(report["audio_to_audio_enhancement"]) >= 1
+    assert {"long-form 12 s piece", "continuation to 4.0 s"} <= {
+        e["name"] for e in report["examples"]
+    }
     # The baseline trains exactly the quality model's steps.
     steps = [stages[name]["result"]["train"]["steps"] for name in ("mdt", "mdt-baseline")]
     assert steps[0] == steps[1] == DemoSettings.quick().mdt_max_steps

@@ -281,3 +281,20 @@ def test_sidecars_and_the_command_line(pipeline, song, tmp_path, capsys):
     assert "--strength (strength)" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "o"), "--init-audio", "nope.wav"]) == 2
     assert "--init-audio: nope.wav: file not found" in capsys.readouterr().err
+
+
+def test_seam_flux_sees_a_jump_and_not_a_smooth_join():
+    from qamdt.evaluation.seams import seam_flux_ratios, window_seams
+
+    rng = np.random.default_rng(0)
+    t = np.arange(6 * RATE) / RATE
+    # A steady tone with soft notes every 0.5 s: onsets everywhere, none special at 3 s.
+    envelope = 0.6 + 0.4 * np.cos(2 * np.pi * 2 * t)
+    steady = (0.3 * envelope * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+    smooth = seam_flux_ratios(steady, [3.0])
+    assert 0.5 < smooth["mean"] < 1.5
+    jump = steady.copy()
+    jump[3 * RATE :] = 0.3 * rng.standard_normal(3 * RATE).astype(np.float32)
+    assert seam_flux_ratios(jump, [3.0])["max"] > 3 * smooth["max"]
+    assert window_seams([[0, 2], [1.5, 3.5], [3, 5]]) == [2.0, 3.5]
+    assert seam_flux_ratios(steady, [])["ratios"] == []

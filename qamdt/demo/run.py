@@ -10,6 +10,8 @@ Everything lands in the run folder ``OUT``::
                            pipeline-mdt (the baseline without quality conditioning)
     generated/             qa-mdt (every level, the level in each sidecar), mdt,
                            mdt-negative-prompt
+    editing/               a long piece, a continuation, an inpainted clip and
+                           audio-to-audio of degraded clips, with editing.json
     evaluation/            the scores of each generated folder and the pitch check
     report/                report.html and report.json
 """
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from qamdt.demo.editing import edit
 from qamdt.demo.settings import DemoSettings
 from qamdt.demo.stages import Stage, StageContext, StageState, run_stages
 from qamdt.errors import QamdtError
@@ -501,8 +504,9 @@ STAGES: tuple[Stage, ...] = (
         ("work/mdt-baseline", "work/cache-mdt-baseline", "models/pipeline-mdt"),
     ),
     Stage("generate", generate, ("mdt", "mdt-baseline"), ("generated",)),
+    Stage("edit", edit, ("generate", "mos", "clap"), ("editing",)),
     Stage("evaluate", evaluate, ("generate", "mos", "clap", "captioner"), ("evaluation",)),
-    Stage("report", report, ("evaluate",), ("report",)),
+    Stage("report", report, ("evaluate", "edit"), ("report",)),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 

@@ -163,7 +163,9 @@ def demo_results(
 
     Returns:
         The sweep's evaluation plus ``stage_seconds``, ``baselines``, ``pitch``,
-        ``decoder_reference``, ``checks``, ``training`` and ``settings``.
+        ``decoder_reference``, ``checks``, ``training`` and ``settings``; with the
+        ``edit`` stage's result also ``long_form_and_editing`` (its measures against
+        their targets), ``audio_to_audio_enhancement`` (per clip) and its examples.
     """
     sweep_name, plain_name, negative_name = names
     sweep = evaluations[sweep_name]
@@ -203,6 +205,8 @@ def demo_results(
         notes += [f"{labels[name]}: {n}" for n in evaluations[name].get("notes") or []]
     stage_seconds = dict(seconds)
     stage_seconds["total"] = round(sum(stage_seconds.values()), 2)
+    editing = _editing(stage_results.get("edit"))
+    examples += editing.pop("examples", [])
     return {
         **sweep,
         "examples": examples,
@@ -214,5 +218,17 @@ def demo_results(
         "decoder_reference": [dict(row) for row in decoder_reference],
         "checks": checks,
         "training": _training(stage_results),
+        **editing,
         "settings": settings.to_dict(),
+    }
+
+
+def _editing(result: Any) -> dict[str, Any]:
+    """The report sections of the long-form and editing stage (none without it)."""
+    if not isinstance(result, Mapping):
+        return {}
+    return {
+        "long_form_and_editing": list(result.get("targets") or []),
+        "audio_to_audio_enhancement": list(result.get("enhancement") or []),
+        "examples": list(result.get("examples") or []),
     }

@@ -138,9 +138,20 @@ class ModePlan:
         return {**self.inputs, "windows": windows}
 
     def windows(self) -> list[tuple[int, int]]:
-        """``(start, stop)`` latent frames of every window that is sampled."""
+        """``(start, stop)`` latent frames of every window that is sampled.
+
+        The windows start ``overlap`` frames before the first frame that is not kept (a
+        continuation's first window holds the end of the input as context), and windows
+        wholly inside kept frames are left out.
+        """
+        offset = 0
+        if self.keep is not None:
+            free = torch.nonzero(self.keep < 1)
+            first = int(free[0]) if len(free) else self.frames
+            offset = max(0, min(first - self.overlap, self.frames - self.window))
         spans = []
-        for start in window_starts(self.frames, self.window, self.overlap):
+        for relative in window_starts(self.frames - offset, self.window, self.overlap):
+            start = offset + relative
             stop = min(start + self.window, self.frames)
             if self.keep is None or not bool((self.keep[start:stop] >= 1).all()):
                 spans.append((start, stop))
