@@ -9,6 +9,7 @@ and saves the Accelerate state each epoch so a killed run resumes where it stopp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -38,7 +39,9 @@ from mos_predictor.grouped import (
 from mos_predictor.metrics import evaluate_predictions
 from mos_predictor.models import build_mos_model
 from qamdt.audio_io import load_audio
+from qamdt.checkpoint_folders import CheckpointFolders, GeneratorState, replace_folder
 from qamdt.errors import ConfigError, QamdtError, check_known_keys
+from qamdt.json_files import write_text_atomic
 
 STATE_DIR = "checkpoint"
 MODEL_DIR = "model"
@@ -295,6 +298,22 @@ def _mixed_loss(model, batch, real: dict[str, torch.Tensor], config: MosTrainCon
     return loss
 
 
+def _trim_log(path: Path, epochs: int) -> None:
+    """Drops log lines of epochs after the checkpoint a run resumes from."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line)["epoch"] <= epochs]
+        if len(kept) != len(lines):
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _save_model(model, config: MosTrainConfig, path: Path) -> None:
+    """The model and its training settings in ``path``."""
+    model.save_pretrained(path)
+    # The protocol of `qamdt mos eval --protocol` reads the hold-outs from here.
+    (path / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1))
+
+
 def train_mos_model(
     config: MosTrainConfig, out_dir: str | os.PathLike, progress: bool = True
 ) -> dict[str, Any]:
@@ -346,6 +365,7 @@ def train_mos_model(
         train=True,
         seed=config.seed,
     )
+    shuffle = torch.Generator().manual_seed(config.seed)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=config.batch_size,
@@ -353,7 +373,7 @@ def train_mos_model(
         drop_last=len(dataset) > config.batch_size,
         collate_fn=collate_rated,
         num_workers=config.num_workers,
-        generator=torch.Generator().manual_seed(config.seed),
+        generator=shuffle,
     )
     if model_config.distill_layers:
         _fit_distillation(model, dataset, config)
@@ -367,13 +387,19 @@ def train_mos_model(
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    state_dir = out / STATE_DIR
-    progress_file = state_dir / "progress.json"
+    # The shuffle order of the next epoch comes from the generator's state: saved with
+    # the rest, so a resumed run shuffles as an uninterrupted one.
+    accelerator.register_for_checkpointing(GeneratorState(shuffle))
+    folders = CheckpointFolders(
+        out, STATE_DIR, accelerator.is_main_process, accelerator.wait_for_everyone
+    )
     first_epoch, best = 0, {"srcc": -math.inf, "epoch": None}
-    if progress_file.is_file():
-        accelerator.load_state(str(state_dir))
-        saved = json.loads(progress_file.read_text())
+    saved = folders.recover()
+    if saved:
+        accelerator.load_state(str(folders.current))
         first_epoch, best = saved["next_epoch"], saved["best"]
+    if accelerator.is_main_process:
+        _trim_log(out / LOG_NAME, first_epoch)
         accelerator.print(f"resuming at epoch {first_epoch + 1}")
     (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1))
 
@@ -388,6 +414,7 @@ def train_mos_model(
             stopped_by = "patience"
             break
         dataset.set_epoch(epoch)
+        loader.set_epoch(epoch)  # else a resumed run's loader restarts its count at 0
         accelerator.unwrap_model(model).train()
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
@@ -433,19 +460,14 @@ def train_mos_model(
             with open(out / LOG_NAME, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
             if improved:
-                unwrapped.save_pretrained(out / MODEL_DIR)
-                # The protocol of `qamdt mos eval --protocol` reads the hold-outs from here.
-                (out / MODEL_DIR / "train_config.json").write_text(
-                    json.dumps(config.to_dict(), indent=1)
-                )
+                replace_folder(out / MODEL_DIR, functools.partial(_save_model, unwrapped, config))
             accelerator.print(
                 f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, valid score {srcc:.4f}, "
                 f"LCC {metrics['omq']['utterance']['lcc']:.4f}"
             )
-        accelerator.save_state(str(state_dir))
-        if accelerator.is_main_process:
-            progress_file.write_text(json.dumps({"next_epoch": epoch + 1, "best": best}))
-        accelerator.wait_for_everyone()
+        folders.save(
+            lambda path: accelerator.save_state(str(path)), {"next_epoch": epoch + 1, "best": best}
+        )
         epochs_done = epoch + 1
         elapsed_minutes = (time.time() - started) / 60.0
         if _out_of_patience(best, epochs_done, config.patience):

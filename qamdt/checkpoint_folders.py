@@ -232,3 +232,23 @@ def replace_folder(path: str | os.PathLike, write: Callable[[Path], None]) -> No
     fsync_path(path.parent)
     if old.exists():
         shutil.rmtree(old)
+
+
+class GeneratorState:
+    """A ``torch.Generator`` that ``accelerator.register_for_checkpointing`` can save.
+
+    A data loader that shuffles with its own generator draws each epoch's order from the
+    state the previous epoch left; saving that state lets a resumed run draw the same
+    orders as an uninterrupted one.
+    """
+
+    def __init__(self, generator):
+        self.generator = generator
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator's state."""
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores the generator's state."""
+        self.generator.set_state(state["state"])

@@ -319,3 +319,58 @@ def test_training_resumes_bit_for_bit_across_epochs_and_kills(mdt_data, tmp_path
     _train(mdt_data, killed)
     assert _weights(killed) == _weights(straight)
     assert not any(p.name.endswith((".next", ".new", ".old")) for p in killed.iterdir())
+
+
+@pytest.fixture(scope="module")
+def rated(tmp_path_factory):
+    """16 rated tones (quality falls with the noise) for MOS training."""
+    from qamdt.manifest import ClipRecord, write_manifest
+
+    root = tmp_path_factory.mktemp("rated")
+    (root / "audio").mkdir()
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(16):
+        t = np.arange(int(22050 * 1.2)) / 22050
+        wave = 0.3 * np.sin(2 * np.pi * 330 * t) + 0.02 * (i % 4) * rng.standard_normal(t.size)
+        sf.write(root / "audio" / f"c{i}.wav", wave.astype(np.float32), 22050)
+        records.append(
+            ClipRecord(
+                id=f"c{i}",
+                audio=f"audio/c{i}.wav",
+                split="train" if i < 12 else "valid",
+                original_caption="a tone",
+                meta={"reference_quality": 5.0 - i % 4, "degradations": [], "source": "t"},
+            )
+        )
+    write_manifest(root / "manifest.jsonl", records)
+    return root / "manifest.jsonl"
+
+
+def _train_mos(manifest, out):
+    from mos_predictor.train import MosTrainConfig, train_mos_model
+
+    config = MosTrainConfig.from_dict(
+        {
+            "data": f"corpus:{manifest}",
+            "model": {"kind": "embedded", "window_seconds": 1.0},
+            "epochs": 4,
+            "batch_size": 4,
+            "learning_rate": 0.003,
+            "warmup_steps": 1,
+        }
+    )
+    return train_mos_model(config, out, progress=False)
+
+
+def test_mos_training_resumes_bit_for_bit(rated, tmp_path, one_thread):
+    _train_mos(rated, tmp_path / "straight")
+    rng = random.Random(11)
+    for _ in range(3):
+        run_killed(_train_mos, rated, tmp_path / "killed", after=rng.uniform(0.5, 4.0))
+    _train_mos(rated, tmp_path / "killed")
+    name = "checkpoint/model.safetensors"
+    for run in ("killed",):
+        assert (tmp_path / run / name).read_bytes() == (tmp_path / "straight" / name).read_bytes()
+        log = (tmp_path / run / "train_log.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3, 4]

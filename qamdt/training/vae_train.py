@@ -11,8 +11,9 @@ plain L1 faster).
 Every random draw of step ``s`` (which clips, where the crops start, the posterior noise)
 comes from a generator seeded with ``(seed, s)``, so a run killed and resumed from its
 last checkpoint takes exactly the steps an uninterrupted run takes. The Accelerate state
-goes to ``OUT/checkpoint`` every ``checkpoint_every`` steps, written beside the old one
-and swapped in, so a kill during the save loses nothing.
+goes to ``OUT/checkpoint`` every ``checkpoint_every`` steps through
+:class:`~qamdt.checkpoint_folders.CheckpointFolders` (a new sealed folder renamed into place,
+the previous one kept), so a kill during the save loses nothing.
 
 After training the latent scaling factor is measured as ``1 / std`` of the posterior-mean
 latents of the training clips and stored in the model config; the model goes to
@@ -32,7 +33,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ import torch
 
 from qamdt.audio_io import crop_or_pad, resample
 from qamdt.audio_spec import AudioSpec, get_audio_spec
+from qamdt.checkpoint_folders import CheckpointFolders, replace_folder
 from qamdt.errors import ConfigError, QamdtError, check_known_keys
 from qamdt.json_files import write_text_atomic
 from qamdt.manifest import read_manifest
@@ -428,35 +429,6 @@ def prepare_for_training(vae: LatentVAE, mels: torch.Tensor, config: VaeTrainCon
         moments.bias[vae.latent_channels :] = config.initial_logvar
 
 
-class _Checkpoints:
-    """``OUT/checkpoint`` with a progress file, replaced as a whole on each save."""
-
-    def __init__(self, out: Path, accelerator):
-        self.current = out / STATE_DIR
-        self.incoming = out / (STATE_DIR + ".next")
-        self.accelerator = accelerator
-
-    def recover(self) -> dict[str, Any] | None:
-        """Finishes or discards a save a kill interrupted; returns the saved progress."""
-        if self.accelerator.is_main_process:
-            if (self.incoming / PROGRESS_NAME).is_file():
-                if self.current.exists():
-                    shutil.rmtree(self.current)
-                os.replace(self.incoming, self.current)
-            elif self.incoming.exists():
-                shutil.rmtree(self.incoming)
-        self.accelerator.wait_for_everyone()
-        progress = self.current / PROGRESS_NAME
-        return json.loads(progress.read_text()) if progress.is_file() else None
-
-    def save(self, progress: dict[str, Any]) -> None:
-        """Saves the Accelerate state and ``progress``, then swaps the folder in."""
-        self.accelerator.save_state(str(self.incoming))
-        if self.accelerator.is_main_process:
-            write_text_atomic(self.incoming / PROGRESS_NAME, json.dumps(progress))
-        self.recover()
-
-
 def _load_splits(config: VaeTrainConfig, spec: AudioSpec, show: bool):
     """Training and validation mels, falling back to the test split for validation."""
     train = load_mels(config.manifest, config.train_split, spec, progress=show)
@@ -582,13 +554,23 @@ def train_vae(
         world,
     )
 
-    checkpoints = _Checkpoints(out, accelerator)
-    saved = checkpoints.recover() or {"next_step": 0, "train_seconds": 0.0, "pending": []}
+    folders = CheckpointFolders(
+        out,
+        STATE_DIR,
+        accelerator.is_main_process,
+        accelerator.wait_for_everyone,
+        accelerator.print,
+    )
+
+    def save_checkpoint(progress: dict[str, Any]) -> None:
+        folders.save(lambda path: accelerator.save_state(str(path)), progress)
+
+    saved = folders.recover() or {"next_step": 0, "train_seconds": 0.0, "pending": []}
     step, trained_before = saved["next_step"], saved["train_seconds"]
     # Losses of the steps since the last log line, so the log reads the same after a resume.
     pending: list[dict[str, float]] = saved["pending"]
     if step:
-        accelerator.load_state(str(checkpoints.current))
+        accelerator.load_state(str(folders.current))
         accelerator.print(f"resuming at step {step}")
     if accelerator.is_main_process:
         _trim_log(out / LOG_NAME, step)
@@ -639,14 +621,12 @@ def train_vae(
                     handle.write(json.dumps({"step": step, **record}) + "\n")
             pending = []
         if step % config.checkpoint_every == 0 or step == total_steps:
-            checkpoints.save(
+            save_checkpoint(
                 {"next_step": step, "train_seconds": trained_seconds(), "pending": pending}
             )
     bar.close()
     if stopped_early:
-        checkpoints.save(
-            {"next_step": step, "train_seconds": trained_seconds(), "pending": pending}
-        )
+        save_checkpoint({"next_step": step, "train_seconds": trained_seconds(), "pending": pending})
         accelerator.print(f"stopped at step {step}/{total_steps} (max_minutes)")
     train_seconds = trained_seconds()
 
@@ -679,7 +659,7 @@ def train_vae(
         "model": str(out / MODEL_DIR),
     }
     if accelerator.is_main_process:
-        vae.save_pretrained(out / MODEL_DIR)
+        replace_folder(out / MODEL_DIR, vae.save_pretrained)
         write_text_atomic(out / METRICS_NAME, json.dumps(summary, indent=1))
     accelerator.wait_for_everyone()
     return summary
