@@ -25,7 +25,13 @@ from captioning.embedded_clap import EmbeddedClapScorer
 from mos_predictor.models import build_mos_model
 from mos_predictor.stats import QualityStats
 from qamdt.app.dataset import DatasetView
-from qamdt.app.generate import InputError, build_settings, sweep_levels
+from qamdt.app.generate import (
+    InputError,
+    build_settings,
+    edit_settings,
+    parse_ranges,
+    sweep_levels,
+)
 from qamdt.diffusion.schedule import DiffusionConfig, build_train_scheduler
 from qamdt.generation.pipeline import QAMDTPipeline
 from qamdt.manifest import ClipRecord, write_manifest
@@ -240,6 +246,32 @@ def test_sweep_keeps_everything_but_the_level():
         sweep_levels(settings.replace(guidance="negative-prompt"))
 
 
+def test_edit_modes_add_their_settings():
+    base = build_settings(None, **controls())
+    a2a, argument = edit_settings(base, "audio-to-audio", strength=0.3, ranges="", resamples=1,
+                                  jump=10, total_length=None)  # fmt: skip
+    assert argument == "init_audio" and a2a.strength == 0.3 and a2a.audio_length_in_s is None
+    paint, argument = edit_settings(base, "inpainting", strength=None, ranges="1-2; 3.5-4",
+                                    resamples=2, jump=5, total_length=None)  # fmt: skip
+    assert argument == "inpaint_audio" and paint.inpaint_ranges == ((1, 2), (3.5, 4))
+    assert (paint.repaint_resamples, paint.repaint_jump) == (2, 5)
+    more, argument = edit_settings(base, "continuation", strength=None, ranges="",
+                                   resamples=None, jump=None, total_length=12.0)  # fmt: skip
+    assert argument == "continue_audio" and more.audio_length_in_s == 12.0
+    assert parse_ranges("  ") is None
+    with pytest.raises(InputError, match=r"'4-2' needs 0 <= start < end"):
+        parse_ranges("4-2")
+    with pytest.raises(InputError, match=r"Strength \(strength\)"):
+        edit_settings(base, "audio-to-audio", strength=1.5, ranges="", resamples=1, jump=10,
+                      total_length=None)  # fmt: skip
+    with pytest.raises(InputError, match=r"RePaint resamples \(repaint_resamples\)"):
+        edit_settings(base.replace(scheduler="dpmsolver++"), "inpainting", strength=None,
+                      ranges="1-2", resamples=3, jump=10, total_length=None)  # fmt: skip
+    with pytest.raises(InputError, match="Mode: unknown 'remix'"):
+        edit_settings(base, "remix", strength=None, ranges="", resamples=None, jump=None,
+                      total_length=None)  # fmt: skip
+
+
 def test_dataset_view_filters_rows_and_draws_plots(folders, tmp_path):
     stats = QualityStats.load(folders / "data" / "quality_stats.json")
     view = DatasetView(folders / "data" / "manifest.jsonl", stats, tmp_path)
@@ -281,6 +313,7 @@ def test_the_running_app(server, client, folders, tmp_path):
     check_candidates(client)
     check_sweep(client)
     check_errors(client)
+    check_edit(client, folders)
     check_score(client, folders)
     check_dataset(client)
     check_concurrent_users(server)
@@ -332,6 +365,37 @@ def check_errors(client):
         generate(client, steps=0)
     with pytest.raises(AppError, match="negative-prompt"):
         generate(client, api="/sweep", guidance="negative-prompt")
+
+
+def check_edit(client, folders):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    upload = handle_file(str(folders / "upload.wav"))
+    seconds = sf.info(folders / "upload.wav").duration
+
+    def edit(mode, strength=0.5, ranges="", total=None):
+        inputs = [*CONTROLS.values(), upload, mode, strength, ranges, 1, 10, total]
+        return client.predict(*inputs, api_name="/edit")
+
+    for mode, kwargs, length in (
+        ("audio-to-audio", {"strength": 0.3}, seconds),
+        ("inpainting", {"ranges": "0.5-1.2"}, seconds),
+        ("continuation", {"total": seconds + 1.0}, seconds + 1.0),
+    ):
+        status, sidecar, files, audio, *_ = edit(mode, **kwargs)
+        wav = next(f for f in files if f.endswith(".wav"))
+        assert abs(sf.info(wav).duration - length) < 0.02, (mode, sf.info(wav).duration)
+        assert sidecar["mode"] == mode and sidecar["input_sha256"]
+        assert sidecar["prompt"] == CONTROLS["prompt"] and sidecar["seed"] == CONTROLS["seed"]
+    assert sidecar["audio_length_in_s"] == seconds + 1.0
+    with pytest.raises(AppError, match=r"Ranges to regenerate \(inpaint_ranges\)"):
+        edit("inpainting", ranges="late")
+    with pytest.raises(AppError, match="audio_length_in_s"):
+        edit("continuation", total=0.5)
+    with pytest.raises(AppError, match="Input audio: upload or record a clip first"):
+        client.predict(*CONTROLS.values(), None, "audio-to-audio", 0.5, "", 1, 10, None,
+                       api_name="/edit")  # fmt: skip
 
 
 def check_score(client, folders):

@@ -38,11 +38,24 @@ CONTROL_LABELS = {
     "audio_length_in_s": "Length (s)",
     "num_waveforms_per_prompt": "Candidates",
     "seed": "Seed",
+    "strength": "Strength",
+    "inpaint_ranges": "Ranges to regenerate",
+    "repaint_resamples": "RePaint resamples",
+    "repaint_jump": "RePaint jump",
+    "window_seconds": "Window (s)",
+    "window_overlap": "Window overlap",
 }
 """Generation setting -> the label of the control that sets it, for error messages."""
 
 DEFAULT_NEGATIVE_LEVEL = "default"
 """The negative-level choice that keeps the mode's own (1 for quality, 3 for released)."""
+
+EDIT_MODES = {
+    "audio-to-audio": "init_audio",
+    "inpainting": "inpaint_audio",
+    "continuation": "continue_audio",
+}
+"""The Edit tab's modes -> the pipeline argument that takes the input audio."""
 
 RESULT_MAX_AGE_S = 3600.0
 """Result folders older than this are removed when a new one is made."""
@@ -166,8 +179,77 @@ def build_settings(
     try:
         return GenerationSettings.resolve(defaults, given)
     except SettingsError as error:
-        label = CONTROL_LABELS.get(error.field, error.field)
-        raise InputError(f"{label} ({error.field}): {error.reason}") from None
+        raise _named(error) from None
+
+
+def _named(error: SettingsError) -> InputError:
+    label = CONTROL_LABELS.get(error.field, error.field)
+    return InputError(f"{label} ({error.field}): {error.reason}")
+
+
+def parse_ranges(text: str | None) -> tuple[tuple[float, float], ...] | None:
+    """Time ranges typed as ``"2-4, 6.5-8"`` (seconds), or None for an empty text.
+
+    Raises:
+        InputError: Naming the control and the part that is no range.
+    """
+    ranges = []
+    for part in (text or "").replace(";", ",").split(","):
+        if not part.strip():
+            continue
+        bounds = part.strip().split("-")
+        try:
+            start, end = (float(b) for b in bounds)
+        except ValueError:
+            raise InputError(
+                f"Ranges to regenerate (inpaint_ranges): '{part.strip()}' is not START-END "
+                "in seconds, e.g. 2-4.5"
+            ) from None
+        if not 0 <= start < end:
+            raise InputError(
+                f"Ranges to regenerate (inpaint_ranges): '{part.strip()}' needs 0 <= start < end"
+            )
+        ranges.append((start, end))
+    return tuple(ranges) or None
+
+
+def edit_settings(
+    settings: GenerationSettings,
+    mode: str,
+    *,
+    strength: float | None,
+    ranges: str | None,
+    resamples: float | None,
+    jump: float | None,
+    total_length: float | None,
+) -> tuple[GenerationSettings, str]:
+    """The settings of an edit, and the pipeline argument that takes its input audio.
+
+    Audio-to-audio and inpainting keep the input's length; continuation goes on to
+    ``total_length`` seconds.
+
+    Raises:
+        InputError: Naming the control with a bad value, or an unknown mode.
+    """
+    if mode not in EDIT_MODES:
+        raise InputError(f"Mode: unknown {mode!r}; choose one of {list(EDIT_MODES)}")
+    changes: dict[str, Any] = {"audio_length_in_s": None}
+    if mode == "audio-to-audio":
+        changes["strength"] = strength
+    elif mode == "inpainting":
+        changes["inpaint_ranges"] = parse_ranges(ranges)
+        if changes["inpaint_ranges"] is None:
+            raise InputError("Ranges to regenerate (inpaint_ranges): give at least one, e.g. 2-4")
+        changes["repaint_resamples"] = resamples
+        changes["repaint_jump"] = jump
+    else:
+        changes["audio_length_in_s"] = total_length
+    # An empty number keeps the setting as it is (the pipeline's default).
+    changes = {k: v for k, v in changes.items() if v is not None or k == "audio_length_in_s"}
+    try:
+        return settings.replace(**changes), EDIT_MODES[mode]
+    except SettingsError as error:
+        raise _named(error) from None
 
 
 def check_prompt(prompt: str | None) -> str:
@@ -209,6 +291,7 @@ def generate_clips(
     out_dir: Path,
     name_prefix: str = "",
     progress: bool = True,
+    audio_inputs: Mapping[str, Any] | None = None,
 ) -> list[Clip]:
     """Generates one prompt, writes WAVs and sidecars, and scores and draws each clip.
 
@@ -219,6 +302,8 @@ def generate_clips(
         out_dir: Where the files go.
         name_prefix: Put in front of every file name.
         progress: Report the sampler's steps (the page's progress bar follows them).
+        audio_inputs: The input audio of an edit, by pipeline argument (``init_audio``,
+            ``inpaint_audio`` or ``continue_audio``).
 
     Returns:
         The clips, best CLAP score first when a CLAP scorer is loaded.
@@ -237,6 +322,7 @@ def generate_clips(
         progress=progress,
         name_prefix=name_prefix,
         model=models.model_dir,
+        audio_inputs=audio_inputs,
     )
     rate = models.pipeline.spec.sample_rate
     waves = [load_audio(wav, allow_silent=True)[0] for wav in wavs]
