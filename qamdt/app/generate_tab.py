@@ -283,6 +283,7 @@ def _generate_tab(models, out_root: Path) -> list:
 
 def _edit_tab(models, out_root: Path, controls: list) -> None:
     pipe = models.pipeline
+    clip_s = pipe.spec.clip_frames * pipe.spec.hop_length / pipe.spec.sample_rate
     gr.Markdown(
         "Audio-to-audio, inpainting and continuation of an uploaded or recorded clip. "
         "The prompt, quality level, guidance, sampler, seed and candidates are the "
@@ -308,7 +309,9 @@ def _edit_tab(models, out_root: Path, controls: list) -> None:
             with gr.Row():
                 resamples = gr.Number(value=1, precision=0, label="RePaint resamples")
                 jump = gr.Number(value=10, precision=0, label="RePaint jump")
-                total = gr.Number(value=None, label="Total length (continuation), s")
+                total = gr.Number(
+                    value=round(2 * clip_s, 1), label="Total length (continuation), s"
+                )
             button = gr.Button("Edit", variant="primary", elem_id="edit-button")
         with gr.Column(scale=2):
             panel = _result_panel("edit-")
