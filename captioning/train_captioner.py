@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,7 +40,10 @@ from captioning.embedded_captioner import (
 )
 from captioning.tags import corpus_tag_f1, tags_from_meta
 from qamdt.audio_io import load_audio
+from qamdt.checkpoint_folders import CheckpointFolders
+from qamdt.checkpoints import load_torch_checkpoint
 from qamdt.errors import QamdtError
+from qamdt.json_files import write_text_atomic
 from qamdt.manifest import ClipRecord, read_manifest
 
 LOG_NAME = "train_log.jsonl"
@@ -220,6 +224,30 @@ class _Trainer:
             ),
         )
 
+    def save(self, folder: Path, best: dict[str, Any]) -> None:
+        """Writes what a resumed run needs: weights, optimiser, schedule, random states, best."""
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": json.dumps(self.rng.bit_generator.state),
+            "best_state": best["state"],
+            "best": json.dumps({"score": best["score"], "epoch": best["epoch"]}),
+        }
+        torch.save(state, folder / "state.pt")
+
+    def load(self, folder: Path) -> dict[str, Any]:
+        """Restores what :meth:`save` wrote; returns the best epoch so far."""
+        state = load_torch_checkpoint(folder / "state.pt")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rng.bit_generator.state = json.loads(state["numpy_rng"])
+        return {**json.loads(state["best"]), "state": state["best_state"]}
+
     def epoch(self, deadline: float | None) -> tuple[list[float], bool]:
         """One pass over the training clips; returns the losses and whether time ran out."""
         self.model.train()
@@ -322,12 +350,19 @@ def train_embedded_captioner(
         torch.manual_seed(seed)
         captioner = EmbeddedCaptioner(captioner.config)
         trainer = _Trainer(captioner, train, epochs, batch_size, lr, weight_decay, augment, seed)
+        folders = CheckpointFolders(out_dir, log=log)
+        saved = folders.recover()
+        best: dict[str, Any] | None = None
+        first, lines = 1, []
+        if saved:
+            best, lines = trainer.load(folders.current), saved["log"]
+            first = saved["next_epoch"]
         log_path = out_dir / LOG_NAME
-        log_path.write_text("")
+        write_text_atomic(log_path, "".join(line + "\n" for line in lines))
         train_started = time.monotonic()
         deadline = None if max_minutes is None else train_started + 60.0 * max_minutes
-        best: dict[str, Any] | None = None
-        for epoch in range(1, epochs + 1):
+        epoch, out_of_time = first - 1, False
+        for epoch in range(first, epochs + 1):
             losses, out_of_time = trainer.epoch(deadline)
             entry: dict[str, Any] = {
                 "epoch": epoch,
@@ -344,6 +379,7 @@ def train_embedded_captioner(
             entry["seconds"] = round(time.monotonic() - train_started, 1)
             with log_path.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
+            lines.append(json.dumps(entry))
             if log is not None:
                 log(json.dumps(entry))
             if best is None or score > best["score"]:
@@ -352,6 +388,10 @@ def train_embedded_captioner(
                     "epoch": epoch,
                     "state": copy.deepcopy(trainer.model.state_dict()),
                 }
+            folders.save(
+                lambda path, best=best: trainer.save(path, best),
+                {"next_epoch": epoch + 1, "log": lines},
+            )
             if out_of_time:
                 break
         train_seconds = time.monotonic() - train_started
@@ -374,7 +414,9 @@ def train_embedded_captioner(
         metrics["instrument_threshold"] = captioner.config.instrument_threshold
         captioner.save_pretrained(out_dir)
         metrics.update(_final_scores(captioner, valid, test, out_dir))
-        (out_dir / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
+        write_text_atomic(out_dir / METRICS_NAME, json.dumps(metrics, indent=2) + "\n")
+        for folder in (folders.current, folders.previous):
+            shutil.rmtree(folder, ignore_errors=True)
         return metrics
     finally:
         torch.set_num_threads(previous_threads)

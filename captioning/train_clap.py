@@ -42,7 +42,9 @@ import torch.nn.functional as F
 from captioning.base import ClapScorer
 from captioning.embedded_clap import EmbeddedClapConfig, EmbeddedClapScorer
 from qamdt.audio_io import load_audio, normalize_waveform
+from qamdt.checkpoints import CheckpointError, load_torch_checkpoint
 from qamdt.errors import ConfigError, QamdtError
+from qamdt.json_files import atomic_path
 from qamdt.manifest import ClipRecord, read_manifest
 
 LOG_NAME = "train_log.jsonl"
@@ -415,8 +417,8 @@ def train_embedded_clap(
 
     start_epoch, best, best_epoch, history = 0, None, None, []
     checkpoint_path = out_dir / CHECKPOINT_NAME
-    if resume and checkpoint_path.is_file():
-        saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
+    saved = _load_checkpoint(checkpoint_path, say) if resume else None
+    if saved is not None:
         heads.load_state_dict(saved["heads"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -484,7 +486,8 @@ def train_embedded_clap(
         if improved:
             best, best_epoch = valid, epoch
             scorer.save_pretrained(out_dir)
-        torch.save(
+        _save_checkpoint(
+            checkpoint_path,
             {
                 "heads": heads.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -494,7 +497,6 @@ def train_embedded_clap(
                 "best": json.dumps(best),
                 "history": json.dumps(history),
             },
-            checkpoint_path,
         )
         say(
             f"epoch {epoch}: loss {entry['loss']:.3f}, valid t2a R@1 {valid['t2a_r1']:.3f} "
@@ -539,4 +541,29 @@ def train_embedded_clap(
         json.dump(metrics, handle, indent=2, sort_keys=True)
         handle.write("\n")
     checkpoint_path.unlink(missing_ok=True)
+    _previous(checkpoint_path).unlink(missing_ok=True)
     return metrics
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Writes the checkpoint atomically and flushed to disk; the last one is kept beside it."""
+    with atomic_path(path, durable=True) as temporary:
+        torch.save(state, temporary)
+        if path.is_file():
+            os.replace(path, _previous(path))
+
+
+def _load_checkpoint(path: Path, say) -> dict[str, Any] | None:
+    """The checkpoint, or the one before it when it cannot be read (with a message)."""
+    for candidate in (path, _previous(path)):
+        if not candidate.is_file():
+            continue
+        try:
+            return load_torch_checkpoint(candidate)
+        except CheckpointError as error:
+            say(f"{error}; trying the previous checkpoint")
+    return None

@@ -110,15 +110,14 @@ def run_killed(target, *args, after: float, **kwargs) -> bool:
     """Runs ``target`` in a forked process and SIGKILLs it after ``after`` seconds.
 
     Returns:
-        Whether the process had already finished (so the kill did not interrupt it).
+        Whether the process finished by itself (not killed, by the caller or itself).
     """
     process = multiprocessing.get_context("fork").Process(
         target=_child, args=(target, args, kwargs)
     )
     process.start()
     process.join(after)
-    finished = not process.is_alive()
-    if not finished:
+    if process.is_alive():
         os.kill(process.pid, signal.SIGKILL)
         process.join()
-    return finished
+    return process.exitcode == 0

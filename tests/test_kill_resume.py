@@ -374,3 +374,27 @@ def test_mos_training_resumes_bit_for_bit(rated, tmp_path, one_thread):
         assert (tmp_path / run / name).read_bytes() == (tmp_path / "straight" / name).read_bytes()
         log = (tmp_path / run / "train_log.jsonl").read_text().splitlines()
         assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3, 4]
+
+
+def test_captioner_training_resumes_bit_for_bit(tmp_path_factory, tmp_path, one_thread):
+    from test_embedded_captioner import SMALL, corpus
+
+    from captioning.train_captioner import train_embedded_captioner
+
+    manifest = corpus.__wrapped__(tmp_path_factory)
+
+    def train(out):
+        train_embedded_captioner(
+            manifest, out, epochs=3, batch_size=4, lr=3e-3, seed=3, model_config=SMALL
+        )
+
+    train(tmp_path / "straight")
+    rng = random.Random(5)
+    for _ in range(3):
+        run_killed(train, tmp_path / "killed", after=rng.uniform(0.2, 2.0))
+    train(tmp_path / "killed")
+    name = "model.safetensors"
+    assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes()
+    log = (tmp_path / "killed" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3]
+    assert not (tmp_path / "killed" / "checkpoint").exists()
