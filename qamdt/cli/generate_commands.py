@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from qamdt.cli.arguments import device_name, positive_int
 from qamdt.generation.settings import GUIDANCE_MODES
 
 # Command-line option (argparse dest) -> generation setting. An option left out takes the
@@ -138,8 +139,10 @@ def register(groups: argparse._SubParsersAction) -> None:
         default=None,
         help="share of a window the next one repeats as context (default 0.25)",
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="prompts per sampler batch")
-    parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=4, help="prompts per sampler batch"
+    )
+    parser.add_argument("--device", type=device_name, default=None)
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(run=run_generate)
 
