@@ -113,7 +113,7 @@ def sample_latents(
     quality: torch.Tensor,
     negative_text: tuple[torch.Tensor, torch.Tensor] | None = None,
     negative_quality: torch.Tensor | None = None,
-    guidance_scale: float = 3.5,
+    guidance_scale: float = 1.0,
     num_inference_steps: int = 200,
     generator: torch.Generator | None = None,
     eta: float = 0.0,
@@ -135,7 +135,9 @@ def sample_latents(
         quality: ``[B]`` positive quality levels (0 = null; floats interpolate).
         negative_text: Negative branch text; None disables guidance.
         negative_quality: ``[B]`` negative branch levels.
-        guidance_scale: ``s``; 1 also disables the negative branch.
+        guidance_scale: ``s``; 1 (the default here) also disables the negative branch.
+            Generation's scale comes from its settings
+            (:data:`qamdt.generation.settings.DEFAULT_GUIDANCE_SCALE` by default).
         num_inference_steps: Sampler steps.
         generator: For the stochastic part of samplers (DDIM eta > 0, DDPM).
         eta: DDIM eta (the released code samples with 1.0).
