@@ -144,3 +144,24 @@ def load_torch_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(
             f"{path}: cannot be loaded with torch.load(weights_only=True) ({exc})"
         ) from exc
+
+
+def load_pretrained(loader, path: str | os.PathLike) -> Any:
+    """``loader(path)`` (a ``from_pretrained``), an unreadable weight file a clear error.
+
+    A truncated or damaged safetensors file makes the libraries raise a bare ``OSError``
+    (or worse) deep inside; this names the folder and what went wrong.
+
+    Raises:
+        CheckpointError: If the folder's files cannot be loaded.
+    """
+    try:
+        return loader(path)
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RuntimeError, safetensors.SafetensorError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: cannot be loaded ({reason}); the weight file is truncated, damaged or "
+            "not a model of this kind"
+        ) from exc

@@ -164,6 +164,7 @@ class QAMDTPipeline:
         """
         from diffusers import DDPMScheduler
 
+        from qamdt.checkpoints import load_pretrained
         from qamdt.models.text_encoder import TextEncoder
         from qamdt.models.transformer import QualityMDTTransformer
         from qamdt.models.vae import LatentVAE
@@ -182,12 +183,14 @@ class QAMDTPipeline:
         )
         stats_path = folder / STATS_NAME
         pipeline = cls(
-            transformer=QualityMDTTransformer.from_pretrained(folder / "transformer"),
-            vae=LatentVAE.from_pretrained(folder / "vae"),
+            transformer=load_pretrained(
+                QualityMDTTransformer.from_pretrained, folder / "transformer"
+            ),
+            vae=load_pretrained(LatentVAE.from_pretrained, folder / "vae"),
             vocoder=(
                 Vocoder.embedded()
                 if index.vocoder == EMBEDDED
-                else Vocoder.from_pretrained(folder / index.vocoder)
+                else load_pretrained(Vocoder.from_pretrained, folder / index.vocoder)
             ),
             text_encoder=text_encoder,
             scheduler=DDPMScheduler.from_pretrained(folder / "scheduler"),
