@@ -64,8 +64,8 @@ def take_fields(
             merged[key] = source[key]
         else:
             merged.pop(key, None)
-        # Sorted, so the row reads the same whichever stage finished first.
-        out[top] = dict(sorted(merged.items()))
+        # Stage errors sorted, so the row reads the same whichever stage finished first.
+        out[top] = dict(sorted(merged.items())) if top == "errors" else merged
     return out
 
 
