@@ -106,6 +106,7 @@ def test_a_shard_of_another_model_is_discarded_unless_asked(manifest, capfd):
 
     again = make_manifest(manifest.parent.parent / "again")
     assert not run_killed(label, again, bias=1.0, delay=0.05, after=0.6)
+    kept = {r.id: r.pmos for r in read_manifest(shard_path(again, "pmos", 0))}
     label(again, resume_anyway=True)
     rows = {r.id: r.pmos for r in read_manifest(again)}
     old = {r: v for r, v in kept.items() if v is not None}
