@@ -291,6 +291,23 @@ def _train(data, out, **changes):
     return train_mdt(mdt_config(data, **changes), out, progress=False)
 
 
+def test_latent_cache_build_resumes_to_the_same_files(mdt_data, tmp_path, one_thread):
+    from qamdt.training.latent_cache import build_cache
+
+    def build(cache):
+        build_cache(mdt_config(mdt_data, cache=str(cache)), cache, progress=False)
+
+    def files(cache):
+        return {p.name: p.read_bytes() for p in sorted(cache.iterdir())}
+
+    build(tmp_path / "straight")
+    rng = random.Random(3)
+    for _ in range(2):
+        run_killed(build, tmp_path / "killed", after=rng.uniform(0.5, 3.0))
+    build(tmp_path / "killed")
+    assert files(tmp_path / "killed") == files(tmp_path / "straight")
+
+
 def _weights(out):
     return (out / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes()
 
@@ -367,7 +384,7 @@ def _train_mos(manifest, out):
 def test_mos_training_resumes_bit_for_bit(rated, tmp_path, one_thread):
     _train_mos(rated, tmp_path / "straight")
     rng = random.Random(11)
-    for _ in range(3):
+    for _ in range(2):
         run_killed(_train_mos, rated, tmp_path / "killed", after=rng.uniform(0.5, 4.0))
     _train_mos(rated, tmp_path / "killed")
     name = "checkpoint/model.safetensors"
@@ -391,7 +408,7 @@ def test_captioner_training_resumes_bit_for_bit(tmp_path_factory, tmp_path, one_
 
     train(tmp_path / "straight")
     rng = random.Random(5)
-    for _ in range(3):
+    for _ in range(2):
         run_killed(train, tmp_path / "killed", after=rng.uniform(0.2, 2.0))
     train(tmp_path / "killed")
     name = "model.safetensors"
