@@ -8,7 +8,7 @@ cache's shard files for ``cache``, the final weights for the trainers. ``ckpt`` 
 MDT trainer inside checkpoint writes (at a random flush or rename of the save). It uses
 the test suite's tiny data and models with known answers (``tests/kill_stages.py``).
 
-    python benchmarks/kill_campaign.py --trials 20 --out /tmp/kills.json
+    python benchmarks/kill_campaign.py --trials 20 --min-kills 20 --out /tmp/kills.json
     python benchmarks/kill_campaign.py --stages label refine --trials 5
 """
 
@@ -157,7 +157,7 @@ def trial(campaign: Campaign, stage: str, index: int, seed: int, duration: float
         delay = None
         finished = run_killed(_killed_in_checkpoint, run, seed * 1000 + index, after=60.0)
     else:
-        delay = rng.uniform(0.0, duration * 1.1)
+        delay = rng.uniform(0.0, duration)
         finished = run_killed(run, after=delay)
     started = time.time()
     try:
@@ -188,6 +188,9 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--min-kills", type=int, default=0, help="add trials until this many were killed"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in the forked runs: the thread count changes float sums
@@ -204,7 +207,12 @@ def main() -> None:
         run()
         duration = time.time() - started
         campaign.references[stage] = outputs()
-        results = [trial(campaign, stage, i, args.seed, duration) for i in range(args.trials)]
+        results = []
+        while len(results) < args.trials or (
+            sum(r["killed"] for r in results) < args.min_kills
+            and len(results) < 3 * max(args.trials, args.min_kills)
+        ):
+            results.append(trial(campaign, stage, len(results), args.seed, duration))
         summary = {
             "uninterrupted_seconds": round(duration, 2),
             "trials": len(results),
