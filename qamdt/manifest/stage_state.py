@@ -83,6 +83,7 @@ def content_hash(*objects: Any) -> str:
 
 
 def _hash_into(digest, obj: Any, depth: int, seen: set[int]) -> None:
+    import numpy as np
     import torch
 
     if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
@@ -97,6 +98,10 @@ def _hash_into(digest, obj: Any, depth: int, seen: set[int]) -> None:
             tensor = tensor.detach().cpu().contiguous()
             digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
             digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+        return
+    if isinstance(obj, np.ndarray):
+        digest.update(f"{obj.dtype}|{obj.shape}".encode())
+        digest.update(np.ascontiguousarray(obj).tobytes())
         return
     if isinstance(obj, (list, tuple)):
         digest.update(b"[")
