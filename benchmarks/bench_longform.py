@@ -88,19 +88,23 @@ def main() -> None:
     clip = 10.0
     rows = [(f"6 x {clip:g} s clips (reference)", [clip] * 6)]
     rows += [(f"{seconds:g} s piece", [seconds]) for seconds in args.lengths]
-    measured = [(name, *run_row(args, lengths)) for name, lengths in rows]
     import torch
 
     model = args.model or f"{args.config} (random weights)"
     print(f"long-form generation, {model}, DDIM {args.steps} steps per window, "
           f"CPU ({torch.get_num_threads()} threads)")  # fmt: skip
     print(f"{'run':28s} {'windows':>7s} {'seconds':>8s} {'vs ref':>7s} {'peak MiB':>9s} "
-          f"{'growth MiB':>11s} {'peak vs first':>13s}")  # fmt: skip
-    reference_s = measured[0][1]
-    first_peak = measured[1][2]
-    for name, seconds, peak, growth, windows in measured:
+          f"{'growth MiB':>11s} {'peak vs first':>13s}", flush=True)  # fmt: skip
+    reference_s = first_peak = None
+    # Rows print as they finish: a slow machine shows the first ones early.
+    for index, (name, lengths) in enumerate(rows):
+        seconds, peak, growth, windows = run_row(args, lengths)
+        reference_s = reference_s or seconds
+        if index == 1:
+            first_peak = peak
+        versus = f"{peak / first_peak:12.2f}x" if first_peak else f"{'':>13s}"
         print(f"{name:28s} {windows:7d} {seconds:8.1f} {seconds / reference_s:6.2f}x "
-              f"{peak:9.0f} {growth:11.0f} {peak / first_peak:12.2f}x")  # fmt: skip
+              f"{peak:9.0f} {growth:11.0f} {versus}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

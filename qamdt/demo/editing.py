@@ -315,6 +315,10 @@ def _enhance(pipeline, clap, chosen, corpus_root, out, at_level, seconds, score,
         source = _save(
             out, f"degraded_{i}", wave, rate, at_level(5), caption, {"reference_id": record.id}
         )
+        if i == 0:
+            examples.append(
+                {"audio": str(source), "name": f"degraded held-out {record.id}", "prompt": caption}
+            )
         made = {}
         for level in (1, 5):
             a2a = at_level(level).replace(strength=STRENGTH, audio_length_in_s=None)
@@ -338,17 +342,16 @@ def _enhance(pipeline, clap, chosen, corpus_root, out, at_level, seconds, score,
                         "prompt": caption,
                     }
                 )
-        if i == 0:
-            examples.append(
-                {"audio": str(source), "name": f"degraded held-out {record.id}", "prompt": caption}
-            )
         waves = [wave, made[1], made[5], fresh[i]]
         pmos = score(waves)
         claps = clap.text_audio_scores(waves, rate, [caption] * len(waves))
         rows.append(
             {
                 "id": record.id,
-                "degradations": ", ".join(str(d) for d in record.meta.get("degradations", [])),
+                "degradations": ", ".join(
+                    str(d.get("type", d)) if isinstance(d, dict) else str(d)
+                    for d in record.meta.get("degradations", [])
+                ),
                 "pmos_input": pmos[0],
                 "pmos_a2a_1": pmos[1],
                 "pmos_a2a_5": pmos[2],
