@@ -229,20 +229,7 @@ def test_checks_pass_and_fail_on_the_figures():
 # ---------------------------------------------------------------------- end to end
 
 
-def _mos_music_missing() -> list[str]:
-    from mos_predictor.real_music import missing_sources
-    from mos_predictor.train import load_train_config
-
-    return missing_sources(
-        load_train_config(PROJECT_ROOT / "configs/mos/embedded.yaml").real_sources
-    )
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(
-    bool(_mos_music_missing()),
-    reason="the MOS model's Debian music packages are not installed (scripts/setup.sh)",
-)
 def test_quick_demo_end_to_end(tmp_path, capsys):
     from captioning.base import load_captioner, load_clap
     from mos_predictor.models import load_mos_model

@@ -107,7 +107,7 @@ def corpus(ctx: StageContext) -> dict[str, Any]:
 
 
 def mos(ctx: StageContext) -> dict[str, Any]:
-    """Trains the MOS predictor on the corpus and degraded real music; keeps the best epoch."""
+    """Trains the MOS predictor (``mos_config``: the corpus alone); keeps the best epoch."""
     from mos_predictor.train import MODEL_DIR, load_train_config, train_mos_model
 
     s = ctx.settings

@@ -123,9 +123,9 @@ class DemoSettings:
     max_clips_per_variant: int = 3
     mos_epochs: int = 30
     mos_batch_size: int = 16
-    mos_max_minutes: float = 60.0
+    mos_max_minutes: float = 2.0
     mos_patience: int | None = 5
-    mos_config: str = "configs/mos/embedded.yaml"
+    mos_config: str = "configs/mos/corpus.yaml"
     mos_real_files_per_source: int | None = None
     level_shares: tuple[float, ...] = (0.2, 0.2, 0.2, 0.2, 0.2)
     captioner_epochs: int = 22
@@ -266,7 +266,6 @@ QUICK_OVERRIDES: dict[str, Any] = {
     "mos_epochs": 2,
     "mos_batch_size": 8,
     "mos_max_minutes": 1.0,
-    "mos_real_files_per_source": 3,
     "captioner_epochs": 1,
     "captioner_batch_size": 16,
     "captioner_max_minutes": 0.5,
