@@ -45,9 +45,12 @@ def add_stage_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def stage_exit_status(done: int, failed: int) -> int:
-    """1 when a stage had rows to do and every one of them failed, else 0."""
-    return 1 if failed and not done else 0
+def stage_exit_status(summary: dict) -> int:
+    """1 when every row of the manifest failed (none done now or before), else 0.
+
+    A re-run that only retries a few broken clips of a finished manifest still exits 0.
+    """
+    return 1 if summary["failed"] and not summary["scored"] and not summary["skipped"] else 0
 
 
 def device_name(text: str) -> str:

@@ -148,8 +148,7 @@ def run_refine(args: argparse.Namespace) -> int:
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
-    stage1 = summary["stage1"]
-    return stage_exit_status(stage1["scored"], stage1["failed"])
+    return stage_exit_status(summary["stage1"])
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -273,7 +273,7 @@ def run_label(args: argparse.Namespace) -> int:
         min_seconds=args.min_seconds,
     )
     print(json.dumps(summary))
-    return stage_exit_status(summary["scored"], summary["failed"])
+    return stage_exit_status(summary)
 
 
 def run_predict(args: argparse.Namespace) -> int:
