@@ -36,6 +36,13 @@ def test_unknown_settings_are_named(tmp_path):
         load_demo_settings(path)
     with pytest.raises(ConfigError, match="clips"):
         DemoSettings(clips=0)
+    with pytest.raises(ConfigError, match="mdt_max_minutes"):
+        DemoSettings(mdt_max_minutes=0)
+    # Trainers stop on their counts: no time cap unless one is asked for.
+    assert all(
+        getattr(DemoSettings.quick(), f"{name}_max_minutes") is None
+        for name in ("mos", "captioner", "clap", "vae", "mdt")
+    )
     path.write_text("guidance_interval: [800, 0]\n")
     with pytest.raises(ConfigError, match="guidance_interval"):
         load_demo_settings(path)

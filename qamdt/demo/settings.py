@@ -54,7 +54,8 @@ class DemoSettings:
             piece, a small corpus still fills the valid and test splits.
         mos_epochs: MOS-predictor epochs.
         mos_batch_size: MOS-predictor clips per step.
-        mos_max_minutes: MOS-predictor training budget.
+        mos_max_minutes: Cap on MOS-predictor training time (None: none; a cap that is
+            reached changes the result, so the demo sets none).
         mos_patience: Epochs without a better validation SRCC before the MOS predictor
             stops (None: run every epoch).
         mos_config: The MOS training config the demo's values override (real-music
@@ -65,16 +66,16 @@ class DemoSettings:
             levels).
         captioner_epochs: Embedded-captioner epochs.
         captioner_batch_size: Embedded-captioner crops per step.
-        captioner_max_minutes: Embedded-captioner training budget.
+        captioner_max_minutes: Cap on embedded-captioner training time (None: none).
         clap_epochs: Embedded-CLAP epochs.
         clap_batch_size: Embedded-CLAP clips per contrastive step.
-        clap_max_minutes: Embedded-CLAP training budget.
+        clap_max_minutes: Cap on embedded-CLAP training time (None: none).
         refine_rho1: Threshold on S(generated caption, audio), eq. 8 (a number or "pX").
         refine_rho2: Threshold on S(original caption, audio), eq. 9.
         refine_rho3: Merge threshold on S(original, generated), eq. 10.
         vae_steps: VAE optimiser steps.
         vae_batch_size: VAE crops per step.
-        vae_max_minutes: VAE training budget.
+        vae_max_minutes: Cap on VAE training time (None: none).
         mdt_config: The MDT training preset the demo's values override (relative paths
             are looked up in the working directory, then in the project folder).
         mdt_model: Overrides of the preset's ``model`` section (size of the transformer).
@@ -85,8 +86,7 @@ class DemoSettings:
         mdt_learning_rate: MDT AdamW learning rate.
         mdt_warmup_steps: MDT learning-rate warm-up steps.
         mdt_max_steps: MDT optimiser steps (each of the two models).
-        mdt_max_minutes: MDT training budget (each of the two models; the latent cache
-            comes on top).
+        mdt_max_minutes: Cap on each MDT's training time (None: none).
         mdt_checkpoint_every: MDT steps between checkpoints.
         prompts: Evaluation prompts (true captions of clean test clips).
         levels: Quality levels of the sweep.
@@ -123,23 +123,23 @@ class DemoSettings:
     max_clips_per_variant: int = 3
     mos_epochs: int = 30
     mos_batch_size: int = 16
-    mos_max_minutes: float = 2.0
+    mos_max_minutes: float | None = None
     mos_patience: int | None = 5
     mos_config: str = "configs/mos/corpus.yaml"
     mos_real_files_per_source: int | None = None
     level_shares: tuple[float, ...] = (0.2, 0.2, 0.2, 0.2, 0.2)
     captioner_epochs: int = 22
     captioner_batch_size: int = 32
-    captioner_max_minutes: float = 2.0
+    captioner_max_minutes: float | None = None
     clap_epochs: int = 5
     clap_batch_size: int = 64
-    clap_max_minutes: float = 2.0
+    clap_max_minutes: float | None = None
     refine_rho1: float | str = "p8.9"
     refine_rho2: float | str = "p15"
     refine_rho3: float | str = "p90"
     vae_steps: int = 380
     vae_batch_size: int = 16
-    vae_max_minutes: float = 4.0
+    vae_max_minutes: float | None = None
     mdt_config: str = "configs/mdt/embedded.yaml"
     mdt_model: dict[str, Any] = dataclasses.field(default_factory=dict)
     mdt_clip_seconds: float = 2.5
@@ -147,7 +147,7 @@ class DemoSettings:
     mdt_learning_rate: float = 1.0e-3
     mdt_warmup_steps: int = 50
     mdt_max_steps: int = 870
-    mdt_max_minutes: float = 9.0
+    mdt_max_minutes: float | None = None
     mdt_checkpoint_every: int = 100
     prompts: int = 20
     levels: tuple[int, ...] = (1, 2, 3, 4, 5)
@@ -179,6 +179,13 @@ class DemoSettings:
         ]
         if positive:
             raise ConfigError(f"demo settings: {positive} must be > 0")
+        capped = [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name.endswith("_max_minutes") and getattr(self, f.name) is not None
+        ]
+        if any(getattr(self, name) <= 0 for name in capped):
+            raise ConfigError(f"demo settings: {capped} must be > 0 (or null: no cap)")
         if self.mos_patience is not None and self.mos_patience <= 0:
             raise ConfigError("demo settings: mos_patience must be > 0 (or null)")
         if self.mdt_warmup_steps < 0:
@@ -265,22 +272,17 @@ QUICK_OVERRIDES: dict[str, Any] = {
     "max_clips_per_variant": 1,
     "mos_epochs": 2,
     "mos_batch_size": 8,
-    "mos_max_minutes": 1.0,
     "captioner_epochs": 1,
     "captioner_batch_size": 16,
-    "captioner_max_minutes": 0.5,
     "clap_epochs": 1,
     "clap_batch_size": 16,
-    "clap_max_minutes": 0.5,
     "vae_steps": 4,
     "vae_batch_size": 4,
-    "vae_max_minutes": 0.5,
     "mdt_model": {"hidden_size": 32, "num_heads": 2, "encoder_depth": 2, "decoder_depth": 1},
     "mdt_clip_seconds": 2.0,
     "mdt_batch_size": 4,
     "mdt_warmup_steps": 1,
     "mdt_max_steps": 5,
-    "mdt_max_minutes": 0.5,
     "mdt_checkpoint_every": 5,
     "prompts": 2,
     "sampler_steps": 2,
