@@ -9,23 +9,28 @@ be read, or is shorter than :data:`~qamdt.manifest.stages.MIN_CLIP_SECONDS`, is 
 its row's ``errors["mos"]`` and the run goes on. The run is a
 :class:`~qamdt.manifest.stage_state.StageRun`: it owns ``pmos``, ``meta.pmos_ta`` and
 ``errors.mos`` and nothing else of a row, and resumes only from shards of the same model.
+
+The manifest is streamed: rows are read, scored in batches and appended as they come, the
+audio decoded ahead of the model by worker processes (``workers``) through a bounded
+queue, so memory does not grow with the manifest. With ``part=(I, N)`` the run labels
+part I of N of the rows (:mod:`qamdt.manifest.parts`) into its own part file.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import os
 import sys
 import time
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from qamdt.errors import QamdtError
-from qamdt.manifest import ClipRecord, read_manifest, shard_records
-from qamdt.manifest.stage_state import StageRun, content_hash
-from qamdt.manifest.stages import MIN_CLIP_SECONDS, load_clip_audio
+from qamdt.manifest import ClipRecord, iter_manifest
+from qamdt.manifest.parts import finish_part, stage_target
+from qamdt.manifest.stage_state import StageRun, content_hash, stage_identity
+from qamdt.manifest.stages import MIN_CLIP_SECONDS, batched, check_manifest, prefetched
 
 ERROR_KEY = "mos"
 STAGE = "pmos"
@@ -40,6 +45,8 @@ def label_manifest(
     progress: bool = True,
     resume_anyway: bool = False,
     min_seconds: float = MIN_CLIP_SECONDS,
+    workers: int = 0,
+    part: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Writes p-MOS (and text alignment, for text-aware models) into a manifest.
 
@@ -52,6 +59,8 @@ def label_manifest(
         progress: Show a progress bar.
         resume_anyway: Resume from a shard written by another model or settings.
         min_seconds: Shortest clip scored.
+        workers: Processes decoding audio ahead of the model (0: one thread).
+        part: ``(I, N)``: label only part I of N into its part file (``--shard I/N``).
 
     Returns:
         Counts of rows scored, skipped and failed, and the throughput.
@@ -63,63 +72,68 @@ def label_manifest(
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise QamdtError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise QamdtError(f"workers must be a whole number >= 0, got {workers!r}")
     # cpu=True lets processes started by torchrun on a machine without GPUs form a group.
     state = PartialState(cpu=not torch.cuda.is_available())
     text_aware = model.config.kind == "text-aware"
     settings = {"overwrite": overwrite, "min_seconds": min_seconds}
-    run = StageRun(manifest, STAGE, FIELDS, content_hash(model), settings, state, resume_anyway)
+    identity = stage_identity(STAGE, FIELDS, content_hash(model), settings)
+    target = stage_target(manifest, identity, part, state, resume_anyway)
+    run = StageRun(
+        target, STAGE, FIELDS, identity["model"], settings, state, resume_anyway
+    )  # fmt: skip
     with run:
-        records = read_manifest(run.manifest)
-        todo = [r for r in records if (overwrite or r.pmos is None) and r.id not in run.resumed_ids]
-        mine = shard_records(todo, state.num_processes, state.process_index)
+        check_manifest(run.manifest)
+        counts = {"rows": 0, "to_score": 0}
+
+        def mine() -> Iterator[ClipRecord]:
+            for record in iter_manifest(run.manifest, validate=False):
+                counts["rows"] += 1
+                if (overwrite or record.pmos is None) and record.id not in run.resumed_ids:
+                    if counts["to_score"] % state.num_processes == state.process_index:
+                        yield record
+                    counts["to_score"] += 1
+
         started = time.time()
         scored, failed = _label_rows(
-            run, mine, model, text_aware, batch_size, min_seconds, progress, state
+            run, mine(), model, text_aware, batch_size, min_seconds, workers, progress, state
         )
         seconds = time.time() - started
         run.merge()
+    if part is not None:
+        finish_part(run.manifest, state)
     return {
-        "rows": len(records),
-        "to_score": len(todo),
+        "rows": counts["rows"],
+        "to_score": counts["to_score"],
         "scored": scored,
         "failed": failed,
-        "skipped": len(records) - len(todo),
+        "skipped": counts["rows"] - counts["to_score"],
         "seconds": round(seconds, 2),
         "clips_per_second": round(scored / seconds, 2) if seconds > 0 and scored else None,
+        **({"part": str(run.manifest)} if part is not None else {}),
     }
 
 
-def _label_rows(run, mine, model, text_aware, batch_size, min_seconds, progress, state):
+def _label_rows(run, rows, model, text_aware, batch_size, min_seconds, workers, progress, state):
     """Scores this process's rows into its shard; returns the counts scored and failed."""
     from tqdm import tqdm
 
-    manifest_dir = run.folder
     scored = failed = 0
+    bar = tqdm(unit="clip", desc="p-MOS", file=sys.stderr,
+               disable=not progress or not state.is_local_main_process)  # fmt: skip
     with run.appender() as appender:
-        pending = [r for r in mine if r.id not in appender]
-        bar = tqdm(total=len(mine), initial=len(mine) - len(pending), unit="clip", desc="p-MOS",
-                   disable=not progress or not state.is_local_main_process,
-                   file=sys.stderr)  # fmt: skip
-        # Decoding runs in a thread while the model scores the previous batch.
-        batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
-        with futures.ThreadPoolExecutor(max_workers=1) as pool:
-
-            def load(batch):
-                return _load_batch(batch, manifest_dir, min_seconds)
-
-            loading = pool.submit(load, batches[0]) if batches else None
-            for index, batch in enumerate(batches):
-                loaded = loading.result()
-                if index + 1 < len(batches):
-                    loading = pool.submit(load, batches[index + 1])
-                for record in _score_batch(model, batch, loaded, text_aware, batch_size):
-                    appender.append(record)
-                    if ERROR_KEY in record.errors:
-                        failed += 1
-                    else:
-                        scored += 1
-                bar.update(len(batch))
-        bar.close()
+        for batch, loaded in prefetched(
+            batched(rows, batch_size), run.folder, min_seconds, workers
+        ):
+            for record in _score_batch(model, batch, loaded, text_aware, batch_size):
+                appender.append(record)
+                if ERROR_KEY in record.errors:
+                    failed += 1
+                else:
+                    scored += 1
+            bar.update(len(batch))
+    bar.close()
     return scored, failed
 
 
@@ -154,14 +168,3 @@ def _score_batch(
 
 def _caption(record: ClipRecord) -> str:
     return record.final_caption or record.original_caption or ""
-
-
-def _load_batch(batch: list[ClipRecord], manifest_dir: Path, min_seconds: float) -> list[tuple]:
-    loaded = []
-    for record in batch:
-        try:
-            wave, rate = load_clip_audio(record, manifest_dir, min_seconds)
-            loaded.append((wave, rate, None))
-        except QamdtError as error:
-            loaded.append((None, None, str(error)))
-    return loaded

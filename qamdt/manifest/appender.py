@@ -33,6 +33,9 @@ class ManifestAppender:
             Defaults to the manifest's folder.
         fsync_every: fsync after this many appended lines (None or 0: only on close).
         validate: Validate existing rows on opening and every appended record.
+        track_ids: Add appended ids to :attr:`done_ids` and refuse repeats. A caller
+            that appends each id once (a stage streaming a manifest) turns it off, so
+            memory does not grow with the rows appended.
     """
 
     def __init__(
@@ -42,12 +45,14 @@ class ManifestAppender:
         *,
         fsync_every: int | None = 100,
         validate: bool = True,
+        track_ids: bool = True,
     ):
         self.path = os.fspath(path)
         self._dir = _folder_of(self.path)
         self._source_dir = self._dir if source_dir is None else os.path.abspath(source_dir)
         self.fsync_every = fsync_every
         self.validate = validate
+        self.track_ids = track_ids
         self.done_ids: set[str] = set()
         self._file = None
         self._unsynced = 0
@@ -122,7 +127,8 @@ class ManifestAppender:
             )
         self._file.write(data)
         self._file.flush()
-        self.done_ids.add(record.id)
+        if self.track_ids:
+            self.done_ids.add(record.id)
         self._unsynced += 1
         if self.fsync_every and self._unsynced >= self.fsync_every:
             os.fsync(self._file.fileno())

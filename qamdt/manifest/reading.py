@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from qamdt.errors import ManifestError
+from qamdt.manifest.ids import DuplicateFinder, confirmed_duplicates
 from qamdt.manifest.record import ClipRecord, _check_row, _record_unchecked
 
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -69,23 +70,38 @@ def _truncated_error(path: str, line: int, cause: ManifestError) -> ManifestErro
     )
 
 
-def _duplicate_error(path: str, rid: str, line: int) -> ManifestError:
-    # Only ids are kept while streaming, so the earlier line is looked up again here.
-    first = None
+def _ids_on_lines(path: str, wanted: set[int]) -> dict[int, str]:
+    """The ids on the given line numbers (one pass over the file)."""
+    found: dict[int, str] = {}
+    last = max(wanted, default=0)
     for lineno, _, raw in _nonblank_lines(path):
-        if lineno >= line:
+        if lineno > last:
             break
-        try:
-            obj = _load_line(raw, path, lineno)
-        except ManifestError:
-            continue
-        if isinstance(obj, dict) and obj.get("id") == rid:
-            first = lineno
-            break
-    where = f"line {first}" if first is not None else "an earlier line"
-    return ManifestError(
-        f"duplicate id {rid!r}, already used on {where}", path=path, line=line, field="id"
+        if lineno in wanted:
+            try:
+                obj = _load_line(raw, path, lineno)
+            except ManifestError:
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+                found[lineno] = obj["id"]
+    return found
+
+
+def _duplicates(path: str, finder: DuplicateFinder) -> list[ManifestError]:
+    """One error per line that repeats an earlier line's id, in line order."""
+    confirmed = confirmed_duplicates(
+        finder.candidate_lines(), lambda lines: _ids_on_lines(path, lines)
     )
+    first: dict[int, tuple[str, int]] = {}
+    for rid, a, b in confirmed:
+        if b not in first or a < first[b][1]:
+            first[b] = (rid, a)
+    return [
+        ManifestError(
+            f"duplicate id {rid!r}, already used on line {a}", path=path, line=b, field="id"
+        )
+        for b, (rid, a) in sorted(first.items())
+    ]
 
 
 def _warn_skipped_tail(path: str) -> _OnTruncated:
@@ -110,27 +126,33 @@ def _scan(
 
     ``on_truncated`` is called for an unparsable last line without a trailing newline,
     which then ends the scan; when it is None such a line raises.
+
+    With ``validate``, a duplicate id is raised after the last row (ids are checked in
+    bounded memory, :mod:`qamdt.manifest.ids`): a caller that must not act on a manifest
+    with duplicates reads it through once first.
     """
     path = os.fspath(path)
-    seen: set[str] = set()
-    for lineno, start, raw in _nonblank_lines(path):
-        try:
-            obj = _load_line(raw, path, lineno)
-        except ManifestError as exc:
-            if raw.endswith(b"\n"):
-                raise
-            if on_truncated is None:
-                raise _truncated_error(path, lineno, exc) from None
-            on_truncated(lineno, start, exc)
-            return
+    with DuplicateFinder() as finder:
+        for lineno, start, raw in _nonblank_lines(path):
+            try:
+                obj = _load_line(raw, path, lineno)
+            except ManifestError as exc:
+                if raw.endswith(b"\n"):
+                    raise
+                if on_truncated is None:
+                    raise _truncated_error(path, lineno, exc) from None
+                on_truncated(lineno, start, exc)
+                break
+            if validate:
+                record = ClipRecord.from_dict(obj, path, lineno)
+                finder.add(record.id, lineno)
+            else:
+                record = _record_unchecked(obj, path, lineno)
+            yield record, lineno, start
         if validate:
-            record = ClipRecord.from_dict(obj, path, lineno)
-            if record.id in seen:
-                raise _duplicate_error(path, record.id, lineno)
-            seen.add(record.id)
-        else:
-            record = _record_unchecked(obj, path, lineno)
-        yield record, lineno, start
+            duplicates = _duplicates(path, finder)
+            if duplicates:
+                raise duplicates[0]
 
 
 def iter_manifest(
@@ -178,20 +200,19 @@ def find_manifest_errors(path: str | os.PathLike, limit: int | None = 50) -> lis
     """
     path = os.fspath(path)
     found: list[ManifestError] = []
-    seen: set[str] = set()
-    for lineno, _, raw in _nonblank_lines(path):
-        if limit is not None and len(found) >= limit:
-            break
-        try:
-            obj = _load_line(raw, path, lineno)
-        except ManifestError as exc:
-            found.append(exc if raw.endswith(b"\n") else _truncated_error(path, lineno, exc))
-            continue
-        found.extend(_check_row(obj, path, lineno)[1])
-        rid = obj.get("id") if isinstance(obj, dict) else None
-        if isinstance(rid, str) and rid.strip():
-            if rid in seen:
-                found.append(_duplicate_error(path, rid, lineno))
-            else:
-                seen.add(rid)
+    with DuplicateFinder() as finder:
+        for lineno, _, raw in _nonblank_lines(path):
+            if limit is not None and len(found) >= limit:
+                break
+            try:
+                obj = _load_line(raw, path, lineno)
+            except ManifestError as exc:
+                found.append(exc if raw.endswith(b"\n") else _truncated_error(path, lineno, exc))
+                continue
+            found.extend(_check_row(obj, path, lineno)[1])
+            rid = obj.get("id") if isinstance(obj, dict) else None
+            if isinstance(rid, str) and rid.strip():
+                finder.add(rid, lineno)
+        found.extend(_duplicates(path, finder))
+    found.sort(key=lambda error: error.line or 0)
     return found if limit is None else found[:limit]

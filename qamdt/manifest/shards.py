@@ -86,8 +86,9 @@ def merge_manifests(
     where a shard has one; shards may only hold ids of the base. Audio paths are rebased
     from each input's folder to the output's folder. ``out_path`` may be the base itself.
 
-    Only ids and byte offsets are held in memory: shard rows are read again from disk
-    when written.
+    With a base, shards whose rows follow the base's order (every stage writes them so)
+    are merged in one streaming pass that holds one row per shard in memory; otherwise
+    ids and byte offsets are held in memory and shard rows are read again from disk.
 
     Args:
         out_path: Destination manifest.
@@ -128,6 +129,13 @@ def merge_manifests(
         # Already validated, and a skipped tail was already warned about.
         skip = (lambda *_: None) if allow_truncated_tail else None
         return _scan(path, validate=False, on_truncated=skip)
+
+    if base is not None:
+        try:
+            return _merge_in_order(out_path, shards, base, on_conflict, validate, fields,
+                                   allow_truncated_tail)  # fmt: skip
+        except _NotInOrder:
+            stats = MergeStats()
 
     base_ids: set[str] | None = None
     if base is not None:
@@ -193,6 +201,78 @@ def merge_manifests(
         check_duplicates=False,
         keep_absolute=fields is not None,
     )
+    return stats
+
+
+class _NotInOrder(Exception):
+    """A shard's rows do not follow the base's order: merge through an index instead."""
+
+
+def _merge_in_order(
+    out_path: str | os.PathLike,
+    shards: list[str],
+    base: str,
+    on_conflict: str,
+    validate: bool,
+    fields: tuple[str, ...] | None,
+    allow_truncated_tail: bool,
+) -> MergeStats:
+    """The streaming merge of :func:`merge_manifests` (raises ``_NotInOrder``)."""
+    stats = MergeStats()
+    base_dir = _folder_of(base)
+
+    def scan(path: str) -> Iterator[tuple[ClipRecord, int, int]]:
+        warn = _warn_skipped_tail(path) if allow_truncated_tail else None
+        return _scan(path, validate=validate, on_truncated=warn)
+
+    readers = [scan(path) for path in shards]
+    heads: dict[str, list[tuple[int, ClipRecord, int]]] = {}
+
+    def advance(si: int) -> None:
+        item = next(readers[si], None)
+        if item is not None:
+            stats.shard_rows += 1
+            heads.setdefault(item[0].id, []).append((si, item[0], item[1]))
+
+    def rows() -> Iterator[tuple[ClipRecord, str]]:
+        for si in range(len(shards)):
+            advance(si)
+        for record, _, _ in scan(base):
+            hits = heads.pop(record.id, None)
+            if not hits:
+                stats.unchanged += 1
+                yield record, base_dir
+                continue
+            if len(hits) > 1 and on_conflict == "error":
+                (sa, _, la), (sb, _, lb) = hits[0], hits[1]
+                raise ManifestError(
+                    f"id {record.id!r} is also in {shards[sa]}, line {la} "
+                    "(pass on_conflict='last' to keep the later row)",
+                    path=shards[sb],
+                    line=lb,
+                    field="id",
+                )
+            stats.conflicts += len(hits) - 1
+            si, row, line = max(hits, key=lambda hit: hit[0])
+            stats.replaced += 1
+            for hit in hits:
+                advance(hit[0])
+            if fields is not None:
+                merged = take_fields(record.to_dict(), row.to_dict(), fields)
+                yield _record_unchecked(merged, shards[si], line), base_dir
+            else:
+                yield row, _folder_of(shards[si])
+        if heads:
+            raise _NotInOrder
+
+    try:
+        stats.written = _atomic_write(
+            out_path, rows(), validate=False, check_duplicates=False,
+            keep_absolute=fields is not None,
+        )  # fmt: skip
+    finally:
+        for reader in readers:
+            reader.close()
     return stats
 
 

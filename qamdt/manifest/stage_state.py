@@ -262,6 +262,19 @@ def _shard_ids(shard: Path) -> list[str]:
     return [r.id for r, _, _ in _scan(shard, validate=True, on_truncated=lambda *_: None)]
 
 
+def stage_identity(
+    stage: str, fields: Iterable[str], model: str, settings: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What a shard's state file records: the stage, model, settings and owned fields."""
+    return {
+        "format": STATE_FORMAT,
+        "stage": stage,
+        "model": model,
+        "settings": json.loads(json.dumps(settings or {}, sort_keys=True)),
+        "fields": list(fields),
+    }
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -295,13 +308,7 @@ class StageRun:
         self.folder = self.manifest.parent
         self.stage = stage
         self.fields = tuple(fields)
-        self.identity = {
-            "format": STATE_FORMAT,
-            "stage": stage,
-            "model": model,
-            "settings": json.loads(json.dumps(settings or {}, sort_keys=True)),
-            "fields": list(self.fields),
-        }
+        self.identity = stage_identity(stage, self.fields, model, settings)
         self.state = state
         self.resume_anyway = resume_anyway
         self.log = log or _stderr
@@ -340,7 +347,7 @@ class StageRun:
     def appender(self) -> ManifestAppender:
         """Opens this process's shard for appending, its state file written first."""
         write_json(shard_state_path(self.shard), self.identity)
-        return ManifestAppender(self.shard, source_dir=self.folder)
+        return ManifestAppender(self.shard, source_dir=self.folder, track_ids=False)
 
     def merge(self) -> None:
         """Waits for every process; the main one merges the shards into the manifest."""

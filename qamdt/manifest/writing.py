@@ -9,6 +9,7 @@ from typing import Any
 
 from qamdt.errors import ManifestError
 from qamdt.json_files import atomic_path
+from qamdt.manifest.ids import DuplicateFinder, confirmed_duplicates
 from qamdt.manifest.record import ClipRecord, _check_row, _show
 
 
@@ -93,22 +94,40 @@ def _atomic_write(
     """Write ``(record, folder its audio path is relative to)`` pairs atomically."""
     path = os.fspath(path)
     dest_dir = _folder_of(path)
-    with atomic_path(path, durable=True) as temporary, open(temporary, "wb") as f:
-        seen: set[str] = set()
+    with (
+        atomic_path(path, durable=True) as temporary,
+        open(temporary, "wb") as f,
+        DuplicateFinder() as finder,
+    ):
         n = 0
         for n, (record, src_dir) in enumerate(items, start=1):
             data = _encode(record, src_dir, dest_dir, path, n, validate, keep_absolute)
             if check_duplicates:
-                if record.id in seen:
-                    raise ManifestError(
-                        f"duplicate id {record.id!r} in the records to write",
-                        path=path,
-                        line=n,
-                        field="id",
-                    )
-                seen.add(record.id)
+                finder.add(record.id, n)
             f.write(data)
+        if check_duplicates:
+            # Checked after the last row, in bounded memory; the old file stays until then.
+            f.flush()
+            pairs = confirmed_duplicates(
+                finder.candidate_lines(), lambda lines: _ids_in(temporary, lines)
+            )
+            if pairs:
+                rid, _, line = pairs[0]
+                raise ManifestError(
+                    f"duplicate id {rid!r} in the records to write", path=path, line=line,
+                    field="id",
+                )  # fmt: skip
     return n
+
+
+def _ids_in(path: str | os.PathLike, lines: set[int]) -> dict[int, str]:
+    """The ids on some lines of a file this module is writing."""
+    found = {}
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if n in lines:
+                found[n] = json.loads(raw)["id"]
+    return found
 
 
 def write_manifest(
