@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from qamdt.cli.arguments import add_stage_arguments, positive_int, stage_exit_status
+from qamdt.cli.manifest_commands import add_part_arguments
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -57,6 +58,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     refine.add_argument("--batch-size", type=positive_int, default=16)
     refine.add_argument("--regenerate", action="store_true", help="caption every clip again")
     add_stage_arguments(refine)
+    add_part_arguments(refine)
     refine.add_argument("--quiet", action="store_true")
     refine.set_defaults(run=run_refine)
 
@@ -145,6 +147,8 @@ def run_refine(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         resume_anyway=args.resume_anyway,
         min_seconds=args.min_seconds,
+        workers=args.workers,
+        part=args.shard,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))

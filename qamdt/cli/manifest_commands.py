@@ -8,6 +8,45 @@ import sys
 from pathlib import Path
 
 
+def part_argument(text: str) -> tuple[int, int]:
+    """``--shard I/N``: part I of N of a manifest's rows, counted from 0."""
+    from qamdt.errors import ConfigError
+    from qamdt.manifest.parts import parse_part
+
+    try:
+        return parse_part(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--shard: ")) from None
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def add_part_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--shard I/N`` and ``--workers N``, shared by the stages that process rows."""
+    parser.add_argument(
+        "--shard",
+        type=part_argument,
+        default=None,
+        metavar="I/N",
+        help="process part I of N (rows whose position is I modulo N, I from 0) into its own "
+        "part file beside the manifest; join the parts with 'qamdt manifest merge'",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=0,
+        help="processes decoding audio ahead of the model (0: one thread)",
+    )
+
+
 def register(groups: argparse._SubParsersAction) -> None:
     """Adds the ``manifest`` command group."""
     parser = groups.add_parser(
@@ -62,12 +101,15 @@ def register(groups: argparse._SubParsersAction) -> None:
 
     merge = commands.add_parser(
         "merge",
-        help="merge per-shard manifests written by several processes",
+        help="merge per-shard manifests, or the parts of --shard I/N runs",
         description="Without --base, concatenates the shards. With --base, keeps the base's "
-        "rows and order and replaces each row a shard holds by the shard's version.",
+        "rows and order and replaces each row a shard holds by the shard's version. Part "
+        "files of '--shard I/N' runs (NAME.STAGE-partIofN.jsonl) are checked (complete, one "
+        "model and settings, every part present) and only the fields their stage owns are "
+        "copied into the base (default: the manifest they came from; --out default: the base).",
     )
-    merge.add_argument("shards", type=Path, nargs="+", help="shard manifests")
-    merge.add_argument("--out", type=Path, required=True, help="merged manifest")
+    merge.add_argument("shards", type=Path, nargs="+", help="shard manifests or part files")
+    merge.add_argument("--out", type=Path, default=None, help="merged manifest")
     merge.add_argument("--base", type=Path, default=None, help="manifest the shards update")
     merge.add_argument(
         "--on-conflict",
@@ -135,8 +177,23 @@ def run_stats(args: argparse.Namespace) -> int:
 
 def run_merge(args: argparse.Namespace) -> int:
     """Runs ``qamdt manifest merge``."""
+    from qamdt.errors import ConfigError
     from qamdt.manifest import merge_manifests
+    from qamdt.manifest.parts import merge_parts, read_part_state
+    from qamdt.manifest.stage_state import real_manifest
 
+    parts = [path for path in args.shards if read_part_state(path) is not None]
+    if parts and len(parts) < len(args.shards):
+        plain = [str(p) for p in args.shards if p not in parts]
+        raise ConfigError(f"merge: part files and plain shards mixed; not parts: {plain}")
+    if parts:
+        first = read_part_state(parts[0])
+        base = args.base or real_manifest(parts[0].parent / first["base"])
+        out = args.out or base
+        print(json.dumps(merge_parts(parts, out, base)))
+        return 0
+    if args.out is None:
+        raise ConfigError("merge: --out is needed to merge plain shards")
     result = merge_manifests(
         args.out, args.shards, base_path=args.base, on_conflict=args.on_conflict
     )

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from qamdt.cli.arguments import add_stage_arguments, positive_int, stage_exit_status
+from qamdt.cli.manifest_commands import add_part_arguments
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -111,6 +112,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     label.add_argument("--batch-size", type=positive_int, default=16)
     label.add_argument("--overwrite", action="store_true", help="re-score rows with a p-MOS")
     add_stage_arguments(label)
+    add_part_arguments(label)
     label.add_argument("--quiet", action="store_true")
     label.set_defaults(run=run_label)
 
@@ -271,6 +273,8 @@ def run_label(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         resume_anyway=args.resume_anyway,
         min_seconds=args.min_seconds,
+        workers=args.workers,
+        part=args.shard,
     )
     print(json.dumps(summary))
     return stage_exit_status(summary)
