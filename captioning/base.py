@@ -10,93 +10,18 @@ from __future__ import annotations
 
 import abc
 import json
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from qamdt.audio_io import normalize_waveform, resample, to_mono, validate_waveform
 from qamdt.errors import ConfigError, QamdtError
 
 CONFIG_NAME = "config.json"
 
 _CAPTIONERS: dict[str, type] = {}
 _CLAPS: dict[str, type] = {}
-
-
-def prepare_audio(
-    audio: list[np.ndarray], sample_rates: int | list[int], target_rate: int
-) -> list[np.ndarray]:
-    """Mono, resampled, peak-normalised float32 copies of a batch of clips.
-
-    Args:
-        audio: 1-D (or ``(channels, samples)``) float arrays.
-        sample_rates: One rate for all clips or one per clip.
-        target_rate: Rate to resample to.
-
-    Raises:
-        ValueError: On an empty batch or a rate list of the wrong length.
-        AudioError: On NaN/inf samples or an absurd rate (naming ``<audio[i]>``).
-    """
-    if len(audio) == 0:
-        raise ValueError("no audio given")
-    rates = [sample_rates] * len(audio) if isinstance(sample_rates, int) else list(sample_rates)
-    if len(rates) != len(audio):
-        raise ValueError(f"{len(audio)} clips but {len(rates)} sample rates")
-    prepared = []
-    for index, (wave, rate) in enumerate(zip(audio, rates, strict=True)):
-        wave = np.asarray(wave, dtype=np.float32)
-        validate_waveform(wave, int(rate), path=f"<audio[{index}]>", allow_silent=True)
-        wave = resample(to_mono(wave), int(rate), target_rate)
-        prepared.append(normalize_waveform(wave).astype(np.float32, copy=False))
-    return prepared
-
-
-WINDOW_SLACK = 0.05
-
-
-def window_starts(total: int, size: int, slack: float = WINDOW_SLACK) -> list[int]:
-    """Deterministic starts of the windows that cover a clip.
-
-    A clip no longer than a window gets one window at 0 (the caller keeps it short or pads
-    it). A clip at most ``slack`` (relative) longer than a window gets one centred window,
-    dropping a sliver at each end. Longer clips get ``ceil(total / size - slack)`` windows,
-    the first at 0, the last ending at the clip's end, the others evenly spaced between.
-
-    Args:
-        total: Clip length (samples or frames).
-        size: Window length, same unit.
-        slack: Relative excess length still covered by a single centred window.
-
-    Returns:
-        The start of each window.
-
-    Raises:
-        ValueError: If ``size`` is not positive.
-    """
-    if size <= 0:
-        raise ValueError(f"window size must be > 0, got {size}")
-    if total <= size:
-        return [0]
-    count = max(1, math.ceil(total / size - slack))
-    if count == 1:
-        return [(total - size) // 2]
-    return np.round(np.linspace(0, total - size, count)).astype(int).tolist()
-
-
-def split_windows(wave: np.ndarray, size: int) -> list[np.ndarray]:
-    """Cuts a 1-D clip into the windows of :func:`window_starts` (a short clip stays whole).
-
-    Args:
-        wave: ``(samples,)`` audio.
-        size: Window length in samples.
-
-    Returns:
-        The windows, each at most ``size`` samples.
-    """
-    return [wave[s : s + size] for s in window_starts(wave.shape[0], size)]
 
 
 def check_texts(texts: list[str | None], batch_size: int) -> list[str]:

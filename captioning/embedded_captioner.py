@@ -39,14 +39,16 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from captioning.base import CONFIG_NAME, Captioner, prepare_audio, register_captioner
+from captioning.base import CONFIG_NAME, Captioner, register_captioner
 from captioning.tags import ALL_FIELDS, INSTRUMENTS, mode_class, tags_from_meta, tags_from_text
-from mos_predictor.base import lengths_to_mask, stats_pool
-from mos_predictor.embedded import ConvBlock
+from qamdt.audio_io import prepare_clips
 from qamdt.audio_spec import get_audio_spec
+from qamdt.audio_windows import padded_windows
 from qamdt.corpus.arrangement import tempo_class, tempo_word
 from qamdt.errors import ConfigError, QamdtError
 from qamdt.mel import MelFrontEnd
+from qamdt.modules.conv import conv_stack, frames_first, strided_lengths
+from qamdt.modules.pooling import lengths_to_mask, stats_pool
 
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
@@ -264,13 +266,11 @@ class TagNet(nn.Module):
         super().__init__()
         self.config = config
         self.mel = MelFrontEnd(config.mel_preset)
-        blocks, channels, freq = [], 1, self.mel.spec.n_mels
-        for out_channels, stride in zip(config.cnn_channels, config.cnn_strides, strict=True):
-            blocks.append(ConvBlock(channels, out_channels, stride))
-            channels, freq = out_channels, math.ceil(freq / stride[0])
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks, flat = conv_stack(
+            config.cnn_channels, config.cnn_strides, self.mel.spec.n_mels
+        )
         self.time_strides = [s[1] for s in config.cnn_strides]
-        self.proj = nn.Sequential(nn.Linear(channels * freq, config.embed_dim), nn.GELU())
+        self.proj = nn.Sequential(nn.Linear(flat, config.embed_dim), nn.GELU())
         width = 2 * config.embed_dim
         self.num_lags = round(config.tempo_lags_seconds * self.mel.spec.frames_per_second)
         if self.num_lags:
@@ -286,9 +286,7 @@ class TagNet(nn.Module):
     def _frame_steps(self, frames: torch.Tensor) -> torch.Tensor:
         pool = self.config.time_pool
         frames = torch.div(frames + pool - 1, pool, rounding_mode="floor")
-        for stride in self.time_strides:
-            frames = torch.div(frames + stride - 1, stride, rounding_mode="floor")
-        return frames
+        return strided_lengths(frames, self.time_strides)
 
     def _onset_autocorrelation(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # Spectral flux of the log-mel, centred over the valid frames, autocorrelated
@@ -322,7 +320,7 @@ class TagNet(nn.Module):
             pool = self.config.time_pool
             h = nn.functional.avg_pool2d(h, (1, pool), ceil_mode=True)
         h = self.blocks(h)
-        h = self.proj(h.permute(0, 3, 1, 2).flatten(2))
+        h = self.proj(frames_first(h))
         features = [stats_pool(h, lengths_to_mask(steps, h.shape[1]))]
         if self.num_lags:
             features.append(self.tempo_proj(self._onset_autocorrelation(x, lengths)))
@@ -379,15 +377,8 @@ class EmbeddedCaptioner(Captioner):
         return self.model.mel(torch.from_numpy(wave)).float().cpu().numpy()
 
     def _windows(self, mel: np.ndarray) -> list[tuple[np.ndarray, int]]:
-        size, frames = self.window_frames, mel.shape[1]
-        if frames <= size:
-            floor = math.log(self.model.mel.spec.log_floor)
-            out = np.full((mel.shape[0], size), floor, dtype=np.float32)
-            out[:, :frames] = mel
-            return [(out, frames)]
-        count = math.ceil(frames / size)
-        starts = np.round(np.linspace(0, frames - size, count)).astype(int)
-        return [(mel[:, s : s + size], size) for s in starts]
+        floor = math.log(self.model.mel.spec.log_floor)
+        return padded_windows(mel, self.window_frames, fill=floor)
 
     @torch.no_grad()
     def logits_from_mels(
@@ -520,7 +511,7 @@ class EmbeddedCaptioner(Captioner):
             sample_rates: One rate for all clips or one per clip.
             batch_size: Windows per forward pass.
         """
-        prepared = prepare_audio(audio, sample_rates, self.sample_rate)
+        prepared = prepare_clips(audio, sample_rates, self.sample_rate)
         mels = [self.log_mel(wave) for wave in prepared]
         return [self.decode(lg) for lg in self.logits_from_mels(mels, batch_size)]
 

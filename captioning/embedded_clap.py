@@ -14,7 +14,7 @@ A contrastive audio-text model small enough to train on a CPU in minutes
   ``max_logit_scale``.
 
 Long audio: the log-mel of the whole clip is cut into windows of ``window_seconds``
-(5 s) chosen by :func:`captioning.hf_clap.window_starts` (evenly spaced windows covering
+(5 s) chosen by :func:`qamdt.audio_windows.window_starts` (evenly spaced windows covering
 the clip, the first at the start and the last at the end; one centred window when the
 clip is at most 5 % longer than a window); the clip's embedding is the normalised mean of
 its normalised window embeddings. A clip shorter than a window is encoded whole (the
@@ -44,14 +44,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captioning.base import CONFIG_NAME, ClapScorer, prepare_audio, register_clap, window_starts
-from mos_predictor.base import CheckpointError
-from mos_predictor.embedded import ConvBlock
-from mos_predictor.ssl import config_to_dict, load_transformers_model
-from mos_predictor.text_aware import default_text_model_path
+from captioning.base import CONFIG_NAME, ClapScorer, register_clap
+from qamdt.audio_io import prepare_clips
 from qamdt.audio_spec import AUDIO_PRESETS, get_audio_spec
-from qamdt.errors import ConfigError
+from qamdt.audio_windows import window_starts
+from qamdt.errors import CheckpointError, ConfigError
 from qamdt.mel import MelFrontEnd
+from qamdt.modules.conv import conv_stack, frames_first
+from qamdt.transformers_loading import (
+    config_to_dict,
+    default_text_model_path,
+    load_text_tokenizer,
+    load_transformers_model,
+)
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_FORMAT_VERSION = 1
@@ -221,14 +226,8 @@ class AudioTower(nn.Module):
         self.mel_mean = float(config.mel_mean)
         self.mel_std = float(config.mel_std)
         self.pooling = config.pooling
-        blocks = []
-        channels, freq = 1, n_mels
-        for out_channels, stride in zip(config.cnn_channels, config.cnn_strides, strict=True):
-            blocks.append(ConvBlock(channels, out_channels, stride))
-            channels = out_channels
-            freq = math.ceil(freq / stride[0])
-        self.blocks = nn.Sequential(*blocks)
-        self.frame_proj = nn.Sequential(nn.Linear(channels * freq, config.audio_width), nn.GELU())
+        self.blocks, flat = conv_stack(config.cnn_channels, config.cnn_strides, n_mels)
+        self.frame_proj = nn.Sequential(nn.Linear(flat, config.audio_width), nn.GELU())
         pooled = config.audio_width * (2 if config.pooling == "stats" else 1)
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(pooled, config.embed_dim))
 
@@ -243,7 +242,7 @@ class AudioTower(nn.Module):
         """
         x = (log_mel - self.mel_mean) / self.mel_std
         x = self.blocks(x.unsqueeze(1))  # (B, C, F', T')
-        x = self.frame_proj(x.permute(0, 3, 1, 2).flatten(2))  # (B, T', W)
+        x = self.frame_proj(frames_first(x))  # (B, T', W)
         if self.pooling == "stats":
             # unbiased=False keeps a single remaining time step finite.
             x = torch.cat([x.mean(dim=1), x.std(dim=1, unbiased=False)], dim=-1)
@@ -304,8 +303,6 @@ class FrozenTextEncoder(nn.Module):
 
     def __init__(self, config: EmbeddedClapConfig):
         super().__init__()
-        from transformers import AutoTokenizer
-
         path = config.text_model
         if path is None and config.text_config is None:
             path = default_text_model_path()
@@ -314,20 +311,7 @@ class FrozenTextEncoder(nn.Module):
         )
         self.model.requires_grad_(False).eval()
         source = config.text_tokenizer or path or default_text_model_path()
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(os.fspath(source), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"text_tokenizer: cannot load a tokenizer from '{source}' ({exc})"
-            ) from exc
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        vocab = int(getattr(self.model.config, "vocab_size", len(self.tokenizer)))
-        if len(self.tokenizer) > vocab:
-            raise ConfigError(
-                f"text_tokenizer: the tokenizer from '{source}' has {len(self.tokenizer)} "
-                f"tokens, more than the text encoder's vocab_size {vocab}"
-            )
+        self.tokenizer = load_text_tokenizer(source, self.model)
         self.max_tokens = int(config.max_text_tokens)
         self.width = int(self.model.config.hidden_size)
 
@@ -496,7 +480,7 @@ class EmbeddedClapScorer(ClapScorer):
             ValueError: On an empty batch or mismatched rates.
             AudioError: On NaN/inf samples.
         """
-        prepared = prepare_audio(audio, sample_rates, self.sample_rate)
+        prepared = prepare_clips(audio, sample_rates, self.sample_rate)
         return self.embed_mels([self.log_mel(w) for w in prepared], batch_size)
 
     # -------------------------------------------------------------------------------- text

@@ -4,11 +4,11 @@ Any checkpoint in the transformers CLAP format works (``laion/clap-htsat-unfused
 ``laion/clap-htsat-fused``, ``laion/larger_clap_music``, ...), once downloaded: nothing is
 fetched from the hub (``local_files_only=True``).
 
-Long audio is cut deterministically, never by the feature extractor's random truncation:
-a clip is resampled to the extractor's rate (48 kHz), split into windows of the
-extractor's ``max_length_s`` (10 s) by :func:`window_starts` (one centred window when the
-clip is at most 5 % longer than a window, else evenly spaced windows covering it), each
-window is embedded and the L2-normalised window embeddings are averaged and normalised
+Long audio is cut deterministically, never by the feature extractor's random truncation: a
+clip is resampled to the extractor's rate (48 kHz), split into windows of the extractor's
+``max_length_s`` (10 s) by :func:`qamdt.audio_windows.window_starts` (one centred window
+when the clip is at most 5 % longer than a window, else evenly spaced windows covering it),
+each window is embedded and the L2-normalised window embeddings are averaged and normalised
 again. Every window is at most ``max_length_s`` long, so ``rand_trunc`` never crops and
 fusion models see ``is_longer = False`` (their global branch); the extractor is called one
 window at a time and ``is_longer`` is overwritten because, for ``truncation="fusion"``, it
@@ -33,14 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from captioning.base import (
-    CONFIG_NAME,
-    ClapScorer,
-    check_texts,
-    prepare_audio,
-    register_clap,
-    split_windows,
-)
+from captioning.base import CONFIG_NAME, ClapScorer, check_texts, register_clap
+from qamdt.audio_io import prepare_clips
+from qamdt.audio_windows import split_windows
 from qamdt.errors import ConfigError, QamdtError
 
 MODEL_DIR = "model"
@@ -159,7 +154,7 @@ class HfClapScorer(ClapScorer):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         owners: list[int] = []
         features: list[torch.Tensor] = []
-        for index, wave in enumerate(prepare_audio(audio, sample_rates, self.sample_rate)):
+        for index, wave in enumerate(prepare_clips(audio, sample_rates, self.sample_rate)):
             for window in split_windows(wave, self.window_samples):
                 extracted = self.feature_extractor(
                     [window], sampling_rate=self.sample_rate, return_tensors="pt"

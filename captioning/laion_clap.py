@@ -18,7 +18,7 @@ Hugging Face cache (``HF_HOME``), and ``HF_HUB_OFFLINE=1`` keeps it from going o
 
 Long audio: clips are resampled to 48 kHz, quantised to 16 bits as LAION's own loaders do,
 and cut into windows of ``window_seconds`` (10 s, the models' input length) by
-:func:`captioning.hf_clap.window_starts` (one centred window when the clip is at most 5 %
+:func:`qamdt.audio_windows.window_starts` (one centred window when the clip is at most 5 %
 longer, else evenly spaced windows covering it); the clip's embedding is the normalised
 mean of the normalised window embeddings. No window exceeds 10 s, so the package's random
 truncation (``rand_trunc``) and random fusion chunks never apply: fusion models run on
@@ -47,14 +47,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from captioning.base import (
-    CONFIG_NAME,
-    ClapScorer,
-    check_texts,
-    prepare_audio,
-    register_clap,
-    split_windows,
-)
+from captioning.base import CONFIG_NAME, ClapScorer, check_texts, register_clap
+from qamdt.audio_io import prepare_clips
+from qamdt.audio_windows import split_windows
 from qamdt.errors import ConfigError, QamdtError
 
 SAMPLE_RATE = 48000
@@ -209,7 +204,7 @@ class LaionClapScorer(ClapScorer):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         # Rows of one call must have one length: group windows by length.
         groups: dict[int, list[tuple[int, np.ndarray]]] = {}
-        for index, wave in enumerate(prepare_audio(audio, sample_rates, SAMPLE_RATE)):
+        for index, wave in enumerate(prepare_clips(audio, sample_rates, SAMPLE_RATE)):
             for window in split_windows(_quantise(wave), self.window_samples):
                 groups.setdefault(window.shape[0], []).append((index, window))
         sums = None

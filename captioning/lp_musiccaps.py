@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from captioning.base import CONFIG_NAME, Captioner, register_captioner
-from qamdt.audio_io import normalize_waveform, resample, to_mono, validate_waveform
+from qamdt.audio_io import prepare_clips
 from qamdt.checkpoints import (
     CheckpointError,
     load_state_strict,
@@ -530,22 +530,6 @@ class LpMusicCapsCaptioner(Captioner):
             values.pop("length_penalty", None)
         return GenerationConfig(**values)
 
-    def _prepare(self, audio: list[np.ndarray], sample_rates: int | list[int]) -> list[np.ndarray]:
-        if len(audio) == 0:
-            raise ValueError("no audio given")
-        rates = [sample_rates] * len(audio) if isinstance(sample_rates, int) else list(sample_rates)
-        if len(rates) != len(audio):
-            raise ValueError(f"{len(audio)} clips but {len(rates)} sample rates")
-        prepared = []
-        for index, (wave, rate) in enumerate(zip(audio, rates, strict=True)):
-            wave = np.asarray(wave, dtype=np.float32)
-            validate_waveform(wave, int(rate), path=f"<audio[{index}]>", allow_silent=True)
-            wave = resample(to_mono(wave), int(rate), self.sample_rate)
-            if self.config.peak is not None:
-                wave = normalize_waveform(wave, peak=self.config.peak)
-            prepared.append(wave.astype(np.float32, copy=False))
-        return prepared
-
     def caption_chunks(self, chunks: np.ndarray, batch_size: int = 8) -> list[str]:
         """Captions ``(N, duration * 16000)`` chunks of 16 kHz audio, one string each."""
         generation_config = self.generation_config()
@@ -576,7 +560,7 @@ class LpMusicCapsCaptioner(Captioner):
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        waves = self._prepare(audio, sample_rates)
+        waves = prepare_clips(audio, sample_rates, self.sample_rate, peak=self.config.peak)
         chunks: list[np.ndarray] = []
         owners: list[int] = []
         for index, wave in enumerate(waves):

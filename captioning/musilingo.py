@@ -53,8 +53,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from captioning.base import CONFIG_NAME, Captioner, prepare_audio, register_captioner
+from captioning.base import CONFIG_NAME, Captioner, register_captioner
 from captioning.lp_musiccaps import resolve_device, seeded
+from qamdt.audio_io import prepare_clips
 from qamdt.checkpoints import (
     CheckpointError,
     load_state_strict,
@@ -63,6 +64,7 @@ from qamdt.checkpoints import (
     save_state_file,
 )
 from qamdt.errors import ConfigError, dataclass_from_dict
+from qamdt.transformers_loading import config_from_dict, config_to_dict
 
 PROJECTION_NAME = "projection.safetensors"
 ENCODER_WEIGHTS = "encoder.safetensors"
@@ -73,7 +75,6 @@ AUDIO_PLACEHOLDER = "<AudioHere>"
 DEFAULT_PROMPT = "###Human: <Audio><AudioHere></Audio> {instruction} ###Assistant: "
 DEFAULT_INSTRUCTION = "Please give a caption to the music."
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_PROVENANCE_KEYS = ("_name_or_path", "transformers_version")
 
 
 @dataclasses.dataclass
@@ -197,26 +198,6 @@ class MusiLingoConfig:
 # --------------------------------------------------------------------------- building blocks
 
 
-def _config_from_dict(values: Mapping[str, Any], field: str):
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    values = {k: v for k, v in values.items() if k not in _PROVENANCE_KEYS}
-    model_type = values.pop("model_type", None)
-    if model_type not in CONFIG_MAPPING:
-        raise ConfigError(f"{field}: unknown or missing transformers model_type {model_type!r}")
-    try:
-        return CONFIG_MAPPING[model_type].from_dict(values)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{field}: invalid {model_type} config ({exc})") from exc
-
-
-def _config_to_dict(config) -> dict[str, Any]:
-    values = config.to_dict()
-    for key in _PROVENANCE_KEYS:
-        values.pop(key, None)
-    return values
-
-
 def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
     import transformers
 
@@ -236,7 +217,7 @@ def _load_encoder(config: MusiLingoConfig) -> nn.Module:
             raise ConfigError(
                 f"encoder: cannot load a model from '{config.encoder}' ({exc})"
             ) from exc
-    return AutoModel.from_config(_config_from_dict(config.encoder_config, "encoder_config"))
+    return AutoModel.from_config(config_from_dict(config.encoder_config, None, "encoder_config"))
 
 
 def _load_lm(config: MusiLingoConfig) -> nn.Module:
@@ -253,7 +234,7 @@ def _load_lm(config: MusiLingoConfig) -> nn.Module:
             )
         except (OSError, ValueError) as exc:
             raise ConfigError(f"lm: cannot load a causal LM from '{config.lm}' ({exc})") from exc
-    lm = AutoModelForCausalLM.from_config(_config_from_dict(config.lm_config, "lm_config"))
+    lm = AutoModelForCausalLM.from_config(config_from_dict(config.lm_config, None, "lm_config"))
     return lm.to(dtype)
 
 
@@ -452,7 +433,7 @@ class MusiLingoCaptioner(Captioner):
 
         Clips go through the encoder one at a time, so no padding changes their features.
         """
-        waves = prepare_audio(audio, sample_rates, self.sample_rate)
+        waves = prepare_clips(audio, sample_rates, self.sample_rate)
         features = []
         for wave in waves:
             values = self._input_values(wave).to(self.device)
@@ -612,10 +593,10 @@ class MusiLingoCaptioner(Captioner):
         values = self.config.to_dict()
         save_state_file(self.model.llama_proj, directory / PROJECTION_NAME)
         if self.config.encoder is None:
-            values["encoder_config"] = _config_to_dict(self.model.audio_encoder.config)
+            values["encoder_config"] = config_to_dict(self.model.audio_encoder.config)
             save_state_file(self.model.audio_encoder, directory / ENCODER_WEIGHTS)
         if self.config.lm is None:
-            values["lm_config"] = _config_to_dict(self.model.llama_model.config)
+            values["lm_config"] = config_to_dict(self.model.llama_model.config)
             save_state_file(self.model.llama_model, directory / LM_WEIGHTS)
         self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
         values["tokenizer"] = None

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from captioning.base import prepare_audio
 from captioning.embedded_captioner import (
     CLASS_FIELDS,
     EmbeddedCaptioner,
@@ -39,7 +38,7 @@ from captioning.embedded_captioner import (
     encode_targets,
 )
 from captioning.tags import corpus_tag_f1, tags_from_meta
-from qamdt.audio_io import load_audio
+from qamdt.audio_io import load_audio, prepare_clips
 from qamdt.checkpoint_folders import CheckpointFolders
 from qamdt.checkpoints import load_torch_checkpoint
 from qamdt.errors import QamdtError
@@ -79,7 +78,7 @@ def _decode(
             duration=record.duration,
             allow_silent=True,
         )
-        prepared = prepare_audio([wave], rate, captioner.sample_rate)[0]
+        prepared = prepare_clips([wave], rate, captioner.sample_rate)[0]
         mels.append(captioner.log_mel(prepared).astype(np.float16))
     return mels
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,9 +25,10 @@ import torch
 from torch import nn
 
 from mos_predictor.config import MosModelConfig
-from qamdt.audio_io import normalize_waveform, resample, to_mono, validate_waveform
-from qamdt.checkpoints import CheckpointError, load_state_strict, read_state_file, save_state_file
-from qamdt.errors import ConfigError
+from qamdt.audio_io import prepare_waveform
+from qamdt.audio_windows import padded_windows
+from qamdt.checkpoints import load_state_strict, read_state_file, save_state_file
+from qamdt.errors import CheckpointError, ConfigError
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -91,54 +91,6 @@ def get_model_class(kind: str) -> type[MosModel]:
         raise ConfigError(
             f"kind: no MOS model of kind {kind!r}; known: {sorted(MODEL_REGISTRY)}"
         ) from None
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over time of a padded sequence.
-
-    Args:
-        x: ``(B, T, D)``.
-        mask: ``(B, T)``, True at valid steps; ``None`` means all are valid.
-
-    Returns:
-        ``(B, D)``.
-    """
-    if mask is None:
-        return x.mean(dim=1)
-    weight = mask.to(x.dtype).unsqueeze(-1)
-    return (x * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
-
-
-def stats_pool(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean and standard deviation over time (statistics pooling).
-
-    Args:
-        x: ``(B, T, D)``.
-        mask: ``(B, T)``, True at valid steps; ``None`` means all are valid.
-
-    Returns:
-        ``(B, 2 * D)``: the means, then the standard deviations.
-    """
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean.unsqueeze(1)).square(), mask)
-    # The epsilon keeps the gradient of sqrt finite for a constant (e.g. one-step) sequence.
-    return torch.cat([mean, torch.sqrt(var + 1e-5)], dim=-1)
-
-
-def lengths_to_mask(lengths: torch.Tensor | None, max_len: int) -> torch.Tensor | None:
-    """Boolean ``(B, max_len)`` mask of the first ``lengths[b]`` steps, or ``None``.
-
-    Args:
-        lengths: ``(B,)`` valid steps per row, or ``None``.
-        max_len: Sequence length.
-
-    Returns:
-        The mask, or ``None`` when ``lengths`` is ``None``.
-    """
-    if lengths is None:
-        return None
-    steps = torch.arange(max_len, device=lengths.device)
-    return steps.unsqueeze(0) < lengths.clamp(1, max_len).unsqueeze(1)
 
 
 class ScoreHead(nn.Sequential):
@@ -272,24 +224,14 @@ class MosModel(nn.Module, abc.ABC):
         0, the last ends at the clip's end and the ones between are evenly spaced
         (neighbours overlap unless the clip is a whole number of windows long).
         """
-        size = self.config.window_samples
-        n_samples = wave.shape[0]
-        if n_samples <= size:
-            out = np.zeros((1, size), dtype=np.float32)
-            out[0, :n_samples] = wave
-            return out, [n_samples]
-        count = math.ceil(n_samples / size)
-        starts = np.round(np.linspace(0, n_samples - size, count)).astype(int).tolist()
-        return np.stack([wave[s : s + size] for s in starts]).astype(np.float32), [size] * count
+        pairs = padded_windows(wave, self.config.window_samples)
+        return np.stack([w for w, _ in pairs]).astype(np.float32), [n for _, n in pairs]
 
     def _prepare_clip(self, wave: np.ndarray, sample_rate: int, index: int) -> np.ndarray:
-        wave = np.asarray(wave)
-        validate_waveform(wave, sample_rate, path=f"<audio[{index}]>", allow_silent=True)
-        wave = to_mono(wave).astype(np.float32, copy=False)
-        wave = resample(wave, int(sample_rate), self.config.sample_rate)
+        wave = prepare_waveform(wave, sample_rate, self.config.sample_rate, f"<audio[{index}]>")
         if wave.shape[0] == 0:
             raise ValueError(f"<audio[{index}]>: no samples left after resampling")
-        return normalize_waveform(wave).astype(np.float32, copy=False)
+        return wave
 
     def _run_batch(
         self,

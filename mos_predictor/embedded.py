@@ -18,41 +18,17 @@ It trains from scratch on a CPU in minutes. Design choices that matter for quali
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from mos_predictor.base import (
-    MosModel,
-    MosOutput,
-    ScoreHead,
-    lengths_to_mask,
-    masked_mean,
-    register_mos_model,
-    stats_pool,
-)
+from mos_predictor.base import MosModel, MosOutput, ScoreHead, register_mos_model
 from mos_predictor.config import MosModelConfig
 from qamdt.audio_spec import get_audio_spec
 from qamdt.mel import MelFrontEnd
-
-
-class ConvBlock(nn.Sequential):
-    """3x3 convolution (strided for down-sampling), batch norm and GELU.
-
-    Args:
-        in_channels: Input channels.
-        out_channels: Output channels.
-        stride: ``(frequency, time)`` stride.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, stride: tuple[int, int]):
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.GELU(),
-        )
+from qamdt.modules.conv import conv_stack, frames_first, strided_lengths
+from qamdt.modules.pooling import lengths_to_mask, masked_mean, stats_pool
 
 
 class MelCnnEncoder(nn.Module):
@@ -71,16 +47,11 @@ class MelCnnEncoder(nn.Module):
         self.mel = MelFrontEnd(spec)
         self.mel_mean = float(config.mel_mean)
         self.mel_std = float(config.mel_std)
-        blocks = []
-        channels = 1
-        freq = self.mel.spec.n_mels
-        for out_channels, stride in zip(config.cnn_channels, config.cnn_strides, strict=True):
-            blocks.append(ConvBlock(channels, out_channels, stride))
-            channels = out_channels
-            freq = math.ceil(freq / stride[0])
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks, width = conv_stack(
+            config.cnn_channels, config.cnn_strides, self.mel.spec.n_mels
+        )
         self.time_strides = [s[1] for s in config.cnn_strides]
-        self.proj = nn.Sequential(nn.Linear(channels * freq, config.embed_dim), nn.GELU())
+        self.proj = nn.Sequential(nn.Linear(width, config.embed_dim), nn.GELU())
         self.out_dim = config.embed_dim
         self.temporal = nn.ModuleList(
             nn.TransformerEncoderLayer(
@@ -105,10 +76,7 @@ class MelCnnEncoder(nn.Module):
             ``(B,)`` step counts, at least 1.
         """
         frames = torch.div(lengths, self.mel.spec.hop_length, rounding_mode="floor").clamp_min(1)
-        for stride in self.time_strides:
-            # Conv k=3, padding=1: out = ceil(in / stride).
-            frames = torch.div(frames + stride - 1, stride, rounding_mode="floor")
-        return frames
+        return strided_lengths(frames, self.time_strides)
 
     def forward(
         self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
@@ -125,7 +93,7 @@ class MelCnnEncoder(nn.Module):
         """
         x = (self.mel(waveforms) - self.mel_mean) / self.mel_std
         x = self.blocks(x.unsqueeze(1))  # (B, C, F', T')
-        x = self.proj(x.permute(0, 3, 1, 2).flatten(2))  # (B, T', C * F') -> (B, T', D)
+        x = self.proj(frames_first(x))  # (B, T', C * F') -> (B, T', D)
         mask = None if lengths is None else lengths_to_mask(self.frame_lengths(lengths), x.shape[1])
         for layer in self.temporal:
             x = layer(x, src_key_padding_mask=None if mask is None else ~mask)

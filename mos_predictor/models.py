@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 from mos_predictor import embedded, ssl, text_aware  # noqa: F401  (register the kinds)
-from mos_predictor.base import MODEL_REGISTRY, CheckpointError, MosModel, get_model_class
+from mos_predictor.base import MODEL_REGISTRY, MosModel, get_model_class
 from mos_predictor.config import MosModelConfig
+from qamdt.errors import CheckpointError
 
 MODELS_ENV = "QAMDT_MODELS"
 DEFAULT_MODELS_DIR = Path("~/.cache/qamdt/models")

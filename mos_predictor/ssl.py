@@ -10,105 +10,16 @@ stores the encoder's config so a saved model rebuilds without the original folde
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from mos_predictor.base import (
-    MosModel,
-    MosOutput,
-    ScoreHead,
-    lengths_to_mask,
-    masked_mean,
-    register_mos_model,
-    stats_pool,
-)
+from mos_predictor.base import MosModel, MosOutput, ScoreHead, register_mos_model
 from mos_predictor.config import MosModelConfig
 from qamdt.errors import ConfigError
-
-# Keys of a transformers config dict that describe where it came from, not the model.
-_PROVENANCE_KEYS = ("_name_or_path", "transformers_version")
-
-
-def config_from_dict(values: Mapping[str, Any], default_type: str, field: str) -> PretrainedConfig:
-    """Builds a transformers config from a plain dict.
-
-    Args:
-        values: Config values; ``model_type`` picks the config class.
-        default_type: ``model_type`` when the dict has none (e.g. ``"wav2vec2"``).
-        field: The MosModelConfig field the dict came from, for messages.
-
-    Returns:
-        The config.
-
-    Raises:
-        ConfigError: If the model type is unknown or the values are rejected.
-    """
-    values = dict(values)
-    model_type = values.pop("model_type", default_type)
-    if model_type not in CONFIG_MAPPING:
-        raise ConfigError(f"{field}: unknown transformers model_type {model_type!r}")
-    try:
-        return CONFIG_MAPPING[model_type].from_dict(values)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{field}: invalid {model_type} config ({exc})") from exc
-
-
-def config_to_dict(config: PretrainedConfig) -> dict[str, Any]:
-    """A transformers config as a JSON-ready dict that :func:`config_from_dict` rebuilds.
-
-    Args:
-        config: The encoder's config.
-
-    Returns:
-        Its ``to_dict()`` without provenance keys.
-    """
-    values = config.to_dict()
-    for key in _PROVENANCE_KEYS:
-        values.pop(key, None)
-    return values
-
-
-def load_transformers_model(
-    path: str | os.PathLike | None,
-    config_dict: Mapping[str, Any] | None,
-    default_type: str,
-    field: str,
-    load_pretrained: bool = True,
-) -> PreTrainedModel:
-    """Loads a pretrained encoder from a local folder or builds one from its config.
-
-    Args:
-        path: Local folder with a transformers model; never fetched from the hub.
-        config_dict: Config of a randomly initialised model.
-        default_type: ``model_type`` of ``config_dict`` when it has none.
-        field: Name of the path setting (``"ssl_model"``, ``"text_model"``), for messages.
-        load_pretrained: Load the weights in ``path``. When False the architecture comes
-            from ``config_dict`` (or ``path``'s config) with random weights, for a caller
-            that loads all weights itself.
-
-    Returns:
-        The model (``AutoModel``).
-
-    Raises:
-        ConfigError: If neither source is given, or the folder cannot be loaded.
-    """
-    if path is not None and (load_pretrained or config_dict is None):
-        try:
-            if load_pretrained:
-                return AutoModel.from_pretrained(os.fspath(path), local_files_only=True)
-            config = AutoConfig.from_pretrained(os.fspath(path), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{field}: cannot load a model from '{path}' ({exc})") from exc
-        return AutoModel.from_config(config)
-    if config_dict is None:
-        raise ConfigError(f"set {field} (a local model folder) or its config dict")
-    return AutoModel.from_config(config_from_dict(config_dict, default_type, field))
+from qamdt.modules.pooling import lengths_to_mask, masked_mean, stats_pool
+from qamdt.transformers_loading import config_to_dict, load_transformers_model
 
 
 class SslEncoder(nn.Module):

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from mos_predictor.stats import QualityStats, QualityStatsError
+from mos_predictor.level_rules import QualityStatsError
+from mos_predictor.quality_stats import QualityStats
 
 _LEVEL_COLOUR = "#555555"
 _LOW_COLOUR = "#cc3311"

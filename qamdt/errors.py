@@ -63,6 +63,10 @@ class ConfigError(QamdtError, ValueError):
     """A configuration with an unknown key or an invalid value, naming the key."""
 
 
+class CheckpointError(QamdtError, ValueError):
+    """A weight file that is missing, unreadable or does not fit the model."""
+
+
 def check_known_keys(
     values: Mapping[str, Any], target: type, where: str, noun: str = "key"
 ) -> None:

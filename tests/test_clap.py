@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 from tiny_clap import TINY_CLAP
 
-from captioning.base import load_clap, split_windows, window_starts
+from captioning.base import load_clap
 from captioning.embedded_clap import (
     TEXT_ENCODER_PREFIX,
     EmbeddedClapConfig,
@@ -21,8 +21,8 @@ from captioning.train_clap import (
     tag_caption,
     train_embedded_clap,
 )
-from mos_predictor.base import CheckpointError
-from qamdt.errors import ConfigError, QamdtError
+from qamdt.audio_windows import split_windows, window_starts
+from qamdt.errors import CheckpointError, ConfigError, QamdtError
 from qamdt.manifest import ClipRecord, write_manifest
 
 SR = 22050

@@ -366,7 +366,8 @@ def rated(tmp_path_factory):
 
 
 def _train_mos(manifest, out):
-    from mos_predictor.train import MosTrainConfig, train_mos_model
+    from mos_predictor.train import train_mos_model
+    from mos_predictor.train_config import MosTrainConfig
 
     config = MosTrainConfig.from_dict(
         {

@@ -8,15 +8,12 @@ import torch
 
 from mos_predictor.data import (
     CORPUS_TA_BY_CAPTION_KIND,
-    RatedClip,
-    RatedClipDataset,
-    collate_rated,
     load_corpus_ratings,
-    load_csv_ratings,
-    load_musiceval,
     load_ratings,
     system_ids,
 )
+from mos_predictor.dataset import RatedClipDataset, collate_rated
+from mos_predictor.ratings import RatedClip, load_csv_ratings, load_musiceval
 from qamdt.errors import AudioError, ConfigError, ManifestError
 from qamdt.manifest import ClipRecord, write_manifest
 

@@ -7,14 +7,14 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import spearmanr
 
-from mos_predictor.base import CheckpointError, MosModel, MosOutput
+from mos_predictor.base import MosModel, MosOutput
 from mos_predictor.config import MosModelConfig
 from mos_predictor.embedded import EmbeddedMosModel
 from mos_predictor.models import build_mos_model, load_mos_model
 from mos_predictor.sinkhorn import cosine_cost, sinkhorn, sinkhorn_distance
 from mos_predictor.ssl import SslMosModel
 from mos_predictor.text_aware import TextAwareMosModel
-from qamdt.errors import AudioError, ConfigError
+from qamdt.errors import AudioError, CheckpointError, ConfigError
 
 TINY_WAV2VEC2 = {
     "hidden_size": 32,

@@ -113,7 +113,7 @@ def test_patience_stops_when_validation_stops_improving(rated_set, tmp_path):
 
 
 def test_patience_must_be_positive():
-    from mos_predictor.train import MosTrainConfig
+    from mos_predictor.train_config import MosTrainConfig
     from qamdt.errors import ConfigError
 
     with pytest.raises(ConfigError, match="patience must be > 0"):
@@ -186,7 +186,8 @@ def test_other_model_kinds_train_through_the_same_loop(model, rated_set, tmp_pat
     from test_mos_models import TINY_BERT, TINY_WAV2VEC2
 
     from mos_predictor.models import load_mos_model
-    from mos_predictor.train import MosTrainConfig, evaluate_model, train_mos_model
+    from mos_predictor.train import evaluate_model, train_mos_model
+    from mos_predictor.train_config import MosTrainConfig
 
     model = dict(model, ssl_config=TINY_WAV2VEC2)
     if model["kind"] == "text-aware":
@@ -215,7 +216,7 @@ def test_other_model_kinds_train_through_the_same_loop(model, rated_set, tmp_pat
 def test_shipped_mos_configs_are_valid():
     from pathlib import Path
 
-    from mos_predictor.train import load_train_config
+    from mos_predictor.train_config import load_train_config
 
     configs = sorted((Path(__file__).parent.parent / "configs" / "mos").glob("*.yaml"))
     assert len(configs) >= 3
@@ -224,7 +225,7 @@ def test_shipped_mos_configs_are_valid():
 
 
 def test_unknown_training_key_is_named(tmp_path):
-    from mos_predictor.train import load_train_config
+    from mos_predictor.train_config import load_train_config
     from qamdt.errors import ConfigError
 
     path = tmp_path / "bad.yaml"

@@ -15,7 +15,7 @@ from mos_predictor.real_music import (
     read_excerpt,
     source_files,
 )
-from mos_predictor.train import MosTrainConfig
+from mos_predictor.train_config import MosTrainConfig
 from mos_predictor.versions import build_version_pool
 from qamdt.cli.main import main
 from qamdt.degradations import ChainSettings, reference_quality

@@ -5,21 +5,13 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from mos_predictor.stats import (
-    PREFIXES,
-    QUALITY_PLOT_NAME,
-    QUALITY_STATS_NAME,
-    RELEASED_STATS,
-    QualityStats,
-    QualityStatsError,
-    fit_quality_stats,
-    label_manifest_quality,
-    run_stats,
-    with_prefix,
-)
+from mos_predictor.level_rules import QualityStatsError
+from mos_predictor.quality_stats import RELEASED_STATS, QualityStats, fit_quality_stats
+from mos_predictor.stats import QUALITY_PLOT_NAME, label_manifest_quality, run_stats
 from mos_predictor.stats_plot import plot_quality_distribution
 from qamdt.errors import ConfigError
 from qamdt.manifest import ClipRecord, read_manifest, write_manifest
+from qamdt.quality import PREFIXES, QUALITY_STATS_NAME, with_prefix
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -380,7 +372,7 @@ def test_plot_is_png(tmp_path, rule):
 
 
 def test_quantile_rule_fills_every_level_of_a_flat_set():
-    from mos_predictor.stats import NORMAL_LEVEL_SHARES, fit_quality_stats
+    from mos_predictor.level_rules import NORMAL_LEVEL_SHARES
 
     flat = np.linspace(1.0, 5.0, 1001)
     five_bin = fit_quality_stats(flat)
@@ -394,8 +386,6 @@ def test_quantile_rule_fills_every_level_of_a_flat_set():
 
 
 def test_quantile_rule_matches_five_bin_on_a_normal_set():
-    from mos_predictor.stats import fit_quality_stats
-
     scores = np.random.default_rng(0).normal(3.8, 0.2, 200_000)
     a = fit_quality_stats(scores)
     b = fit_quality_stats(scores, level_rule="quantile")
@@ -403,7 +393,6 @@ def test_quantile_rule_matches_five_bin_on_a_normal_set():
 
 
 def test_quantile_rule_rejects_bad_shares_and_round_trips(tmp_path):
-    from mos_predictor.stats import QualityStats, fit_quality_stats
     from qamdt.errors import ConfigError
 
     scores = np.linspace(1, 5, 100)

@@ -19,8 +19,7 @@ from captioning.lp_musiccaps import (
     split_chunks,
 )
 from captioning.musilingo import MusiLingoCaptioner, pool_time, train_projection
-from mos_predictor.base import CheckpointError
-from qamdt.errors import ConfigError
+from qamdt.errors import CheckpointError, ConfigError
 
 MERGES = ["Ġ p", "i a", "Ġ t", "h e", "i n", "Ġ v", "o l", "Ġ s", "Ġ a", "Ġp ia", "n o"]
 

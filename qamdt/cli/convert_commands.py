@@ -69,7 +69,7 @@ def register(groups: argparse._SubParsersAction) -> None:
 
 def run_released(args: argparse.Namespace) -> int:
     """Runs ``qamdt convert released``."""
-    from mos_predictor.stats import RELEASED_STATS
+    from mos_predictor.quality_stats import RELEASED_STATS
     from qamdt.convert.released import convert_released
 
     summary = convert_released(

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from qamdt.audio_io import prepare_clips
 from qamdt.errors import ConfigError
 
 FEATURE_KINDS = ("pooled", "projected")
@@ -94,11 +95,9 @@ class ClapAudioEmbedder:
 
     @torch.no_grad()
     def _pooled(self, waves: list[np.ndarray], rates: int | list[int]) -> np.ndarray:
-        from captioning.base import prepare_audio
-
         scorer = self.scorer
         tower = scorer.heads.audio
-        prepared = prepare_audio(waves, rates, scorer.sample_rate)
+        prepared = prepare_clips(waves, rates, scorer.sample_rate)
         windows: dict[int, list[tuple[int, torch.Tensor]]] = {}
         for owner, wave in enumerate(prepared):
             for window in scorer.mel_windows(scorer.log_mel(wave)):
@@ -199,10 +198,8 @@ class TaggerClassifier:
             Head name to ``(N, classes)`` float64: sigmoid probabilities for
             ``instruments``, softmax rows (summing to 1) for the other heads.
         """
-        from captioning.base import prepare_audio
-
         captioner = self.captioner
-        prepared = prepare_audio(list(waves), _rates(sample_rates), captioner.sample_rate)
+        prepared = prepare_clips(list(waves), _rates(sample_rates), captioner.sample_rate)
         logits = captioner.logits_from_mels(
             [captioner.log_mel(w) for w in prepared], self.batch_size
         )
