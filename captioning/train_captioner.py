@@ -29,14 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from captioning.embedded_captioner import (
-    CLASS_FIELDS,
-    EmbeddedCaptioner,
-    EmbeddedCaptionerConfig,
-    build_vocab,
-    clip_labels,
-    encode_targets,
-)
+from captioning.embedded_captioner import EmbeddedCaptioner
+from captioning.tagger_labels import build_vocab, clip_labels, encode_targets
+from captioning.tagger_model import CLASS_FIELDS, EmbeddedCaptionerConfig
 from captioning.tags import corpus_tag_f1, tags_from_meta
 from qamdt.audio_io import load_audio, prepare_clips
 from qamdt.checkpoint_folders import CheckpointFolders

@@ -8,19 +8,12 @@ import torch
 from tiny_clap import TINY_CLAP
 
 from captioning.base import load_clap
-from captioning.embedded_clap import (
-    TEXT_ENCODER_PREFIX,
-    EmbeddedClapConfig,
-    EmbeddedClapScorer,
-)
+from captioning.clap_model import EmbeddedClapConfig
+from captioning.embedded_clap import TEXT_ENCODER_PREFIX, EmbeddedClapScorer
 from captioning.hf_clap import HfClapScorer, features_tensor
 from captioning.laion_clap import LaionClapScorer
-from captioning.train_clap import (
-    evaluate_retrieval,
-    retrieval_metrics,
-    tag_caption,
-    train_embedded_clap,
-)
+from captioning.retrieval import evaluate_retrieval, retrieval_metrics
+from captioning.train_clap import tag_caption, train_embedded_clap
 from qamdt.audio_windows import split_windows, window_starts
 from qamdt.errors import CheckpointError, ConfigError, QamdtError
 from qamdt.manifest import ClipRecord, write_manifest

@@ -7,13 +7,9 @@ import soundfile as sf
 import torch
 
 from captioning.base import load_captioner
-from captioning.embedded_captioner import (
-    EmbeddedCaptioner,
-    EmbeddedCaptionerConfig,
-    build_vocab,
-    encode_targets,
-    ensemble_pattern,
-)
+from captioning.embedded_captioner import EmbeddedCaptioner
+from captioning.tagger_labels import build_vocab, encode_targets, ensemble_pattern
+from captioning.tagger_model import EmbeddedCaptionerConfig
 from captioning.tags import ALL_FIELDS, tags_from_text
 from captioning.train_captioner import THRESHOLDS, train_embedded_captioner
 from qamdt.errors import ConfigError, QamdtError

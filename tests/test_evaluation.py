@@ -11,8 +11,9 @@ import torch
 from scipy.stats import entropy
 from tiny_clap import TINY_CLAP
 
-from captioning.embedded_captioner import EmbeddedCaptioner, EmbeddedCaptionerConfig
+from captioning.embedded_captioner import EmbeddedCaptioner
 from captioning.embedded_clap import EmbeddedClapScorer
+from captioning.tagger_model import EmbeddedCaptionerConfig
 from mos_predictor.models import build_mos_model
 from qamdt.cli.evaluate_commands import format_table
 from qamdt.cli.main import main

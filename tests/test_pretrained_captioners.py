@@ -11,14 +11,15 @@ from tokenizers.pre_tokenizers import ByteLevel
 
 from captioning.base import IMPLEMENTATION_MODULES, load_captioner
 from captioning.lp_musiccaps import (
-    BartCaptionModel,
     LpMusicCapsCaptioner,
     join_captions,
-    melscale_fbanks,
     select_chunks,
     split_chunks,
 )
-from captioning.musilingo import MusiLingoCaptioner, pool_time, train_projection
+from captioning.lp_musiccaps_model import BartCaptionModel, melscale_fbanks
+from captioning.musilingo import MusiLingoCaptioner
+from captioning.musilingo_model import pool_time
+from captioning.train_musilingo import train_projection
 from qamdt.errors import CheckpointError, ConfigError
 
 MERGES = ["Ġ p", "i a", "Ġ t", "h e", "i n", "Ġ v", "o l", "Ġ s", "Ġ a", "Ġp ia", "n o"]

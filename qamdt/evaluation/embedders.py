@@ -156,7 +156,8 @@ class TaggerClassifier:
     """
 
     def __init__(self, captioner, head: str | None = None, batch_size: int = 8):
-        from captioning.embedded_captioner import CLASS_FIELDS, EmbeddedCaptioner
+        from captioning.embedded_captioner import EmbeddedCaptioner
+        from captioning.tagger_model import CLASS_FIELDS
 
         if not isinstance(captioner, EmbeddedCaptioner):
             kind = getattr(captioner, "kind", type(captioner).__name__)
