@@ -342,12 +342,32 @@ def refine_manifest(
     state = PartialState(cpu=not torch.cuda.is_available())
     if not state.is_main_process or part is not None:
         return {"stage1": stage1}
+    return {"stage1": stage1, **choose_final_captions(manifest, merger, settings, batch_size)}
+
+
+def choose_final_captions(
+    manifest: str | os.PathLike, merger, settings: RefineSettings, batch_size: int = 16
+) -> dict[str, Any]:
+    """Stage 2 over the whole manifest, under its lock: thresholds, then final captions.
+
+    Streams the manifest twice: once for the scores the percentile thresholds need, once
+    to rewrite the rows.
+
+    Args:
+        manifest: A manifest whose rows stage 1 scored (updated in place).
+        merger: Merger for eq. 10.
+        settings: Thresholds.
+        batch_size: Merges per call.
+
+    Returns:
+        Rows, thresholds, counts per branch and the shares filtered, dropped and merged.
+    """
+    manifest = real_manifest(manifest)
     with manifest_lock(manifest):
-        return _choose_captions(manifest, merger, settings, batch_size, stage1)
+        return _choose_captions(manifest, merger, settings, batch_size)
 
 
-def _choose_captions(manifest: Path, merger, settings, batch_size: int, stage1: dict) -> dict:
-    """Stage 2 over the whole manifest (under its lock), streamed in two passes."""
+def _choose_captions(manifest: Path, merger, settings, batch_size: int) -> dict:
     scored = (r for r in iter_manifest(manifest) if ERROR_KEY not in r.errors)
     thresholds = resolve_thresholds(scored, settings)
     counts = RefineCounts(thresholds)
@@ -359,7 +379,7 @@ def _choose_captions(manifest: Path, merger, settings, batch_size: int, stage1: 
                 yield record
 
     write_manifest(manifest, rows(), keep_absolute=True)
-    return {"stage1": stage1, **counts.summary()}
+    return counts.summary()
 
 
 def choose_captions(

@@ -20,6 +20,7 @@ from qamdt.cli import (
     train_commands,
     vae_commands,
 )
+from qamdt.curation import cli as curate_commands
 from qamdt.errors import QamdtError
 
 COMMAND_GROUPS = (
@@ -27,6 +28,7 @@ COMMAND_GROUPS = (
     manifest_commands,
     mos_commands,
     captions_commands,
+    curate_commands,
     train_commands,
     model_commands,
     convert_commands,
