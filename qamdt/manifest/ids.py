@@ -1,18 +1,16 @@
 """Finding duplicate row ids in bounded memory, however long the manifest.
 
 Each id is hashed to 64 bits and kept with its line number in a fixed-size buffer. A full
-buffer is sorted and written to a temporary file (a sorted run). At the end the hash space
-is cut into ranges by its top bits, few enough that every range fits in one buffer; each
-range is read from every run (a binary search per run: the runs are sorted), sorted, and
-equal neighbours are candidates. A candidate is confirmed by reading the two lines' ids
-again, so a hash collision never reports a false duplicate. Memory stays at about one
-buffer (16 bytes per entry) whatever the row count.
+buffer is spilled to temporary files, one per range of the hash's top byte (256 ranges),
+so at the end each range is read alone, sorted, and equal neighbours are candidates. A
+candidate is confirmed by reading the two lines' ids again, so a hash collision never
+reports a false duplicate. Memory stays at one buffer (16 bytes per entry, 4 MiB) plus one
+range (1/256 of the entries: 1 MiB for a million rows).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import shutil
 import tempfile
@@ -22,6 +20,9 @@ import numpy as np
 
 BUFFER_ROWS = 1 << 18
 """Entries held in memory before a sorted run is written (4 MiB)."""
+
+RANGES = 256
+"""Hash ranges spilled to separate files."""
 
 _DTYPE = np.dtype([("hash", "<u8"), ("line", "<i8")])
 
@@ -42,7 +43,7 @@ class DuplicateFinder:
         self.buffer_rows = buffer_rows
         self._buffer = np.empty(buffer_rows, dtype=_DTYPE)
         self._filled = 0
-        self._runs: list[str] = []
+        self._spilled = False
         self._folder: str | None = None
         self.count = 0
 
@@ -55,37 +56,33 @@ class DuplicateFinder:
             self._spill()
 
     def _spill(self) -> None:
-        run = np.sort(self._buffer[: self._filled], order=("hash", "line"))
+        entries = self._buffer[: self._filled]
+        ranges = (entries["hash"] >> np.uint64(56)).astype(np.intp)
+        order = np.argsort(ranges, kind="stable")
+        ends = np.cumsum(np.bincount(ranges, minlength=RANGES))
         if self._folder is None:
             self._folder = tempfile.mkdtemp(prefix="qamdt-ids-")
-        path = os.path.join(self._folder, f"run{len(self._runs)}.npy")
-        np.save(path, run)
-        self._runs.append(path)
+        start = 0
+        for index, end in enumerate(ends):
+            if end > start:
+                with open(os.path.join(self._folder, f"{index}.bin"), "ab") as handle:
+                    entries[order[start:end]].tofile(handle)
+            start = end
+        self._spilled = True
         self._filled = 0
 
     def candidate_lines(self) -> list[tuple[int, int]]:
         """``(earlier line, later line)`` pairs whose ids hash alike, by the later line."""
         pairs: list[tuple[int, int]] = []
-        if not self._runs:
+        if not self._spilled:
             pairs.extend(_pairs(np.sort(self._buffer[: self._filled], order=("hash", "line"))))
             return sorted(pairs, key=lambda p: p[1])
         if self._filled:
             self._spill()
-        runs = [np.load(path, mmap_mode="r") for path in self._runs]
-        bits = max(1, math.ceil(math.log2(2 * len(runs))))
-        shift = np.uint64(64 - bits)
-        for part in range(1 << bits):
-            low, high = np.uint64(part) << shift, None
-            if part + 1 < 1 << bits:
-                high = np.uint64(part + 1) << shift
-            pieces = []
-            for run in runs:
-                start = np.searchsorted(run["hash"], low, side="left")
-                end = len(run) if high is None else np.searchsorted(run["hash"], high, side="left")
-                if end > start:
-                    pieces.append(np.asarray(run[start:end]))
-            if pieces:
-                chunk = np.sort(np.concatenate(pieces), order=("hash", "line"))
+        for index in range(RANGES):
+            path = os.path.join(self._folder, f"{index}.bin")
+            if os.path.exists(path):
+                chunk = np.sort(np.fromfile(path, dtype=_DTYPE), order=("hash", "line"))
                 pairs.extend(_pairs(chunk))
         return sorted(pairs, key=lambda p: p[1])
 
@@ -94,7 +91,7 @@ class DuplicateFinder:
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
-            self._runs = []
+            self._spilled = False
 
     def __enter__(self) -> DuplicateFinder:
         return self
