@@ -136,8 +136,8 @@ def sample_with_known(
             f"repaint_resamples: needs a sampler of {list(RESAMPLING_SCHEDULERS)}, "
             f"got {type(scheduler).__name__}"
         )
-    device = noise.device
-    scheduler.set_timesteps(num_inference_steps, device=device)
+    # Timesteps on the CPU, read once before the loop (see sample_latents).
+    scheduler.set_timesteps(num_inference_steps)
     first = 0 if init is None else truncated_start(num_inference_steps, strength)
     timesteps = scheduler.timesteps[first * scheduler.order :]
     if init is not None and first >= num_inference_steps:
@@ -167,13 +167,14 @@ def _walk(steps: int, keep, resamples: int, jump: int) -> list[tuple[int, int]]:
 def _denoise(denoiser, scheduler, latents, timesteps, moves, known, keep, generator, eta, progress):
     step_kwargs = scheduler_step_kwargs(scheduler, generator, eta)
     mask = None if keep is None else keep.view(1, 1, -1, 1)
+    values = denoiser.prepare(timesteps, latents)
+    alphas = scheduler.alphas_cumprod.to(latents.device)
     for start, end in tqdm(moves, disable=not progress, desc="sampling", leave=False):
         if end < start:
             # Back up from the level of step `start` (reached by the step before it) to
             # that of step `end`; the stateless samplers take any timestep next.
-            alphas = scheduler.alphas_cumprod.to(latents.device)
             latents = renoise(
-                latents, alphas[int(timesteps[start])], alphas[int(timesteps[end])], generator
+                latents, alphas[int(values[start])], alphas[int(values[end])], generator
             )
             continue
         t = timesteps[start]
@@ -181,6 +182,6 @@ def _denoise(denoiser, scheduler, latents, timesteps, moves, known, keep, genera
             noise = torch.randn(known.shape, generator=generator).to(latents.device, known.dtype)
             noised = scheduler.add_noise(known, noise, t.reshape(1))
             latents = torch.where(mask, noised, latents)
-        prediction = denoiser(latents, t)
+        prediction = denoiser(latents, t, values[start])
         latents = scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
     return latents

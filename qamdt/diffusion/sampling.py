@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import torch
@@ -91,8 +92,8 @@ def check_guidance_interval(interval: tuple[float, float] | None) -> None:
         raise ValueError(f"guidance_interval must be (low, high) with 0 <= low <= high: {interval}")
 
 
-def _inside(t: torch.Tensor, interval: tuple[float, float] | None) -> bool:
-    return interval is None or interval[0] <= float(t) <= interval[1]
+def _inside(t: float, interval: tuple[float, float] | None) -> bool:
+    return interval is None or interval[0] <= t <= interval[1]
 
 
 def concat_text(
@@ -165,11 +166,17 @@ def sample_latents(
         guidance_rescale,
         guidance_interval,
     )
-    scheduler.set_timesteps(num_inference_steps, device=latents.device)
+    # Timesteps stay on the CPU: the scheduler's lookups and the per-step facts of the
+    # denoiser then never read a value back from the accelerator inside the loop.
+    scheduler.set_timesteps(num_inference_steps)
+    values = denoiser.prepare(scheduler.timesteps, latents)
     latents = latents * scheduler.init_noise_sigma
     step_kwargs = scheduler_step_kwargs(scheduler, generator, eta)
-    for t in tqdm(scheduler.timesteps, disable=not progress, desc="sampling", leave=False):
-        prediction = denoiser(latents, t)
+    steps = zip(scheduler.timesteps, values, strict=True)
+    for t, value in tqdm(
+        steps, total=len(values), disable=not progress, desc="sampling", leave=False
+    ):
+        prediction = denoiser(latents, t, value)
         latents = scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
     return latents
 
@@ -185,8 +192,21 @@ def scheduler_step_kwargs(scheduler, generator: torch.Generator | None, eta: flo
     return step_kwargs
 
 
+@dataclasses.dataclass(frozen=True)
+class _Step:
+    """What one sampling step needs besides the latents, made before the loop."""
+
+    guide: bool
+    timestep: torch.Tensor
+    alpha_bar: torch.Tensor | None
+
+
 class GuidedDenoiser:
     """One guided prediction per call: both branches in one batch, then eq. 7 / eq. 11.
+
+    A model with ``prepare_conditioning`` (the QA-MDT transformer) gets the text
+    projection, the cross-attention keys and values and the quality embeddings computed
+    once, at the first :meth:`prepare` or call, instead of at every step.
 
     Args:
         model: The transformer.
@@ -223,18 +243,73 @@ class GuidedDenoiser:
         self.guidance_scale = guidance_scale
         self.guidance_rescale = guidance_rescale
         self.guidance_interval = guidance_interval
+        self.conditioning = None
+        self._steps: dict[float, _Step] = {}
 
-    def __call__(self, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The guided prediction for ``latents`` at timestep ``t``."""
+    def prepare(self, timesteps: torch.Tensor, latents: torch.Tensor) -> list[float]:
+        """Reads the timesteps once and makes every step's facts before the loop.
+
+        Per step: whether it is guided (the guidance interval), the model's timestep
+        batch on the latents' device, the cumulative alpha of the rescale; and once the
+        model's shared conditioning (:meth:`QualityMDTTransformer.prepare_conditioning`,
+        which also checks the levels).
+
+        Args:
+            timesteps: The scheduler's timesteps.
+            latents: ``[B, C, T, F]`` latents of the shape the loop denoises.
+
+        Returns:
+            The timesteps as Python numbers, to pass to :meth:`__call__` with each step.
+        """
+        values = timesteps.tolist()
+        for value in values:
+            self._step(value, latents)
+        self._conditioning(latents)
+        return values
+
+    def _step(self, value: float, latents: torch.Tensor) -> _Step:
+        step = self._steps.get(value)
+        if step is None:
+            guide = self.guided and _inside(value, self.guidance_interval)
+            rows = 2 * len(latents) if guide else len(latents)
+            alpha_bar = None
+            if guide and self.guidance_rescale:
+                alpha_bar = self.scheduler.alphas_cumprod[int(value)].to(latents.device)
+            timestep = torch.full((rows,), value, device=latents.device)
+            step = self._steps[value] = _Step(guide, timestep, alpha_bar)
+        return step
+
+    def _conditioning(self, latents: torch.Tensor):
+        if self.conditioning is None and hasattr(self.model, "prepare_conditioning"):
+            self.conditioning = self.model.prepare_conditioning(
+                self.states, self.mask, self.quality, latent_size=tuple(latents.shape[2:])
+            )
+        return self.conditioning
+
+    def __call__(
+        self, latents: torch.Tensor, t: torch.Tensor, value: float | None = None
+    ) -> torch.Tensor:
+        """The guided prediction for ``latents`` at timestep ``t``.
+
+        ``value`` is ``t`` as a Python number (from :meth:`prepare`); without it ``t`` is
+        read here, which waits for the device when ``t`` lives there.
+        """
         scheduler, batch = self.scheduler, len(latents)
-        guide = self.guided and _inside(t, self.guidance_interval)
+        step = self._step(float(t) if value is None else value, latents)
+        guide = step.guide
         model_input = torch.cat([latents, latents]) if guide else latents
         model_input = scheduler.scale_model_input(model_input, t)
-        timestep = t.expand(model_input.shape[0]).to(latents.device)
         rows = slice(None) if guide else slice(0, batch)
-        prediction = self.model(
-            model_input, timestep, self.states[rows], self.mask[rows], self.quality[rows]
-        ).float()
+        conditioning = self._conditioning(latents)
+        if conditioning is not None:
+            conditioning = conditioning.rows(len(model_input))
+            raw = self.model(model_input, step.timestep, None, conditioning=conditioning)
+        else:
+            raw = self.model(
+                model_input, step.timestep, self.states[rows], self.mask[rows], self.quality[rows]
+            )
+        # A copy: a model compiled with CUDA graphs reuses its output memory at the next call.
+        prediction = raw.to(torch.float32, copy=True)
         if guide:
             positive, negative = prediction.chunk(2)
             prediction = negative + self.guidance_scale * (positive - negative)
@@ -243,7 +318,7 @@ class GuidedDenoiser:
                     prediction,
                     positive,
                     model_input[:batch].float(),
-                    scheduler.alphas_cumprod[int(t)],
+                    step.alpha_bar,
                     self.guidance_rescale,
                     scheduler.config.prediction_type,
                 )

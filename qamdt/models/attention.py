@@ -119,17 +119,31 @@ class CrossAttention(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
+    def key_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[B, heads, L, head_dim]`` of ``context`` ``[B, L, dim]``."""
+        batch, length, dim = context.shape
+        key, value = (
+            self.key_value(context)
+            .reshape(batch, length, 2, self.num_heads, dim // self.num_heads)
+            .permute(2, 0, 3, 1, 4)
+        )
+        return key, value
+
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        context_mask: torch.Tensor | None = None,
+        key_values: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """``x`` ``[B, S, dim]`` attends to ``context`` ``[B, L, dim]`` (mask ``[B, L]``)."""
+        """``x`` ``[B, S, dim]`` attends to ``context`` ``[B, L, dim]`` (mask ``[B, L]``).
+
+        ``key_values``, when given, are :meth:`key_values` of ``context`` computed
+        beforehand (once per sampling call); ``context`` is then not read.
+        """
         batch, length, dim = x.shape
         head_dim = dim // self.num_heads
         query = self.query(x).reshape(batch, length, self.num_heads, head_dim).transpose(1, 2)
-        key, value = (
-            self.key_value(context)
-            .reshape(batch, context.shape[1], 2, self.num_heads, head_dim)
-            .permute(2, 0, 3, 1, 4)
-        )
+        key, value = key_values if key_values is not None else self.key_values(context)
         out = attend(query, key, value, key_mask=context_mask, backend=self.backend)
         return self.proj(out.transpose(1, 2).reshape(batch, length, dim))

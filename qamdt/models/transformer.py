@@ -24,6 +24,7 @@ positions, and the kept-token count rounded down.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Sequence
 
@@ -96,15 +97,20 @@ class MDTBlock(nn.Module):
         text_mask: torch.Tensor | None,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         skip: torch.Tensor | None = None,
+        text_key_values: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """One block over ``x`` ``[B, S, dim]``; ``time_mod`` is ``[B, 6, dim]``."""
+        """One block over ``x`` ``[B, S, dim]``; ``time_mod`` is ``[B, 6, dim]``.
+
+        ``text_key_values``: the cross-attention's keys and values of ``text``, when
+        computed beforehand (:meth:`QualityMDTTransformer.prepare_conditioning`).
+        """
         if self.skip_linear is not None:
             x = self.skip_linear(torch.cat([x, skip], dim=-1))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.scale_shift_table[None] + time_mod
         ).chunk(6, dim=1)
         x = x + gate_msa * self.attn(_modulate(self.norm1(x), shift_msa, scale_msa), rope)
-        x = x + self.cross_attn(self.norm_cross(x), text, text_mask)
+        x = x + self.cross_attn(self.norm_cross(x), text, text_mask, text_key_values)
         return x + gate_mlp * self.mlp(_modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
@@ -141,6 +147,55 @@ class QualityEmbedding(nn.Module):
         weight = (levels - lower.to(levels.dtype))[:, None]
         mixed = self.table(lower) * (1 - weight) + self.table(upper) * weight
         return mixed.to(self.table.weight.dtype)
+
+
+@dataclasses.dataclass
+class CallConditioning:
+    """The inputs of a sampling call that every step shares, computed once.
+
+    Made by :meth:`QualityMDTTransformer.prepare_conditioning` and passed to the
+    transformer's ``forward`` as ``conditioning=``: the projected text, its fixed mask,
+    the quality embedding, the cross-attention keys and values of every encoder and
+    decoder block, and (filled at the first step) the position tables of the latent's grid
+    on its device. The outputs equal those of the uncached call.
+
+    Attributes:
+        text: Projected text states ``[B, L, hidden]``.
+        text_mask: ``[B, L]`` bool (a row without real token sees its first), or None.
+        quality: Quality embeddings ``[B, 1, hidden]``.
+        encoder_key_values: Keys and values ``[B, heads, L, head_dim]`` per encoder block.
+        decoder_key_values: The same per decoder block.
+        positions: Patch grid -> ``(position, decoder_position, rope, full_rope)``,
+            shared by every row selection of this call; filled before the steps (never
+            inside ``forward``, which may run as a compiled graph).
+    """
+
+    text: torch.Tensor
+    text_mask: torch.Tensor | None
+    quality: torch.Tensor
+    encoder_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    decoder_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    positions: dict = dataclasses.field(default_factory=dict)
+    _row_views: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+    def rows(self, count: int) -> CallConditioning:
+        """The first ``count`` rows (the positive branch of a guided batch), made once."""
+        if count == len(self):
+            return self
+        if count not in self._row_views:
+            pairs = lambda table: tuple((k[:count], v[:count]) for k, v in table)  # noqa: E731
+            self._row_views[count] = CallConditioning(
+                self.text[:count],
+                None if self.text_mask is None else self.text_mask[:count],
+                self.quality[:count],
+                pairs(self.encoder_key_values),
+                pairs(self.decoder_key_values),
+                self.positions,
+            )
+        return self._row_views[count]
 
 
 class QualityMDTTransformer(ModelMixin, ConfigMixin):
@@ -337,6 +392,67 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
         )
         return resized[0].permute(1, 2, 0).reshape(grid[0] * grid[1], -1).to(table.dtype)
 
+    def _all_positions(self, grid: tuple[int, int], device, dtype):
+        """``(position, decoder_position, rope, full_rope)`` of a grid on ``device``."""
+        position, rope = self._positions(grid, device, dtype)
+        full_rope = None if rope is None else with_identity_prefix(*rope)
+        return position, self._decoder_positions(grid, position), rope, full_rope
+
+    def _condition(self, text_states, text_mask, quality_level, batch: int, device, dtype):
+        """Projected text, its fixed mask and the quality embeddings ``[B, 1, hidden]``."""
+        if text_mask is not None:
+            text_mask = text_mask.to(device=device, dtype=torch.bool)
+            # A row with no real token would give NaN attention; let it see its first token.
+            text_mask = text_mask.clone()
+            text_mask[:, 0] |= ~text_mask.any(dim=1)
+        text = self.text_proj(text_states.to(device=device, dtype=dtype))
+        if quality_level is None:
+            quality_level = torch.full((batch,), NULL_QUALITY, dtype=torch.long, device=device)
+        quality = self.quality_embed(torch.as_tensor(quality_level, device=device))[:, None]
+        return text, text_mask, quality
+
+    @torch.no_grad()
+    def prepare_conditioning(
+        self,
+        text_states: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        quality_level: torch.Tensor | None = None,
+        latent_size: tuple[int, int] | None = None,
+    ) -> CallConditioning:
+        """The conditioning a sampling call shares across its steps, computed once.
+
+        The quality levels are checked here, so the steps read no value back from the
+        device.
+
+        Args:
+            text_states: ``[B, L, text_dim]`` text-encoder states.
+            text_mask: ``[B, L]``, True at real tokens (None: all real).
+            quality_level: ``[B]`` levels (see :meth:`forward`).
+            latent_size: ``(T, F)`` of the latents to be denoised: their position tables
+                are made here too (a latent of another size gets its own at each call).
+
+        Returns:
+            A :class:`CallConditioning` for ``forward(..., conditioning=)``.
+
+        Raises:
+            ConfigError: If a quality level is out of range.
+        """
+        device, dtype = self.patch_embed.weight.device, self.patch_embed.weight.dtype
+        text, mask, quality = self._condition(
+            text_states, text_mask, quality_level, len(text_states), device, dtype
+        )
+        conditioning = CallConditioning(
+            text,
+            mask,
+            quality,
+            tuple(block.cross_attn.key_values(text) for block in self.encoder_blocks),
+            tuple(block.cross_attn.key_values(text) for block in self.decoder_blocks),
+        )
+        if latent_size is not None:
+            grid = self.grid(*latent_size)
+            conditioning.positions[grid] = self._all_positions(grid, device, dtype)
+        return conditioning
+
     def sample_mask_ratio(self, generator: torch.Generator | None = None) -> float:
         """A mask ratio drawn from ``mask_ratio_range`` (one per batch, as released)."""
         low, high = self.config.mask_ratio_range
@@ -351,6 +467,7 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
         quality_level: torch.Tensor | None = None,
         mask_ratio: float | None = None,
         generator: torch.Generator | None = None,
+        conditioning: CallConditioning | None = None,
     ) -> torch.Tensor:
         """Predicts the model target for noisy ``latents``.
 
@@ -364,6 +481,9 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
             mask_ratio: Share of patch tokens hidden from the encoder (training); None or 0
                 runs unmasked.
             generator: Seeds the choice of masked tokens.
+            conditioning: The call's text, mask and levels prepared once by
+                :meth:`prepare_conditioning` (``text_states``, ``text_mask`` and
+                ``quality_level`` are then not read); None computes them here.
 
         Returns:
             ``[B, C, T, F]``.
@@ -373,31 +493,39 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
         device, dtype = latents.device, self.patch_embed.weight.dtype
         x = self.patch_embed(self.patcher.patchify(latents.to(dtype)))
         num_patches = x.shape[1]
-        position, rope = self._positions(grid, device, x.dtype)
+        encoder_kv = decoder_kv = ()
+        if conditioning is None:
+            text, text_mask, quality = self._condition(
+                text_states, text_mask, quality_level, batch, device, dtype
+            )
+            position, decoder_position, rope, full_rope = self._all_positions(grid, device, dtype)
+        else:
+            text, text_mask, quality = (
+                conditioning.text,
+                conditioning.text_mask,
+                conditioning.quality,
+            )
+            encoder_kv, decoder_kv = (
+                conditioning.encoder_key_values,
+                conditioning.decoder_key_values,
+            )
+            tables = conditioning.positions.get(grid)
+            if tables is None:
+                tables = self._all_positions(grid, device, dtype)
+            position, decoder_position, rope, full_rope = tables
         if position is not None:
             x = x + position
-        decoder_position = self._decoder_positions(grid, position)
 
         timestep = torch.as_tensor(timestep, device=device)
         if timestep.dim() == 0:
             timestep = timestep.expand(batch)
 
-        if text_mask is not None:
-            text_mask = text_mask.to(device=device, dtype=torch.bool)
-            # A row with no real token would give NaN attention; let it see its first token.
-            text_mask = text_mask.clone()
-            text_mask[:, 0] |= ~text_mask.any(dim=1)
-        text = self.text_proj(text_states.to(dtype))
-        if quality_level is None:
-            quality_level = torch.full((batch,), NULL_QUALITY, dtype=torch.long, device=device)
-        quality = self.quality_embed(torch.as_tensor(quality_level, device=device))[:, None]
         time_embedding = self.time_embed(self.time_proj(timestep).to(dtype))
         if self.config.quality_modulation:
             time_embedding = time_embedding + quality[:, 0].to(time_embedding.dtype)
         time_mod = self.time_block(time_embedding).view(batch, 6, -1)
 
         masked = None
-        full_rope = None if rope is None else with_identity_prefix(*rope)
         encoder_rope = full_rope
         input_skip = (
             torch.cat([quality.to(x.dtype), x], dim=1) if self.config.decoder_input_skip else None
@@ -425,7 +553,8 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
         depth = len(self.encoder_blocks)
         for i, block in enumerate(self.encoder_blocks):
             skip = skips.pop() if block.skip_linear is not None else None
-            x = self._run(block, x, time_mod, text, text_mask, encoder_rope, skip)
+            kv = encoder_kv[i] if encoder_kv else None
+            x = self._run(block, x, time_mod, text, text_mask, encoder_rope, skip, kv)
             if self.config.long_skips and i < depth // 2:
                 skips.append(x)
 
@@ -436,8 +565,9 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
         elif decoder_position is not None:
             x = torch.cat([x[:, :1], x[:, 1:] + decoder_position.to(x.dtype)], dim=1)
 
-        for block in self.decoder_blocks:
-            x = self._run(block, x, time_mod, text, text_mask, full_rope, input_skip)
+        for i, block in enumerate(self.decoder_blocks):
+            kv = decoder_kv[i] if decoder_kv else None
+            x = self._run(block, x, time_mod, text, text_mask, full_rope, input_skip, kv)
 
         shift, scale = (self.final_scale_shift_table[None] + time_embedding[:, None]).chunk(
             2, dim=1
