@@ -36,12 +36,13 @@ class DuplicateFinder:
     """Collects ``(id, line)`` pairs and finds the ids used on more than one line.
 
     Args:
-        buffer_rows: Entries kept in memory before spilling a sorted run to disk.
+        buffer_rows: Entries kept in memory before spilling to disk (default
+            :data:`BUFFER_ROWS`).
     """
 
-    def __init__(self, buffer_rows: int = BUFFER_ROWS):
-        self.buffer_rows = buffer_rows
-        self._buffer = np.empty(buffer_rows, dtype=_DTYPE)
+    def __init__(self, buffer_rows: int | None = None):
+        self.buffer_rows = buffer_rows or BUFFER_ROWS
+        self._buffer = np.empty(self.buffer_rows, dtype=_DTYPE)
         self._filled = 0
         self._spilled = False
         self._folder: str | None = None

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from qamdt.errors import ConfigError, QamdtError
-from qamdt.json_files import read_json_object, write_json
-from qamdt.manifest.reading import iter_manifest
+from qamdt.json_files import atomic_path, read_json_object, write_json
+from qamdt.manifest.reading import _scan
 from qamdt.manifest.shards import merge_manifests
 from qamdt.manifest.stage_state import (
     _stderr,
@@ -34,7 +34,6 @@ from qamdt.manifest.stage_state import (
     real_manifest,
     shard_state_path,
 )
-from qamdt.manifest.writing import _atomic_write
 
 _PART = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 
@@ -105,13 +104,7 @@ def prepare_part(
                 write_json(state, {**wanted, "complete": False})
                 return path
             log(f"{path.name}: a different {' and '.join(keys)}; written again")
-        source = str(manifest.parent)
-        rows = (
-            (record, source)
-            for position, record in enumerate(iter_manifest(manifest))
-            if in_part(position, part)
-        )
-        _atomic_write(path, rows, validate=False, check_duplicates=False, keep_absolute=True)
+        _write_part(manifest, path, part)
         write_json(state, {**wanted, "complete": False})
     return path
 
@@ -135,6 +128,23 @@ def stage_target(
     if state is not None:
         state.wait_for_everyone()
     return path
+
+
+def _write_part(manifest: Path, path: Path, part: tuple[int, int]) -> None:
+    """Copies the part's lines as they are (same folder: paths keep their meaning)."""
+    with (
+        atomic_path(path, durable=True) as temporary,
+        open(temporary, "wb") as out,
+        open(manifest, "rb") as source,
+    ):
+        # Every row is validated (ids unique over the whole manifest); the part's rows are
+        # then copied byte for byte.
+        scan = _scan(manifest, validate=True, on_truncated=None)
+        for position, (_, _, offset) in enumerate(scan):
+            if in_part(position, part):
+                source.seek(offset)
+                line = source.readline()
+                out.write(line if line.endswith(b"\n") else line + b"\n")
 
 
 def finish_part(path: Path, state=None) -> None:
