@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qamdt.cli.arguments import fraction, nonnegative_int, positive_int
+
 
 def register(groups: argparse._SubParsersAction) -> None:
     """Adds the ``corpus`` command group."""
@@ -27,14 +29,18 @@ def register(groups: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--config", type=Path, default=None, help="YAML settings (see configs/corpus.yaml)"
     )
-    build.add_argument("--clips", type=int, default=None, help="number of clips (default 1000)")
-    build.add_argument("--seed", type=int, default=None, help="master seed (default 0)")
+    build.add_argument(
+        "--clips", type=positive_int, default=None, help="number of clips (default 1000)"
+    )
+    build.add_argument("--seed", type=nonnegative_int, default=None, help="master seed (default 0)")
     build.add_argument(
         "--preset", default=None, choices=["embedded", "paper"], help="audio preset (embedded)"
     )
-    build.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
     build.add_argument(
-        "--clean-fraction", type=float, default=None, help="share of undegraded clips"
+        "--workers", type=positive_int, default=None, help="processes (default: cores)"
+    )
+    build.add_argument(
+        "--clean-fraction", type=fraction, default=None, help="share of undegraded clips"
     )
     build.add_argument("--format", default=None, choices=["wav", "flac"], dest="audio_format")
     build.add_argument("--soundfont", default=None, help="a .sf2 file instead of FluidR3_GM")

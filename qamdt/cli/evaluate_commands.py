@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qamdt.cli.arguments import nonnegative_int, positive_int
+
 TABLE_COLUMNS = (
     ("level", "level", "{}"),
     ("count", "n", "{}"),
@@ -49,8 +51,8 @@ def register(groups: argparse._SubParsersAction) -> None:
         help="folder with the audioldm_eval checkpoints (or $QAMDT_AUDIOLDM_EVAL_CKPT)",
     )
     parser.add_argument("--out", type=Path, required=True, help="report folder")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--examples-per-level", type=int, default=2)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--examples-per-level", type=nonnegative_int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled-prompt control")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run_evaluate)

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from qamdt.cli.arguments import positive_int
+
 
 def register(groups: argparse._SubParsersAction) -> None:
     """Adds the ``model`` command group."""
@@ -24,7 +26,9 @@ def register(groups: argparse._SubParsersAction) -> None:
         "bare model config, or a saved transformer folder / config.json.",
     )
     info.add_argument("--config", type=Path, required=True)
-    info.add_argument("--text-length", type=int, default=None, help="text tokens for the FLOPs")
+    info.add_argument(
+        "--text-length", type=positive_int, default=None, help="text tokens for the FLOPs"
+    )
     info.set_defaults(run=run_info)
 
 
