@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -67,6 +68,21 @@ class CheckpointError(QamdtError, ValueError):
     """A weight file that is missing, unreadable or does not fit the model."""
 
 
+def did_you_mean(key: Any, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the known name closest to ``key``, or ``""``."""
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def unknown_keys_error(
+    unknown: Iterable[Any], known: Iterable[str], where: str, noun: str = "key"
+) -> ConfigError:
+    """The error for settings nobody defines: each unknown key with its closest known one."""
+    known = sorted(known)
+    named = ", ".join(f"'{key}'{did_you_mean(key, known)}" for key in unknown)
+    return ConfigError(f"{where}: unknown {noun}(s) {named}; known: {known}")
+
+
 def check_known_keys(
     values: Mapping[str, Any], target: type, where: str, noun: str = "key"
 ) -> None:
@@ -81,7 +97,7 @@ def check_known_keys(
     known = {field.name for field in dataclasses.fields(target)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"{where}: unknown {noun}(s) {unknown}; known: {sorted(known)}")
+        raise unknown_keys_error(unknown, known, where, noun)
 
 
 def dataclass_from_dict(

@@ -29,7 +29,7 @@ def test_demo_yaml_equals_the_built_in_settings():
 def test_unknown_settings_are_named(tmp_path):
     path = tmp_path / "demo.yaml"
     path.write_text("clips: 10\nclipz: 3\n")
-    with pytest.raises(ConfigError, match="clipz"):
+    with pytest.raises(ConfigError, match="'clipz' \\(did you mean 'clips'\\?\\)"):
         load_demo_settings(path)
     path.write_text("clips: 10\nquick:\n  mos_epoch: 1\n")
     with pytest.raises(ConfigError, match="mos_epoch"):

@@ -13,13 +13,12 @@ explicitly; :meth:`GenerationSettings.resolve` stacks them in that order.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import numbers
 from collections.abc import Mapping
 from typing import Any
 
-from qamdt.errors import ConfigError
+from qamdt.errors import ConfigError, unknown_keys_error
 from qamdt.quality import NULL_LEVEL, NUM_LEVELS
 
 DEFAULT_GUIDANCE_SCALE = 3.5
@@ -176,13 +175,8 @@ SETTING_NAMES = tuple(f.name for f in dataclasses.fields(GenerationSettings))
 def check_setting_names(values: Mapping[str, Any], where: str) -> None:
     """Raises ``ConfigError`` naming keys that are no generation setting (with a guess)."""
     unknown = sorted(set(values) - set(SETTING_NAMES))
-    if not unknown:
-        return
-    guesses = {k: difflib.get_close_matches(k, SETTING_NAMES, n=1) for k in unknown}
-    hints = [f"'{k}' (did you mean '{g[0]}'?)" if g else f"'{k}'" for k, g in guesses.items()]
-    raise ConfigError(
-        f"{where}: unknown generation setting(s) {', '.join(hints)}; known: {list(SETTING_NAMES)}"
-    )
+    if unknown:
+        raise unknown_keys_error(unknown, SETTING_NAMES, where, noun="generation setting")
 
 
 def partial_settings(values: Mapping[str, Any] | None, where: str) -> dict[str, Any]:

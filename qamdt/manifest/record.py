@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import numbers
 import os
@@ -12,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qamdt.errors import ManifestError
+from qamdt.errors import ManifestError, did_you_mean
 from qamdt.quality import LEVELS, PREFIXES, with_prefix
 
 SPLITS = ("train", "valid", "test")
@@ -192,9 +191,7 @@ def _integer(v: Any) -> int | None:
 
 
 def _unknown_field_reason(key: Any) -> str:
-    close = difflib.get_close_matches(str(key), _FIELDS, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"unknown field{hint}; put free-form data under 'meta'"
+    return f"unknown field{did_you_mean(key, _FIELDS)}; put free-form data under 'meta'"
 
 
 def _check_row(
