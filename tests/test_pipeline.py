@@ -15,8 +15,8 @@ from qamdt.models.vae import LatentVAE
 from qamdt.models.vocoder import Vocoder
 
 
-@pytest.fixture(scope="module")
-def pipeline():
+def tiny_pipeline() -> QAMDTPipeline:
+    """A pipeline of tiny random models (Griffin-Lim vocoder) for fast tests."""
     torch.manual_seed(0)
     transformer = QualityMDTTransformer(
         in_channels=4,
@@ -47,6 +47,11 @@ def pipeline():
         audio="embedded",
         text_encoder_name="embedded",
     )
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return tiny_pipeline()
 
 
 def run(pipeline, **kw):

@@ -143,6 +143,31 @@ def register(groups: argparse._SubParsersAction) -> None:
         "--batch-size", type=positive_int, default=4, help="prompts per sampler batch"
     )
     parser.add_argument("--device", type=device_name, default=None)
+    speed = parser.add_argument_group("speed and memory", "see docs/speed.md")
+    speed.add_argument(
+        "--torch-dtype",
+        default=None,
+        metavar="DTYPE",
+        help="run every model in float32 (default), bfloat16 or float16",
+    )
+    speed.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the transformer, VAE decoder and vocoder (CUDA graphs on CUDA); "
+        "pays off over many clips of one length",
+    )
+    speed.add_argument(
+        "--cpu-offload",
+        action="store_true",
+        help="keep the models on the CPU, each on --device (default cuda) only while it runs",
+    )
+    speed.add_argument(
+        "--vae-chunk",
+        type=positive_int,
+        default=None,
+        metavar="FRAMES",
+        help="decode latents in pieces of FRAMES latent frames (less memory for long pieces)",
+    )
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(run=run_generate)
 
@@ -194,12 +219,14 @@ def _flag_error(error):
 def run_generate(args: argparse.Namespace) -> int:
     """Runs ``qamdt generate``."""
     from qamdt.errors import ConfigError
+    from qamdt.generation.acceleration import parse_dtype
     from qamdt.generation.folder import read_pipeline_index
     from qamdt.generation.pipeline import QAMDTPipeline
     from qamdt.generation.settings import GenerationSettings, SettingsError
     from qamdt.generation.writer import generate_to_folder
 
     prompts = read_prompts(args.prompt, args.prompts_file)
+    dtype = parse_dtype(args.torch_dtype, "--torch-dtype")
     for dest, path in audio_inputs(args).items():
         if not path.is_file():
             raise ConfigError(f"--{dest.replace('_', '-')}: {path}: file not found")
@@ -208,7 +235,15 @@ def run_generate(args: argparse.Namespace) -> int:
         settings = GenerationSettings.resolve(defaults, explicit_settings(args))
     except SettingsError as error:
         raise _flag_error(error) from None
-    pipeline = QAMDTPipeline.from_pretrained(args.model, device=args.device)
+    if args.cpu_offload:
+        pipeline = QAMDTPipeline.from_pretrained(args.model, torch_dtype=dtype)
+        pipeline.enable_model_cpu_offload(args.device or "cuda")
+    else:
+        pipeline = QAMDTPipeline.from_pretrained(args.model, device=args.device, torch_dtype=dtype)
+    if args.vae_chunk:
+        pipeline.enable_vae_chunking(args.vae_chunk)
+    if args.compile:
+        pipeline.compile()
     clap = None
     if args.clap:
         from captioning.base import load_clap

@@ -16,11 +16,9 @@ Guidance (``guidance=``):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections import Counter
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,11 +28,10 @@ from qamdt.audio_spec import AudioSpec, get_audio_spec
 from qamdt.diffusion.sampling import sample_latents
 from qamdt.diffusion.schedule import build_sampler
 from qamdt.errors import ConfigError
+from qamdt.generation.acceleration import PipelineHardware
 from qamdt.generation.folder import (
     EMBEDDED,
-    STATS_NAME,
     PipelineIndex,
-    read_pipeline_index,
     save_pipeline_folder,
 )
 from qamdt.generation.modes import decode_plan, plan_mode, sample_plan, vocode_plan
@@ -84,7 +81,7 @@ def level_prefixes_from_manifest(manifest: str | os.PathLike, split: str = "trai
     return prefixes
 
 
-class QAMDTPipeline:
+class QAMDTPipeline(PipelineHardware):
     """Text-to-music generation with quality control.
 
     Args:
@@ -147,6 +144,7 @@ class QAMDTPipeline:
         self.generation_defaults = partial_settings(generation_defaults, "generation_defaults")
         self.trained_on = trained_on
         self.name_or_path: str | None = None
+        self._offload = None
         if vocoder is not None and vocoder.n_mels != self.spec.n_mels:
             raise ConfigError(
                 f"vocoder expects {vocoder.n_mels} mel bands, "
@@ -156,56 +154,27 @@ class QAMDTPipeline:
     # ---------------------------------------------------------------- loading
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | None = None):
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        torch_dtype: str | torch.dtype | None = None,
+    ) -> QAMDTPipeline:
         """Loads a pipeline folder (see :mod:`qamdt.generation.folder`).
 
+        Args:
+            path: The folder.
+            device: Where the models go (default: the CPU).
+            torch_dtype: Run every model in this dtype: ``torch.float32`` (default),
+                ``torch.bfloat16``, ``torch.float16`` or their names; see :meth:`to`.
+
         Raises:
-            ConfigError: If the folder or one of its parts is missing.
+            ConfigError: If the folder or one of its parts is missing, or the dtype is
+                unknown.
         """
-        from diffusers import DDPMScheduler
+        from qamdt.generation.loading import load_pipeline
 
-        from qamdt.checkpoints import load_pretrained
-        from qamdt.models.text_encoder import TextEncoder
-        from qamdt.models.transformer import QualityMDTTransformer
-        from qamdt.models.vae import LatentVAE
-        from qamdt.models.vocoder import Vocoder
-
-        folder = Path(path)
-        index = read_pipeline_index(folder)
-        parts = ["transformer", "vae", "scheduler"] + (
-            [] if index.vocoder == EMBEDDED else [index.vocoder]
-        )
-        for part in parts:
-            if not (folder / part).is_dir():
-                raise ConfigError(f"{folder}: the pipeline has no '{part}/' folder")
-        text_encoder = TextEncoder.from_pretrained(
-            EMBEDDED if index.text_encoder == EMBEDDED else folder / index.text_encoder
-        )
-        stats_path = folder / STATS_NAME
-        pipeline = cls(
-            transformer=load_pretrained(
-                QualityMDTTransformer.from_pretrained, folder / "transformer"
-            ),
-            vae=load_pretrained(LatentVAE.from_pretrained, folder / "vae"),
-            vocoder=(
-                Vocoder.embedded()
-                if index.vocoder == EMBEDDED
-                else load_pretrained(Vocoder.from_pretrained, folder / index.vocoder)
-            ),
-            text_encoder=text_encoder,
-            scheduler=DDPMScheduler.from_pretrained(folder / "scheduler"),
-            audio=AudioSpec.from_dict(index.audio),
-            quality_token=index.quality_token,
-            quality_prefix=index.quality_prefix,
-            level_prefixes=index.level_prefixes,
-            quality_stats=json.loads(stats_path.read_text()) if stats_path.is_file() else None,
-            text_encoder_name=EMBEDDED if index.text_encoder == EMBEDDED else None,
-            vocoder_name=EMBEDDED if index.vocoder == EMBEDDED else None,
-            generation_defaults=index.generation_defaults,
-            trained_on=index.trained_on,
-        )
-        pipeline.name_or_path = str(folder)
-        return pipeline.to(device) if device is not None else pipeline
+        return load_pipeline(cls, path, device, torch_dtype)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Writes every component, and the generation defaults, into one folder."""
@@ -233,18 +202,6 @@ class QAMDTPipeline:
             "text_encoder": self.text_encoder,
             "scheduler": self.scheduler,
         }
-
-    def to(self, device: str | torch.device) -> QAMDTPipeline:
-        """Moves every model to ``device``."""
-        for name, module in self.components.items():
-            if name != "scheduler" and module is not None:
-                module.to(device)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the transformer."""
-        return next(self.transformer.parameters()).device
 
     # ---------------------------------------------------------------- helpers
 
@@ -399,7 +356,8 @@ class QAMDTPipeline:
         given = any(value is not None for value in inputs.values())
         # Starting noise without a length sets the length: one window, as before.
         plain = latents is not None and s.audio_length_in_s is None and not given
-        plan = None if plain else plan_mode(self, s, inputs)
+        with self._on_device("vae"):
+            plan = None if plain else plan_mode(self, s, inputs)
         if plan is not None:
             frames = plan.frames
         elif latents is not None and s.audio_length_in_s is None:
@@ -417,26 +375,13 @@ class QAMDTPipeline:
         elif tuple(latents.shape) != shape:
             raise ConfigError(f"latents: expected shape {shape}, got {tuple(latents.shape)}")
         latents = latents.to(device=device, dtype=torch.float32)
-        dtype = next(self.transformer.parameters()).dtype
-        text = self.text_encoder.encode(texts, device=device, dtype=dtype)
-        negative = self.text_encoder.encode(negative_texts, device=device, dtype=dtype)
+        with self._on_device("text_encoder"):
+            text = self.text_encoder.encode(texts, device=device, dtype=self.dtype)
+            negative = self.text_encoder.encode(negative_texts, device=device, dtype=self.dtype)
         quality, negative_quality = levels(quality_level), levels(negative_level)
-        if plan is not None:
-            latents = sample_plan(
-                self,
-                plan,
-                s,
-                text,
-                quality,
-                negative,
-                negative_quality,
-                latents,
-                generator,
-                progress,
-            )
-        else:
-            latents = self._sample(
-                s, latents, text, quality, negative, negative_quality, generator, progress
+        with self._on_device("transformer"):
+            latents = self._sample_all(
+                plan, s, latents, text, quality, negative, negative_quality, generator, progress
             )
         output = PipelineOutput(
             audios=None,
@@ -450,22 +395,47 @@ class QAMDTPipeline:
             output.mode_facts = plan.facts(self)
         if output_type == "latent":
             return output
-        mels = (
-            self.vae.decode(latents).float() if plan is None else decode_plan(self, plan, latents)
-        )
+        with self._on_device("vae"):
+            mels = (
+                self.vae.decode(latents).float()
+                if plan is None
+                else decode_plan(self, plan, latents)
+            )
         output.mels = mels
         if output_type == "mel":
             return output
-        if plan is not None:
-            audio = vocode_plan(self, plan, mels)
-        else:
-            audio = self.vocoder(mels)
-            if s.audio_length_in_s is not None:
-                audio = audio[:, : int(round(s.audio_length_in_s * self.spec.sample_rate))]
+        with self._on_device("vocoder"):
+            if plan is not None:
+                audio = vocode_plan(self, plan, mels)
+            else:
+                audio = self.vocoder(mels)
+                if s.audio_length_in_s is not None:
+                    audio = audio[:, : int(round(s.audio_length_in_s * self.spec.sample_rate))]
         if clap is not None:
             audio, output = self._rank(audio, output, clap, prompts, repeat)
         output.audios = audio.cpu().numpy() if output_type == "np" else audio
         return output
+
+    def _sample_all(
+        self, plan, s, latents, text, quality, negative, negative_quality, generator, progress
+    ):
+        """Latents of the call: the mode's plan window by window, or one plain window."""
+        if plan is not None:
+            return sample_plan(
+                self,
+                plan,
+                s,
+                text,
+                quality,
+                negative,
+                negative_quality,
+                latents,
+                generator,
+                progress,
+            )
+        return self._sample(
+            s, latents, text, quality, negative, negative_quality, generator, progress
+        )
 
     def _sample(self, s, latents, text, quality, negative, negative_quality, generator, progress):
         """One window from noise: the plain text-to-music call."""

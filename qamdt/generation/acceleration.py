@@ -1,0 +1,219 @@
+"""How a pipeline runs on its hardware: one dtype, compiled models, CPU offload.
+
+These are load-time choices of :class:`~qamdt.generation.pipeline.QAMDTPipeline`
+(``from_pretrained(torch_dtype=)``, ``to(dtype=)``, ``compile()``,
+``enable_model_cpu_offload()``), apart from the sampling settings of
+:mod:`qamdt.generation.settings`: they change speed and memory, not what is sampled
+(beyond the rounding of a lower precision). See docs/speed.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+from qamdt.errors import ConfigError
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The dtypes a pipeline runs in, by name (``--torch-dtype``)."""
+
+COMPILE_COMPONENTS = ("transformer", "vae", "vocoder")
+"""What :func:`compile_pipeline` may compile: the denoiser, the VAE decoder, the HiFi-GAN."""
+
+MODEL_COMPONENTS = ("text_encoder", "transformer", "vae", "vocoder")
+
+
+def parse_dtype(value: str | torch.dtype | None, where: str = "torch_dtype") -> torch.dtype | None:
+    """A pipeline dtype from its name (or a ``torch.dtype``); None stays None.
+
+    Raises:
+        ConfigError: Naming ``where`` and the known names.
+    """
+    if value is None or isinstance(value, torch.dtype) and value in TORCH_DTYPES.values():
+        return value
+    if isinstance(value, str) and value in TORCH_DTYPES:
+        return TORCH_DTYPES[value]
+    raise ConfigError(f"{where}: unknown dtype {value!r}; known: {list(TORCH_DTYPES)}")
+
+
+def cast_components(pipeline, dtype: torch.dtype) -> None:
+    """Puts every model of a pipeline in ``dtype``.
+
+    The sampler's latents, its scheduler maths and the returned audio stay float32 (the
+    pipeline converts at each model's input and output); PyTorch's layer and group norms
+    accumulate their statistics in float32 for 16-bit inputs. The vocoder's own buffers
+    (the Griffin-Lim mel basis and window) stay float32.
+    """
+    for name in MODEL_COMPONENTS:
+        module = getattr(pipeline, name)
+        if module is None:
+            continue
+        if name == "vocoder":
+            if module.model is not None:
+                module.model.to(dtype)
+        else:
+            module.to(dtype)
+
+
+def default_compile_mode(device: torch.device) -> str | None:
+    """CUDA graphs on CUDA (every step has the same shapes), inductor's default elsewhere."""
+    return "reduce-overhead" if device.type == "cuda" else None
+
+
+def compile_pipeline(
+    pipeline,
+    mode: str | None = "auto",
+    components: Iterable[str] = COMPILE_COMPONENTS,
+) -> None:
+    """Compiles a pipeline's models in place with ``torch.compile`` (static shapes).
+
+    ``nn.Module.compile`` keeps each module, its parameters and its state-dict names, so a
+    compiled pipeline saves and offloads as before. The first call of each new input shape
+    compiles (tens of seconds); later calls of that shape run the compiled code.
+
+    Args:
+        pipeline: The pipeline, on the device it will run on.
+        mode: A ``torch.compile`` mode; "auto" picks :func:`default_compile_mode` of the
+            pipeline's device (the VAE decoder and vocoder then use
+            "max-autotune-no-cudagraphs" on CUDA: their outputs are kept across calls).
+        components: Among :data:`COMPILE_COMPONENTS`.
+
+    Raises:
+        ConfigError: On an unknown component.
+    """
+    components = tuple(components)
+    unknown = sorted(set(components) - set(COMPILE_COMPONENTS))
+    if unknown:
+        raise ConfigError(f"compile: unknown component(s) {unknown}; known: {COMPILE_COMPONENTS}")
+    device = pipeline.device
+    chosen = default_compile_mode(device) if mode == "auto" else mode
+    graph_free = "max-autotune-no-cudagraphs" if chosen == "reduce-overhead" else chosen
+    targets = {
+        "transformer": (pipeline.transformer, chosen),
+        "vae": (pipeline.vae.autoencoder.decoder, graph_free),
+        "vocoder": (
+            pipeline.vocoder.model if pipeline.vocoder is not None else None,
+            graph_free,
+        ),
+    }
+    for name in components:
+        module, module_mode = targets[name]
+        if module is not None:
+            module.compile(mode=module_mode, dynamic=False)
+
+
+class ModelOffload:
+    """Keeps a pipeline's models on the CPU, each on the accelerator only while it runs.
+
+    Args:
+        pipeline: The pipeline.
+        device: Where each model runs.
+    """
+
+    def __init__(self, pipeline, device: torch.device):
+        self.pipeline = pipeline
+        self.device = device
+        for name in MODEL_COMPONENTS:
+            module = getattr(pipeline, name)
+            if module is not None:
+                module.to("cpu")
+
+    @contextlib.contextmanager
+    def use(self, *names: str) -> Iterator[None]:
+        """Moves the named models to the device for the ``with`` block, then back."""
+        modules = [getattr(self.pipeline, name) for name in names]
+        modules = [module for module in modules if module is not None]
+        for module in modules:
+            module.to(self.device)
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.to("cpu")
+
+
+class PipelineHardware:
+    """The device, dtype, compile and memory methods of ``QAMDTPipeline``.
+
+    Attributes:
+        _offload: The active :class:`ModelOffload`, or None.
+    """
+
+    _offload: ModelOffload | None = None
+    transformer: Any
+    vae: Any
+    components: dict[str, Any]
+
+    def to(
+        self,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+    ) -> PipelineHardware:
+        """Moves every model to ``device`` and/or casts it to ``dtype``.
+
+        In bfloat16 or float16 the transformer, VAE, vocoder and text encoder all run in
+        that dtype; latents between steps, the scheduler's maths and the returned audio
+        stay float32 (:func:`~qamdt.generation.acceleration.cast_components`).
+
+        Raises:
+            ConfigError: On an unknown dtype.
+        """
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        dtype = parse_dtype(dtype)
+        if device is not None:
+            self._offload = None
+            for name, module in self.components.items():
+                if name != "scheduler" and module is not None:
+                    module.to(device)
+        if dtype is not None:
+            cast_components(self, dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """Where the models run: the transformer's device, or the offload device."""
+        if self._offload is not None:
+            return self._offload.device
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The transformer's dtype."""
+        return next(self.transformer.parameters()).dtype
+
+    def compile(self, mode: str | None = "auto", components=COMPILE_COMPONENTS):
+        """Compiles the models with ``torch.compile``; returns the pipeline.
+
+        See :func:`compile_pipeline` for ``mode`` and ``components``.
+        """
+        compile_pipeline(self, mode, components)
+        return self
+
+    def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> PipelineHardware:
+        """Keeps the models on the CPU and moves each to ``device`` only while it runs.
+
+        Peak accelerator memory is then that of the largest model and its activations
+        (for the ``paper`` preset the T5 text encoder or the transformer) instead of all
+        four models together, at the cost of copying each model in and out per call.
+        :meth:`to` with a device turns it off.
+        """
+        self._offload = ModelOffload(self, torch.device(device))
+        return self
+
+    def enable_vae_chunking(self, frames: int = 64, context: int = 8) -> PipelineHardware:
+        """Decodes latents in pieces along time; returns the pipeline.
+
+        See :meth:`~qamdt.models.vae.LatentVAE.enable_chunked_decoding`.
+        """
+        self.vae.enable_chunked_decoding(frames, context)
+        return self
+
+    def _on_device(self, *names: str):
+        """The ``with`` block in which the named models sit on the device."""
+        if self._offload is None:
+            return contextlib.nullcontext()
+        return self._offload.use(*names)
