@@ -21,8 +21,9 @@ from qamdt.curation.select import Selection, parse_condition
 from qamdt.errors import ConfigError, ManifestError, QamdtError
 from qamdt.manifest import ClipRecord, read_manifest, write_manifest
 from qamdt.manifest.ids import DuplicateFinder
-from qamdt.manifest.parts import merge_parts, parse_part, part_path
+from qamdt.manifest.parts import merge_parts, parse_part, part_path, prepare_part
 from qamdt.manifest.reading import find_manifest_errors
+from qamdt.manifest.stage_state import stage_identity
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -285,7 +286,6 @@ def test_bad_files_are_recorded_and_the_rest_go_on(tmp_path, models, capsys):
 _MILLION = """
 import sys
 from qamdt.manifest.parts import prepare_part
-from qamdt.manifest.reading import find_manifest_errors
 from qamdt.manifest.stage_state import stage_identity
 
 path, rows = sys.argv[1], int(sys.argv[2])
@@ -293,7 +293,7 @@ row = ('{"id": "clip%07d", "audio": "audio/%d/clip%07d.wav", "offset": %d.0, '
        '"duration": 10.0, "split": "train", "pmos": 3.%d}\\n')
 with open(path, "w") as f:
     f.writelines(row % (i, i % 100, i, i % 7, i % 10) for i in range(rows))
-assert find_manifest_errors(path) == []
+# Writing a part validates every row of the manifest (fields, unique ids) on the way.
 part = prepare_part(path, stage_identity("pmos", ["pmos"], "m", {}), (1, 2), log=print)
 with open(part, "rb") as f:
     count = sum(1 for _ in f)
@@ -316,6 +316,11 @@ def _peak_mb(path: Path, rows: int) -> tuple[int, int]:
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmHWM from /proc")
 def test_a_million_rows_validated_and_sharded_in_bounded_memory(tmp_path):
     small_rows, small_peak = _peak_mb(tmp_path / "small.jsonl", 20_000)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "audio": "a.wav"}\n{"id": "a", "audio": "b.wav"}\n')
+    with pytest.raises(ManifestError, match="duplicate id 'a'"):
+        prepare_part(bad, stage_identity("pmos", ["pmos"], "m", {}), (0, 2), log=print)
+    assert not part_path(bad, "pmos", (0, 2)).exists()
     rows, peak = _peak_mb(tmp_path / "million.jsonl", 1_000_000)
     assert (small_rows, rows) == (10_000, 500_000)
     # The ids of a million rows alone would take about 100 MB as a Python set.
