@@ -19,11 +19,21 @@ DEMO_YAML = PROJECT_ROOT / "configs" / "demo.yaml"
 # ------------------------------------------------------------------------------ settings
 
 
-def test_demo_yaml_equals_the_built_in_settings():
-    assert load_demo_settings(DEMO_YAML) == DemoSettings()
+def test_packaged_settings_are_the_demo_yaml():
+    assert load_demo_settings(DEMO_YAML) == DemoSettings.full() == load_demo_settings(None)
     assert load_demo_settings(DEMO_YAML, quick=True) == DemoSettings.quick()
-    assert load_demo_settings(None, quick=True) == DemoSettings.quick()
-    assert DemoSettings.quick().clips < DemoSettings().clips
+    assert DemoSettings.quick().clips < DemoSettings.full().clips
+
+
+def test_a_users_file_changes_only_its_values(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("clips: 500\nmos_epochs: 9\nquick:\n  clips: 30\n")
+    full, quick = DemoSettings.full(), DemoSettings.quick()
+    assert load_demo_settings(path) == full.replace(clips=500, mos_epochs=9)
+    # --quick: the packaged quick values win over the file's top level, its own quick wins.
+    assert load_demo_settings(path, quick=True) == quick.replace(clips=30)
+    with pytest.raises(ConfigError, match="missing setting"):
+        DemoSettings.from_dict({"clips": 3})
 
 
 def test_unknown_settings_are_named(tmp_path):
@@ -35,9 +45,9 @@ def test_unknown_settings_are_named(tmp_path):
     with pytest.raises(ConfigError, match="mos_epoch"):
         load_demo_settings(path)
     with pytest.raises(ConfigError, match="clips"):
-        DemoSettings(clips=0)
+        DemoSettings.full().replace(clips=0)
     with pytest.raises(ConfigError, match="mdt_max_minutes"):
-        DemoSettings(mdt_max_minutes=0)
+        DemoSettings.full().replace(mdt_max_minutes=0)
     # Trainers stop on their counts: no time cap unless one is asked for.
     assert all(
         getattr(DemoSettings.quick(), f"{name}_max_minutes") is None

@@ -181,7 +181,7 @@ def test_command_line_flags_map_onto_settings():
 
 
 def test_demo_sampling_section_builds_the_settings():
-    demo = DemoSettings()
+    demo = DemoSettings.full()
     settings = demo.generation_settings()
     assert settings == GenerationSettings(
         scheduler="ddim",
@@ -194,9 +194,9 @@ def test_demo_sampling_section_builds_the_settings():
         seed=0,
     )
     with pytest.raises(ConfigError, match="demo settings: sampler_eta: must be >= 0"):
-        DemoSettings(sampler_eta=-1)
+        DemoSettings.full().replace(sampler_eta=-1)
     with pytest.raises(ConfigError, match="demo settings: sampler: unknown 'heun9'"):
-        DemoSettings(sampler="heun9")
+        DemoSettings.full().replace(sampler="heun9")
 
 
 def test_pipeline_index_checks_its_generation_defaults():

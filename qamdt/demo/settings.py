@@ -1,12 +1,13 @@
-"""Every knob of the end-to-end demo, in one dataclass, with its full and quick values.
+"""Every knob of the end-to-end demo: the dataclass is the schema, ``configs/demo.yaml`` the data.
 
-The full values run the whole pipeline on the 1,000-clip embedded corpus within about
-half an hour on two CPU cores; the quick values (``--quick``) run every stage on a few
-dozen clips for a few steps, for CI and tests. ``configs/demo.yaml`` repeats both sets:
-its top level holds the full values and its ``quick:`` section the quick overrides.
+The packaged ``configs/demo.yaml`` holds every value once: its top level the full run
+(the whole pipeline on the 1,000-clip embedded corpus in under half an hour on two CPU
+cores), its ``quick:`` section the overrides of ``--quick`` (every stage on a few dozen
+clips for a few steps, for CI and tests). A user's file is read over it, so it needs only
+the values it changes.
 
-In the full run every trainer stops on its epoch or step count; the minute budgets are
-only caps for slower machines, so the models no longer depend on how busy the machine is.
+Every trainer stops on its epoch or step count; the ``*_max_minutes`` caps stay unset,
+so the models do not depend on how busy the machine is.
 
 The sampling settings (``sampler``, ``sampler_steps``, ``sampler_eta``, ``guidance_*``,
 ``audio_seconds``, ``seed``) fill one
@@ -40,11 +41,13 @@ SAMPLING_SETTINGS = {
     "seed": "seed",
 }
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
+"""The packaged demo settings: every value of the full and the quick run."""
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoSettings:
-    """Settings of one demo run (the defaults are the full run's).
+    """Settings of one demo run (the values are in ``configs/demo.yaml``).
 
     Attributes:
         seed: Master seed of every stage (corpus, training, sampling, controls).
@@ -117,57 +120,57 @@ class DemoSettings:
         min_pmos_gain: p-MOS that level 5 must gain over level 1 for the check to pass.
     """
 
-    seed: int = 0
-    clips: int = 1000
-    variants_per_piece: int = 2
-    max_clips_per_variant: int = 3
-    mos_epochs: int = 30
-    mos_batch_size: int = 16
-    mos_max_minutes: float | None = None
-    mos_patience: int | None = 5
-    mos_config: str = "configs/mos/corpus.yaml"
-    mos_real_files_per_source: int | None = None
-    level_shares: tuple[float, ...] = (0.2, 0.2, 0.2, 0.2, 0.2)
-    captioner_epochs: int = 22
-    captioner_batch_size: int = 32
-    captioner_max_minutes: float | None = None
-    clap_epochs: int = 5
-    clap_batch_size: int = 64
-    clap_max_minutes: float | None = None
-    refine_rho1: float | str = "p8.9"
-    refine_rho2: float | str = "p15"
-    refine_rho3: float | str = "p90"
-    vae_steps: int = 380
-    vae_batch_size: int = 16
-    vae_max_minutes: float | None = None
-    mdt_config: str = "configs/mdt/embedded.yaml"
-    mdt_model: dict[str, Any] = dataclasses.field(default_factory=dict)
-    mdt_clip_seconds: float = 2.5
-    mdt_batch_size: int = 16
-    mdt_learning_rate: float = 1.0e-3
-    mdt_warmup_steps: int = 50
-    mdt_max_steps: int = 870
-    mdt_max_minutes: float | None = None
-    mdt_checkpoint_every: int = 100
-    prompts: int = 20
-    levels: tuple[int, ...] = (1, 2, 3, 4, 5)
-    sampler: str = "ddim"
-    sampler_steps: int = 25
-    sampler_eta: float = 0.0
-    guidance_scale: float = 8.0
-    guidance_rescale: float = 0.7
-    guidance_interval: tuple[float, float] | None = (0.0, 700.0)
-    negative_quality_level: float | str = "mirror"
-    audio_seconds: float = 5.0
-    generate_batch_size: int = 5
-    negative_prompt: str = "low quality"
-    eval_batch_size: int = 8
-    examples_per_level: int = 2
-    decoder_reference_clips: int = 8
-    pitch_fmin: float = 60.0
-    pitch_fmax: float = 500.0
-    pitch_envelope_hz: float = 500.0
-    min_pmos_gain: float = 1.0
+    seed: int
+    clips: int
+    variants_per_piece: int
+    max_clips_per_variant: int
+    mos_epochs: int
+    mos_batch_size: int
+    mos_max_minutes: float | None
+    mos_patience: int | None
+    mos_config: str
+    mos_real_files_per_source: int | None
+    level_shares: tuple[float, ...]
+    captioner_epochs: int
+    captioner_batch_size: int
+    captioner_max_minutes: float | None
+    clap_epochs: int
+    clap_batch_size: int
+    clap_max_minutes: float | None
+    refine_rho1: float | str
+    refine_rho2: float | str
+    refine_rho3: float | str
+    vae_steps: int
+    vae_batch_size: int
+    vae_max_minutes: float | None
+    mdt_config: str
+    mdt_model: dict[str, Any]
+    mdt_clip_seconds: float
+    mdt_batch_size: int
+    mdt_learning_rate: float
+    mdt_warmup_steps: int
+    mdt_max_steps: int
+    mdt_max_minutes: float | None
+    mdt_checkpoint_every: int
+    prompts: int
+    levels: tuple[int, ...]
+    sampler: str
+    sampler_steps: int
+    sampler_eta: float
+    guidance_scale: float
+    guidance_rescale: float
+    guidance_interval: tuple[float, float] | None
+    negative_quality_level: float | str
+    audio_seconds: float
+    generate_batch_size: int
+    negative_prompt: str
+    eval_batch_size: int
+    examples_per_level: int
+    decoder_reference_clips: int
+    pitch_fmin: float
+    pitch_fmax: float
+    pitch_envelope_hz: float
+    min_pmos_gain: float
 
     def __post_init__(self):
         positive = [
@@ -218,6 +221,9 @@ class DemoSettings:
         if not isinstance(values, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
         check_known_keys(values, cls, where, noun="setting")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in values]
+        if missing:
+            raise ConfigError(f"{where}: missing setting(s) {missing}")
         values = dict(values)
         for name in ("level_shares", "levels", "guidance_interval"):
             if values.get(name) is not None:
@@ -230,9 +236,14 @@ class DemoSettings:
             raise ConfigError(f"{where}: {error}") from None
 
     @classmethod
+    def full(cls) -> DemoSettings:
+        """The packaged full-run settings (``configs/demo.yaml``)."""
+        return load_demo_settings(None)
+
+    @classmethod
     def quick(cls) -> DemoSettings:
         """The ``--quick`` settings: every stage on a few dozen clips for a few steps."""
-        return cls.from_dict(QUICK_OVERRIDES, "quick demo settings")
+        return load_demo_settings(None, quick=True)
 
     def generation_settings(self) -> GenerationSettings:
         """The generation settings every demo call shares (levels and guidance per call).
@@ -266,52 +277,41 @@ class DemoSettings:
         return PROJECT_ROOT / candidate
 
 
-QUICK_OVERRIDES: dict[str, Any] = {
-    "clips": 40,
-    "variants_per_piece": 1,
-    "max_clips_per_variant": 1,
-    "mos_epochs": 2,
-    "mos_batch_size": 8,
-    "captioner_epochs": 1,
-    "captioner_batch_size": 16,
-    "clap_epochs": 1,
-    "clap_batch_size": 16,
-    "vae_steps": 4,
-    "vae_batch_size": 4,
-    "mdt_model": {"hidden_size": 32, "num_heads": 2, "encoder_depth": 2, "decoder_depth": 1},
-    "mdt_clip_seconds": 2.0,
-    "mdt_batch_size": 4,
-    "mdt_warmup_steps": 1,
-    "mdt_max_steps": 5,
-    "mdt_checkpoint_every": 5,
-    "prompts": 2,
-    "sampler_steps": 2,
-    "audio_seconds": 2.0,
-    "generate_batch_size": 2,
-    "examples_per_level": 1,
-    "decoder_reference_clips": 2,
-}
-
-
 def load_demo_settings(path: str | os.PathLike | None, quick: bool = False) -> DemoSettings:
-    """Reads demo settings: the file's top level, then its ``quick:`` section if ``quick``.
+    """Reads demo settings: the packaged values, then ``path``'s over them.
+
+    The layers, each over the one before: the top level of ``configs/demo.yaml``, the top
+    level of ``path``, and with ``quick`` the ``quick:`` section of each in the same order.
 
     Args:
-        path: A YAML file like ``configs/demo.yaml``; ``None`` uses the built-in values.
-        quick: Apply the quick overrides.
+        path: A YAML file of settings to change (any subset, with an optional ``quick:``
+            section); ``None`` reads the packaged values alone.
+        quick: Apply the quick sections.
 
     Raises:
         ConfigError: On a missing or malformed file or an unknown setting (named).
     """
-    if path is None:
-        return DemoSettings.quick() if quick else DemoSettings()
+    layers = [DEFAULT_CONFIG]
+    if path is not None and Path(path).resolve() != DEFAULT_CONFIG.resolve():
+        layers.append(Path(path))
+    sections = [_read_settings(layer) for layer in layers]
+    values: dict[str, Any] = {}
+    for top, _ in sections:
+        values.update(top)
+    if quick:
+        for _, overrides in sections:
+            values.update(overrides)
+    return DemoSettings.from_dict(values, where=" over ".join(str(p) for p in reversed(layers)))
+
+
+def _read_settings(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A settings file's top level and its ``quick:`` section, their keys checked."""
     from qamdt.training.mdt_config import read_yaml
 
     values = read_yaml(path)
     overrides = values.pop(QUICK_SECTION, None) or {}
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"{path}: '{QUICK_SECTION}' must be a mapping of settings")
+    check_known_keys(values, DemoSettings, str(path), noun="setting")
     check_known_keys(overrides, DemoSettings, f"{path}: {QUICK_SECTION}", noun="setting")
-    if quick:
-        values.update(overrides)
-    return DemoSettings.from_dict(values, where=str(path))
+    return values, dict(overrides)
