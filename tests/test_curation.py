@@ -325,3 +325,52 @@ def test_a_million_rows_validated_and_sharded_in_bounded_memory(tmp_path):
     assert (small_rows, rows) == (10_000, 500_000)
     # The ids of a million rows alone would take about 100 MB as a Python set.
     assert peak - small_peak < 24, (small_peak, peak)
+
+
+# --- kills -----------------------------------------------------------------------------
+
+
+def _fake_models(delay: float = 0.0) -> dict:
+    from captioning.merge import RuleMerger
+
+    return {
+        "mos": FakeMos(delay=delay),
+        "clap": FakeClap(delay),
+        "captioner": FakeCaptioner(),
+        "merger": RuleMerger(),
+    }
+
+
+def _fake_curate(manifest, out, delay=0.0, **options):
+    from qamdt.curation.job import curate
+    from qamdt.curation.settings import CurationSettings
+
+    settings = CurationSettings(
+        mos="fake", clap="fake", captioner="fake", rho1="p20", rho2="p20", rho3=0.9,
+        select=("level>=3",), batch_size=2, **options,
+    )  # fmt: skip
+    return curate(manifest, out, settings, _fake_models(delay), progress=False, log=lambda _: None)
+
+
+def test_killed_parts_and_jobs_resume_to_the_same_files(tmp_path):
+    from kill_stages import run_killed
+
+    torch.set_num_threads(1)
+    data = make_manifest(tmp_path / "data", rows=12, short=1)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _fake_curate(data, straight, part=(0, 2))
+    _fake_curate(data, straight, part=(1, 2))
+    _fake_curate(data, straight)
+    rng = np.random.default_rng(3)
+    finished = []
+    for part in ((0, 2), (1, 2), None):
+        for _ in range(2):
+            after = rng.uniform(0.1, 0.8)
+            finished.append(run_killed(_fake_curate, data, killed, 0.1, part=part, after=after))
+        _fake_curate(data, killed, 0.1, part=part)  # the same models: FakeClap's delay is hashed
+    assert finished.count(False) >= 3, finished
+    for name in ("manifest.jsonl", "selected.jsonl", "quality_stats.json"):
+        assert content(killed / name, straight, killed) == content(
+            straight / name, straight, killed
+        )
+    assert "c00" in (killed / "report.html").read_text()
