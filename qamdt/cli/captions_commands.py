@@ -48,13 +48,7 @@ def register(groups: argparse._SubParsersAction) -> None:
         "launch. Thresholds are numbers or percentiles ('p8.9').",
     )
     refine.add_argument("manifest", type=Path)
-    refine.add_argument("--clap", required=True, help="CLAP scorer folder or name")
-    refine.add_argument("--captioner", default=None, help="captioner folder or name")
-    refine.add_argument("--merger", default="rule", choices=["rule", "llm"])
-    refine.add_argument("--llm-model", default=None, help="local instruct model folder")
-    refine.add_argument("--rho1", default="0.1", help="eq. 8 threshold (number or pX)")
-    refine.add_argument("--rho2", default="0.1", help="eq. 9 threshold (number or pX)")
-    refine.add_argument("--rho3", default="0.25", help="eq. 10 threshold (number or pX)")
+    add_refine_arguments(refine, clap_required=True)
     refine.add_argument("--batch-size", type=positive_int, default=16)
     refine.add_argument("--regenerate", action="store_true", help="caption every clip again")
     add_stage_arguments(refine)
@@ -90,7 +84,19 @@ def register(groups: argparse._SubParsersAction) -> None:
         train.set_defaults(run=run_train_clap if name == "train-clap" else run_train_captioner)
 
 
-def _score_threshold(value: str) -> float | str:
+def add_refine_arguments(parser: argparse.ArgumentParser, clap_required: bool) -> None:
+    """The models and thresholds of caption refinement (``captions refine``, ``curate``)."""
+    parser.add_argument("--clap", required=clap_required, help="CLAP scorer folder or name")
+    parser.add_argument("--captioner", default=None, help="captioner folder or name")
+    parser.add_argument("--merger", default="rule", choices=["rule", "llm"])
+    parser.add_argument("--llm-model", default=None, help="local instruct model folder")
+    parser.add_argument("--rho1", default="0.1", help="eq. 8 threshold (number or pX)")
+    parser.add_argument("--rho2", default="0.1", help="eq. 9 threshold (number or pX)")
+    parser.add_argument("--rho3", default="0.25", help="eq. 10 threshold (number or pX)")
+
+
+def score_threshold(value: str) -> float | str:
+    """A threshold argument: a number, or a percentile such as ``p8.9`` (checked later)."""
     try:
         return float(value)
     except ValueError:
@@ -132,9 +138,9 @@ def run_refine(args: argparse.Namespace) -> int:
     from captioning.refine import RefineSettings, refine_manifest
 
     settings = RefineSettings(
-        rho1=_score_threshold(args.rho1),
-        rho2=_score_threshold(args.rho2),
-        rho3=_score_threshold(args.rho3),
+        rho1=score_threshold(args.rho1),
+        rho2=score_threshold(args.rho2),
+        rho3=score_threshold(args.rho3),
     )
     summary = refine_manifest(
         args.manifest,

@@ -19,18 +19,10 @@ def part_argument(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(error).removeprefix("--shard: ")) from None
 
 
-def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
 def add_part_arguments(parser: argparse.ArgumentParser) -> None:
     """``--shard I/N`` and ``--workers N``, shared by the stages that process rows."""
+    from qamdt.cli.arguments import nonnegative_int
+
     parser.add_argument(
         "--shard",
         type=part_argument,
@@ -41,7 +33,7 @@ def add_part_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=_workers,
+        type=nonnegative_int,
         default=0,
         help="processes decoding audio ahead of the model (0: one thread)",
     )

@@ -6,14 +6,18 @@ import argparse
 import json
 from pathlib import Path
 
-from qamdt.cli.arguments import nonnegative_float, positive_int
+from qamdt.cli.arguments import (
+    add_stage_arguments,
+    nonnegative_int,
+    positive_int,
+    stage_exit_status,
+)
+from qamdt.cli.captions_commands import add_refine_arguments, score_threshold
 from qamdt.cli.manifest_commands import add_part_arguments
 
 
 def register(groups: argparse._SubParsersAction) -> None:
     """Adds the ``curate`` command."""
-    from qamdt.manifest.stages import MIN_CLIP_SECONDS
-
     parser = groups.add_parser(
         "curate",
         help="label p-MOS, fit quality levels, refine captions, select and report (resumable)",
@@ -26,13 +30,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("manifest", type=Path, help="input manifest")
     parser.add_argument("--mos", required=True, help="MOS model folder or name")
-    parser.add_argument("--clap", default=None, help="CLAP scorer folder or name")
-    parser.add_argument("--captioner", default=None, help="captioner folder or name")
-    parser.add_argument("--merger", default="rule", choices=["rule", "llm"])
-    parser.add_argument("--llm-model", default=None, help="local instruct model folder")
-    parser.add_argument("--rho1", default="0.1", help="eq. 8 threshold (number or pX)")
-    parser.add_argument("--rho2", default="0.1", help="eq. 9 threshold (number or pX)")
-    parser.add_argument("--rho3", default="0.25", help="eq. 10 threshold (number or pX)")
+    add_refine_arguments(parser, clap_required=False)
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--select",
@@ -49,19 +47,9 @@ def register(groups: argparse._SubParsersAction) -> None:
     parser.add_argument("--prefix-sigmas", type=float, default=1.25)
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument(
-        "--min-seconds",
-        type=nonnegative_float,
-        default=MIN_CLIP_SECONDS,
-        help="shortest clip processed; shorter ones get an error in their row",
+        "--report-clips", type=nonnegative_int, default=2, help="players per level for each end"
     )
-    parser.add_argument(
-        "--report-clips", type=int, default=2, help="players per level for each end"
-    )
-    parser.add_argument(
-        "--resume-anyway",
-        action="store_true",
-        help="resume from a stage shard left by another model or other settings",
-    )
+    add_stage_arguments(parser)
     add_part_arguments(parser)
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(run=run_curate)
@@ -80,9 +68,9 @@ def run_curate(args: argparse.Namespace) -> int:
         captioner=args.captioner,
         merger=args.merger,
         llm_model=args.llm_model,
-        rho1=_threshold(args.rho1),
-        rho2=_threshold(args.rho2),
-        rho3=_threshold(args.rho3),
+        rho1=score_threshold(args.rho1),
+        rho2=score_threshold(args.rho2),
+        rho3=score_threshold(args.rho3),
         stats=None if args.stats is None else str(args.stats),
         level_rule=args.level_rule,
         prefix_sigmas=args.prefix_sigmas,
@@ -97,12 +85,4 @@ def run_curate(args: argparse.Namespace) -> int:
     summary = curate(args.manifest, args.out, settings, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, default=str))
-    label = summary["label"]
-    return 1 if label["failed"] and not label["scored"] and not label["skipped"] else 0
-
-
-def _threshold(value: str) -> float | str:
-    try:
-        return float(value)
-    except ValueError:
-        return value
+    return stage_exit_status(summary["label"])
