@@ -47,7 +47,6 @@ sigma without a prefix, so it is not used.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import warnings
 from collections.abc import Iterable, Mapping
@@ -56,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from qamdt.errors import ConfigError, QamdtError
+from qamdt.errors import ConfigError, QamdtError, unknown_keys_error
 
 LEVEL_RULES = ("five-bin", "eq1", "quantile", "edges")
 """Known level rules; see the module docstring."""
@@ -73,7 +72,18 @@ class QualityStatsError(QamdtError, ValueError):
 
 
 def finite_number(v: Any, name: str) -> float:
-    """``v`` as a float; ConfigError naming ``name`` unless it is a finite real number."""
+    """A setting as a float, checked to be a finite real number.
+
+    Args:
+        v: The value.
+        name: The setting, for the message.
+
+    Returns:
+        ``float(v)``.
+
+    Raises:
+        ConfigError: If ``v`` is not a finite int or float (bools are refused).
+    """
     if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
         raise ConfigError(f"{name} must be a finite number, got {v!r}")
     f = float(v)
@@ -83,7 +93,17 @@ def finite_number(v: Any, name: str) -> float:
 
 
 def finite_scores(scores: Any) -> np.ndarray:
-    """Scores as a float64 array; QualityStatsError when one is not finite."""
+    """Scores as a float64 array, checked to be finite.
+
+    Args:
+        scores: Array-like scores, any shape.
+
+    Returns:
+        The float64 array.
+
+    Raises:
+        QualityStatsError: Naming the first score that is not finite.
+    """
     s = np.asarray(scores, dtype=np.float64)
     if not np.isfinite(s).all():
         bad = s[~np.isfinite(s)].ravel()[0]
@@ -92,14 +112,34 @@ def finite_scores(scores: Any) -> np.ndarray:
 
 
 def rule_edges(rule: str, mu: float, sigma: float) -> tuple[float, float, float, float]:
-    """The four level edges a mu/sigma level rule gives (see the module docstring)."""
+    """The four level edges that ``"five-bin"`` or ``"eq1"`` gives (module docstring).
+
+    Args:
+        rule: The level rule.
+        mu: Mean p-MOS.
+        sigma: Standard deviation.
+
+    Returns:
+        The edges between levels 1|2, 2|3, 3|4 and 4|5.
+    """
     if rule == "eq1":
         return (mu - sigma, mu, mu, mu + sigma)
     return (mu - 2 * sigma, mu - sigma, mu + sigma, mu + 2 * sigma)
 
 
 def checked_edges(values: Any, *, allow_equal: bool) -> tuple[float, float, float, float]:
-    """Four finite level edges, increasing (non-decreasing with ``allow_equal``)."""
+    """Level edges, checked.
+
+    Args:
+        values: Four numbers.
+        allow_equal: Accept equal neighbours (the ``"eq1"`` rule's edges).
+
+    Returns:
+        The edges as a tuple of floats.
+
+    Raises:
+        ConfigError: If they are not four finite numbers in increasing order.
+    """
     try:
         edges = tuple(values)
     except TypeError:
@@ -116,7 +156,19 @@ def checked_edges(values: Any, *, allow_equal: bool) -> tuple[float, float, floa
 
 
 def checked_counts(d: Any, keys: tuple, name: str) -> dict:
-    """Counts for every key of ``keys`` (missing ones 0), each an integer >= 0."""
+    """Label counts, checked.
+
+    Args:
+        d: Counts by key.
+        keys: The allowed keys.
+        name: The field, for messages.
+
+    Returns:
+        A count for every key of ``keys`` (0 where ``d`` has none).
+
+    Raises:
+        ConfigError: On an unknown key or a count that is not an integer >= 0.
+    """
     if not isinstance(d, Mapping):
         raise ConfigError(f"{name} must be a mapping, got {d!r}")
     unknown = [k for k in d if k not in keys]
@@ -132,21 +184,40 @@ def checked_counts(d: Any, keys: tuple, name: str) -> dict:
 
 
 def check_keys(d: Mapping[str, Any], known: list[str], required: list[str], where: str) -> None:
-    """ConfigError naming unknown keys (with a close match) or missing required ones."""
+    """Checks the keys of a stored dict.
+
+    Args:
+        d: The dict.
+        known: Keys it may have.
+        required: Keys it must have.
+        where: File or label, for messages.
+
+    Raises:
+        ConfigError: Naming unknown keys (with a close known one) or missing ones.
+    """
     unknown = [k for k in d if k not in known]
     if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(str(k), known, n=1)
-            hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(hints)}")
+        raise unknown_keys_error(unknown, known, where)
     missing = [k for k in required if k not in d]
     if missing:
         raise ConfigError(f"{where}: missing key(s) {', '.join(repr(k) for k in missing)}")
 
 
 def quantile_edges(scores: np.ndarray, shares: Iterable[float] | None) -> list[float]:
-    """Level edges at quantiles of ``scores`` that give levels 1-5 these shares."""
+    """Level edges of the ``"quantile"`` rule.
+
+    Args:
+        scores: Finite scores.
+        shares: Shares of levels 1-5 (five positive numbers summing to 1); ``None`` is
+            :data:`NORMAL_LEVEL_SHARES`.
+
+    Returns:
+        The four edges: quantiles of ``scores`` at the cumulative shares.
+
+    Raises:
+        ConfigError: On invalid shares.
+        QualityStatsError: If the edges are not increasing (too many equal scores).
+    """
     shares = np.asarray(NORMAL_LEVEL_SHARES if shares is None else list(shares), dtype=float)
     if (
         shares.shape != (5,)

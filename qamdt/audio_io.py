@@ -1,4 +1,4 @@
-"""Audio reading, checking, resampling, cropping and writing, built on soundfile and soxr.
+"""Audio reading, checking, resampling, cropping, model input and writing (soundfile, soxr).
 
 Array layout: mono audio is ``(samples,)``; multichannel audio is ``(channels, samples)``
 (the torch convention), which is transposed to and from soundfile's ``(frames, channels)``.

@@ -14,7 +14,6 @@ from captioning.hf_clap import HfClapScorer, features_tensor
 from captioning.laion_clap import LaionClapScorer
 from captioning.retrieval import evaluate_retrieval, retrieval_metrics
 from captioning.train_clap import tag_caption, train_embedded_clap
-from qamdt.audio_windows import split_windows, window_starts
 from qamdt.errors import CheckpointError, ConfigError, QamdtError
 from qamdt.manifest import ClipRecord, write_manifest
 
@@ -44,24 +43,6 @@ def unit_rows(x):
 def tiny_embedded():
     torch.manual_seed(0)
     return EmbeddedClapScorer(TINY_CLAP)
-
-
-# ------------------------------------------------------------------------------ windows
-
-
-def test_window_starts():
-    assert window_starts(50, 100) == [0]
-    assert window_starts(100, 100) == [0]
-    # Up to 5 % longer: one centred window.
-    assert window_starts(104, 100) == [2]
-    assert window_starts(250, 100) == [0, 75, 150]
-    assert window_starts(200, 100) == [0, 100]
-    with pytest.raises(ValueError):
-        window_starts(10, 0)
-    wave = np.arange(250, dtype=np.float32)
-    windows = split_windows(wave, 100)
-    assert [w[0] for w in windows] == [0, 75, 150]
-    assert all(w.shape == (100,) for w in windows)
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -49,10 +49,16 @@ def conv_stack(
 
 
 def frames_first(x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, F, T)`` conv output to ``(B, T, C * F)``: one flattened vector per time step.
+    """Conv output as one flattened vector per time step.
 
     Flattening channels with frequency keeps absolute frequency position (band limiting,
     hum, pitch and timbre) visible to what follows.
+
+    Args:
+        x: ``(B, C, F, T)``.
+
+    Returns:
+        ``(B, T, C * F)``.
     """
     return x.permute(0, 3, 1, 2).flatten(2)
 
