@@ -34,7 +34,7 @@ from mos_predictor.metrics import evaluate_predictions
 from mos_predictor.models import build_mos_model
 from mos_predictor.ratings import RatedClip
 
-# load_train_config is imported from here by qamdt.cli.mos_commands and qamdt.demo.run.
+# load_train_config is imported from here by qamdt.cli.mos_commands and the demo.
 from mos_predictor.train_config import MosTrainConfig, load_train_config  # noqa: F401
 from qamdt.audio_io import load_audio
 from qamdt.checkpoint_folders import CheckpointFolders, GeneratorState, replace_folder
