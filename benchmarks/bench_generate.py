@@ -1,7 +1,9 @@
 """Generation speed of the QA-MDT pipeline: seconds per 10 s of audio, real-time factor.
 
 Usage: python benchmarks/bench_generate.py [--config configs/mdt/embedded.yaml]
-       [--vae-config configs/vae/embedded.yaml] [--batch 1] [--precision no|bf16]
+       [--vae-config configs/vae/embedded.yaml] [--batch 1]
+       [--torch-dtype float32|bfloat16|float16] [--compile] [--ddim-steps 200]
+       [--dpm-steps 25] [--seconds 10] [--vae-chunk FRAMES] [--cpu-offload]
 
 Builds the pipeline of a config with random weights (speed does not depend on them): the
 transformer of the config, a VAE of the VAE config, the bundled MiniLM text encoder (or a
@@ -10,7 +12,12 @@ for `embedded`; a random HiFi-GAN of AudioLDM2's shape for `paper`). Times one 1
 per prompt with classifier-free guidance (both branches in one batch) for the paper's
 sampler (DDIM, 200 steps, the reference row) and DPM-Solver++ with 25 steps, split into
 sampling, VAE decoding and vocoding. Peak memory: CPU resident set size (for the whole
-process) or peak CUDA allocation.
+process, so the largest of the rows so far) or peak CUDA allocation.
+
+The whole pipeline runs in --torch-dtype (transformer, VAE, vocoder, text encoder). With
+--compile the same rows run again after ``pipeline.compile()`` (CUDA graphs on CUDA),
+side by side with the eager ones; the cold compile time (the first calls) and the largest
+difference between eager and compiled latents of the same seed are printed too.
 """
 
 from __future__ import annotations
@@ -91,29 +98,22 @@ def timed(fn):
     return value, time.perf_counter() - start
 
 
-@torch.no_grad()
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default="configs/mdt/embedded.yaml")
-    parser.add_argument("--vae-config", default="configs/vae/embedded.yaml")
-    parser.add_argument("--batch", type=int, default=1, help="prompts per call")
-    parser.add_argument("--precision", choices=("no", "bf16"), default="no")
-    args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipeline = build_pipeline(args.config, args.vae_config).to(device)
-    if args.precision == "bf16":
-        pipeline.transformer.to(torch.bfloat16)
-    spec = get_audio_spec(pipeline.spec)
-    seconds = 10.0
-    prompts = ["a string quartet plays a slow piece in a minor key"] * args.batch
-    # Warm-up at full length, so allocation and kernel selection are not timed.
-    warm = pipeline(prompts, num_inference_steps=1, audio_length_in_s=seconds, output_type="mel")
+def peak_mib(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def warm_up(pipeline, prompts, seconds: float) -> None:
+    """One call at full length: allocation, kernel selection (and compiling) not timed."""
+    warm = pipeline(prompts, num_inference_steps=2, audio_length_in_s=seconds, output_type="mel")
     pipeline.vocoder(warm.mels)
+
+
+def measure(pipeline, prompts, seconds: float, samplers, device: str) -> list[dict]:
+    """One row per sampler: seconds of sampling, decoding, vocoding per prompt; peak MiB."""
     rows = []
-    for name, sampler, steps in (
-        ("DDIM 200 (reference)", "ddim", 200),
-        ("DPM-Solver++ 25", "dpmsolver++", 25),
-    ):
+    for name, sampler, steps in samplers:
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         out, sample_s = timed(
@@ -124,13 +124,62 @@ def main() -> None:
         )  # fmt: skip
         mels, decode_s = timed(lambda out=out: pipeline.vae.decode(out.latents).float())
         _, vocode_s = timed(lambda mels=mels: pipeline.vocoder(mels))
-        total = (sample_s + decode_s + vocode_s) / args.batch
-        if device == "cuda":
-            peak = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        batch = len(prompts)
         rows.append(
-            (name, sample_s / args.batch, decode_s / args.batch, vocode_s / args.batch, total, peak)
+            {
+                "name": name,
+                "sample": sample_s / batch,
+                "decode": decode_s / batch,
+                "vocode": vocode_s / batch,
+                "total": (sample_s + decode_s + vocode_s) / batch,
+                "peak": peak_mib(device),
+                "latents": out.latents.float().cpu(),
+            }
+        )
+    return rows
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default="configs/mdt/embedded.yaml")
+    parser.add_argument("--vae-config", default="configs/vae/embedded.yaml")
+    parser.add_argument("--batch", type=int, default=1, help="prompts per call")
+    parser.add_argument("--torch-dtype", default="float32", help="float32, bfloat16, float16")
+    parser.add_argument("--compile", action="store_true", help="also time the compiled pipeline")
+    parser.add_argument("--compile-mode", default="auto", help="torch.compile mode")
+    parser.add_argument("--ddim-steps", type=int, default=200, help="steps of the reference row")
+    parser.add_argument("--dpm-steps", type=int, default=25)
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio per clip")
+    parser.add_argument("--vae-chunk", type=int, default=None, help="chunked VAE decoding")
+    parser.add_argument("--cpu-offload", action="store_true", help="model CPU offload (CUDA)")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipeline = build_pipeline(args.config, args.vae_config)
+    pipeline.to(dtype=args.torch_dtype)
+    if args.cpu_offload:
+        pipeline.enable_model_cpu_offload(device)
+    else:
+        pipeline.to(device)
+    if args.vae_chunk:
+        pipeline.enable_vae_chunking(args.vae_chunk)
+    spec = get_audio_spec(pipeline.spec)
+    seconds = args.seconds
+    prompts = ["a string quartet plays a slow piece in a minor key"] * args.batch
+    samplers = (
+        (f"DDIM {args.ddim_steps} (reference)", "ddim", args.ddim_steps),
+        (f"DPM-Solver++ {args.dpm_steps}", "dpmsolver++", args.dpm_steps),
+    )
+    warm_up(pipeline, prompts, seconds)
+    eager = measure(pipeline, prompts, seconds, samplers, device)
+    compiled, compile_s, agreement = None, None, None
+    if args.compile:
+        pipeline.compile(mode=args.compile_mode)
+        _, compile_s = timed(lambda: warm_up(pipeline, prompts, seconds))
+        compiled = measure(pipeline, prompts, seconds, samplers, device)
+        agreement = max(
+            float((a["latents"] - b["latents"]).abs().max())
+            for a, b in zip(eager, compiled, strict=True)
         )
 
     where = (
@@ -138,14 +187,23 @@ def main() -> None:
         if device == "cuda"
         else f"CPU ({torch.get_num_threads()} threads)"
     )
-    print(f"generation of {seconds:.0f} s clips, {args.config} ({spec.name}), batch {args.batch}, "
-          f"precision {args.precision}, {where}, random weights")  # fmt: skip
-    print(f"{'sampler':22s} {'sample s':>9s} {'VAE s':>7s} {'vocoder s':>10s} {'s per 10 s':>11s} "
-          f"{'RTF':>6s} {'vs ref':>7s} {'peak MiB':>9s}")  # fmt: skip
-    reference = rows[0][4]
-    for name, sample_s, decode_s, vocode_s, total, peak in rows:
-        print(f"{name:22s} {sample_s:9.2f} {decode_s:7.2f} {vocode_s:10.2f} {total:11.2f} "
-              f"{total / seconds:6.2f} {reference / total:6.2f}x {peak:9.0f}")  # fmt: skip
+    print(f"generation of {seconds:g} s clips, {args.config} ({spec.name}), batch {args.batch}, "
+          f"{args.torch_dtype}, {where}, random weights")  # fmt: skip
+    header = f"{'sampler':26s} {'run':9s} {'sample s':>9s} {'VAE s':>7s} {'vocoder s':>10s} "
+    header += f"{'s per clip':>11s} {'RTF':>6s} {'vs ref':>7s} {'vs eager':>9s} {'peak MiB':>9s}"
+    print(header)
+    reference = eager[0]["total"]
+    runs = [("eager", eager)] + ([("compiled", compiled)] if compiled else [])
+    for index in range(len(samplers)):
+        for run, rows in runs:
+            row = rows[index]
+            print(f"{row['name']:26s} {run:9s} {row['sample']:9.3f} {row['decode']:7.3f} "
+                  f"{row['vocode']:10.3f} {row['total']:11.3f} {row['total'] / seconds:6.3f} "
+                  f"{reference / row['total']:6.2f}x "
+                  f"{eager[index]['total'] / row['total']:8.2f}x {row['peak']:9.0f}")  # fmt: skip
+    if compiled:
+        print(f"compile (cold, first calls at this length): {compile_s:.1f} s; "
+              f"largest |eager - compiled| latent difference: {agreement:.2e}")  # fmt: skip
 
 
 if __name__ == "__main__":

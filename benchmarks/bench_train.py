@@ -1,7 +1,8 @@
 """Training throughput and peak memory of the quality-aware MDT.
 
 Usage: python benchmarks/bench_train.py [--config configs/mdt/embedded.yaml] [--batch 16]
-       [--steps 5] [--precision no|bf16|fp16] [--variants all|reference]
+       [--steps 5] [--precision no|bf16|fp16] [--torch-dtype float32|bfloat16]
+       [--variants all|reference] [--compile] [--optimizer fused|foreach]
 
 Times full optimiser steps (forward, backward, AdamW, EMA update) on random latents and
 text states of the config's shapes, after one warm-up step. Each variant runs in its own
@@ -10,6 +11,13 @@ The reference row is the released training recipe (one masked pass, sin-cos posi
 SDPA); the other rows change one thing each. Model FLOPs per sample are 3x the unmasked
 forward FLOPs of ``qamdt model info`` (the usual 6 x params x tokens convention, with
 attention); MFU divides achieved model FLOP/s by --peak-tflops when given.
+
+--precision trains float32 weights under autocast (as ``mixed_precision`` of a training
+config); --torch-dtype bfloat16 keeps the weights themselves in bfloat16 (pure bf16). With
+--compile each variant also runs with the model compiled (``model.compile()``, as
+``compile: true`` in a training config) in its own process, printed beside the eager row
+with the ratio; the compile time (the warm-up steps) is reported separately. The
+optimiser is the training's fused AdamW (``--optimizer foreach``: PyTorch's default).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import torch
 
 from qamdt.models.model_info import approx_forward_flops, read_model_config
 from qamdt.models.transformer import QualityMDTTransformer
+from qamdt.training.mdt_train import fused_adamw
 
 VARIANTS = {
     "reference: masked pass, sincos, SDPA": {},
@@ -35,18 +44,25 @@ VARIANTS = {
 }
 
 
-def run_variant(queue, values, change, batch, steps, precision, text_length) -> None:
+def run_variant(queue, values, change, batch, steps, precision, text_length, options) -> None:
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model_values = {**values, "position_encoding": "sincos", **change.get("model", {})}
-    model = QualityMDTTransformer(**model_values).to(device).train()
+    weights = {"float32": torch.float32, "bfloat16": torch.bfloat16}[options["torch_dtype"]]
+    model = QualityMDTTransformer(**model_values).to(device, weights).train()
     if change.get("checkpointing"):
         model.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    if options["compile"]:
+        model.compile()
+    if options["optimizer"] == "fused":
+        optimizer = fused_adamw(model.parameters(), lr=1e-4, weight_decay=0.0)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     ema = [p.detach().clone() for p in model.parameters()]
     time_len, freq = model.config.sample_size
     latents = torch.randn(batch, model.config.in_channels, time_len, freq, device=device)
-    text = torch.randn(batch, text_length, model.config.text_dim, device=device)
+    latents = latents.to(weights)
+    text = torch.randn(batch, text_length, model.config.text_dim, device=device, dtype=weights)
     levels = torch.randint(0, 6, (batch,), device=device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     mask_ratio = change.get("mask_ratio", 0.4)
@@ -67,10 +83,14 @@ def run_variant(queue, values, change, batch, steps, precision, text_length) -> 
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1e-4)
 
-    step()
+    warm_start = time.perf_counter()
+    # Compiling: the first steps see new mask ratios (kept-token counts) and recompile.
+    for _ in range(3 if options["compile"] else 1):
+        step()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    warm_s = time.perf_counter() - warm_start
     start = time.perf_counter()
     for _ in range(steps):
         step()
@@ -81,7 +101,14 @@ def run_variant(queue, values, change, batch, steps, precision, text_length) -> 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     seconds = (time.perf_counter() - start) / steps
     flops = 3 * approx_forward_flops(model, time_len, freq, text_length)
-    queue.put({"seconds_per_step": seconds, "peak_mib": peak, "model_flops_per_sample": flops})
+    queue.put(
+        {
+            "seconds_per_step": seconds,
+            "peak_mib": peak,
+            "model_flops_per_sample": flops,
+            "warm_up_s": warm_s,
+        }
+    )
 
 
 def main() -> None:
@@ -94,6 +121,9 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="hardware peak for MFU")
     parser.add_argument("--variants", choices=("all", "reference"), default="all")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument("--torch-dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--compile", action="store_true", help="also time compiled models")
+    parser.add_argument("--optimizer", choices=("fused", "foreach"), default="fused")
     args = parser.parse_args()
     values = read_model_config(args.config)
     context = multiprocessing.get_context("spawn")
@@ -103,32 +133,45 @@ def main() -> None:
         change = VARIANTS[name]
         if change.get("cuda_only") and not torch.cuda.is_available():
             continue
-        queue = context.Queue()
-        process = context.Process(
-            target=run_variant,
-            args=(queue, values, change, args.batch, args.steps, args.precision, args.text_length),
-        )
-        process.start()
-        result = queue.get()
-        process.join()
-        rows.append({"variant": name, **result})
+        for compiled in (False, True) if args.compile else (False,):
+            options = {
+                "compile": compiled,
+                "torch_dtype": args.torch_dtype,
+                "optimizer": args.optimizer,
+            }
+            queue = context.Queue()
+            process = context.Process(
+                target=run_variant,
+                args=(
+                    queue, values, change, args.batch, args.steps, args.precision,
+                    args.text_length, options,
+                ),
+            )  # fmt: skip
+            process.start()
+            result = queue.get()
+            process.join()
+            rows.append({"variant": name, "run": "compiled" if compiled else "eager", **result})
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     threads = torch.get_num_threads()
     print(
         f"MDT training step, {args.config}, batch {args.batch}, precision {args.precision}, "
-        f"{device} ({threads} threads), {args.steps} timed steps"
+        f"weights {args.torch_dtype}, {args.optimizer} AdamW, {device} ({threads} threads), "
+        f"{args.steps} timed steps"
     )
     reference = rows[0]["seconds_per_step"]
-    header = f"{'variant':40s} {'s/step':>8s} {'samples/s':>10s} {'vs ref':>7s} {'peak MiB':>9s}"
-    header += f" {'TFLOP/s':>8s}" + (" MFU" if args.peak_tflops else "")
-    print(header)
+    eager = {row["variant"]: row["seconds_per_step"] for row in rows if row["run"] == "eager"}
+    header = f"{'variant':40s} {'run':9s} {'s/step':>8s} {'samples/s':>10s} {'vs ref':>7s} "
+    header += f"{'vs eager':>9s} {'warm-up s':>10s} {'peak MiB':>9s} {'TFLOP/s':>8s}"
+    print(header + (" MFU" if args.peak_tflops else ""))
     for row in rows:
         rate = args.batch / row["seconds_per_step"]
         tflops = rate * row["model_flops_per_sample"] / 1e12
         line = (
-            f"{row['variant']:40s} {row['seconds_per_step']:8.3f} {rate:10.2f} "
-            f"{reference / row['seconds_per_step']:6.2f}x {row['peak_mib']:9.0f} {tflops:8.3f}"
+            f"{row['variant']:40s} {row['run']:9s} {row['seconds_per_step']:8.3f} {rate:10.2f} "
+            f"{reference / row['seconds_per_step']:6.2f}x "
+            f"{eager[row['variant']] / row['seconds_per_step']:8.2f}x {row['warm_up_s']:10.1f} "
+            f"{row['peak_mib']:9.0f} {tflops:8.3f}"
         )
         if args.peak_tflops:
             line += f" {100 * tflops / args.peak_tflops:4.1f}%"

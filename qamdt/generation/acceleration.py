@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from qamdt.errors import ConfigError
+from qamdt.models.chunked import VAE_OVERLAP, decode_latents
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """The dtypes a pipeline runs in, by name (``--torch-dtype``)."""
@@ -140,9 +141,11 @@ class PipelineHardware:
 
     Attributes:
         _offload: The active :class:`ModelOffload`, or None.
+        vae_chunking: ``(frames, overlap)`` of chunked VAE decoding, or None.
     """
 
     _offload: ModelOffload | None = None
+    vae_chunking: tuple[int, int] | None = None
     transformer: Any
     vae: Any
     components: dict[str, Any]
@@ -204,13 +207,35 @@ class PipelineHardware:
         self._offload = ModelOffload(self, torch.device(device))
         return self
 
-    def enable_vae_chunking(self, frames: int = 64, context: int = 8) -> PipelineHardware:
-        """Decodes latents in pieces along time; returns the pipeline.
+    def enable_vae_chunking(self, frames: int = 64, overlap: int = VAE_OVERLAP) -> PipelineHardware:
+        """Decodes a clip's latents in windows of ``frames`` latent frames; returns self.
 
-        See :meth:`~qamdt.models.vae.LatentVAE.enable_chunked_decoding`.
+        Peak activation memory of the VAE then follows ``frames`` instead of the clip's
+        length. The windows overlap by ``overlap`` frames, crossfaded
+        (:func:`~qamdt.models.chunked.decode_latents`, as long-form decoding does); the
+        decoder's group norms see one window's statistics, so mels differ slightly from
+        a decode in one pass (docs/speed.md gives the measured difference).
+
+        Raises:
+            ConfigError: Unless ``frames >= 2`` and ``0 <= overlap``.
         """
-        self.vae.enable_chunked_decoding(frames, context)
+        if frames < 2 or overlap < 0:
+            raise ConfigError(
+                f"VAE chunking needs frames >= 2 and overlap >= 0, got {frames}, {overlap}"
+            )
+        self.vae_chunking = (int(frames), min(int(overlap), int(frames) // 2))
         return self
+
+    def disable_vae_chunking(self) -> PipelineHardware:
+        """Decodes each clip's latents in one pass again (the default); returns self."""
+        self.vae_chunking = None
+        return self
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents to float32 log-mels, in windows when :meth:`enable_vae_chunking` set them."""
+        if self.vae_chunking is None:
+            return self.vae.decode(latents).float()
+        return decode_latents(self.vae, latents, *self.vae_chunking).float()
 
     def _on_device(self, *names: str):
         """The ``with`` block in which the named models sit on the device."""

@@ -396,11 +396,7 @@ class QAMDTPipeline(PipelineHardware):
         if output_type == "latent":
             return output
         with self._on_device("vae"):
-            mels = (
-                self.vae.decode(latents).float()
-                if plan is None
-                else decode_plan(self, plan, latents)
-            )
+            mels = self.decode(latents) if plan is None else decode_plan(self, plan, latents)
         output.mels = mels
         if output_type == "mel":
             return output

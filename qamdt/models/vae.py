@@ -136,34 +136,6 @@ class LatentVAE(torch.nn.Module):
                 f"{config.in_channels}, out_channels={config.out_channels}"
             )
         self.autoencoder = autoencoder
-        self.decode_chunk: tuple[int, int] | None = None
-
-    def enable_chunked_decoding(self, frames: int = 64, context: int = 8) -> None:
-        """Decodes long latents in pieces of ``frames`` latent frames along time.
-
-        Each piece is decoded with ``context`` more latent frames on either side, which
-        are cut off again, so peak activation memory follows ``frames + 2 * context``
-        instead of the latent's length. The convolutions see the same neighbourhood as in
-        one pass; the decoder's group norms (statistics over the whole piece) and any
-        mid-block attention do not, so the mels differ slightly from an unchunked decode
-        (docs/speed.md gives the measured difference).
-
-        Args:
-            frames: Latent frames kept from each piece (>= 1).
-            context: Latent frames decoded and dropped on each side (>= 0).
-
-        Raises:
-            ConfigError: On a count out of range.
-        """
-        if frames < 1 or context < 0:
-            raise ConfigError(
-                f"chunked decoding needs frames >= 1 and context >= 0, got {frames}, {context}"
-            )
-        self.decode_chunk = (int(frames), int(context))
-
-    def disable_chunked_decoding(self) -> None:
-        """Decodes every latent in one pass again (the default)."""
-        self.decode_chunk = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> LatentVAE:
@@ -268,19 +240,6 @@ class LatentVAE(torch.nn.Module):
     def _decode_image(self, latents: torch.Tensor) -> torch.Tensor:
         return _clip_by_clip(lambda z: self.autoencoder.decode(z).sample, latents).squeeze(1)
 
-    def _decode_chunked(self, latents: torch.Tensor) -> torch.Tensor:
-        frames, context = self.decode_chunk
-        length, factor = latents.shape[2], self.downsample_factor
-        if length <= frames + context:
-            return self._decode_image(latents)
-        pieces = []
-        for start in range(0, length, frames):
-            stop = min(start + frames, length)
-            low, high = max(0, start - context), min(length, stop + context)
-            mel = self._decode_image(latents[:, :, low:high])
-            pieces.append(mel[:, (start - low) * factor : (stop - low) * factor])
-        return torch.cat(pieces, dim=1)
-
     def posterior(self, mel: torch.Tensor):
         """The encoder's posterior over unscaled latents.
 
@@ -333,10 +292,7 @@ class LatentVAE(torch.nn.Module):
             )
         parameter = next(self.autoencoder.parameters())
         latents = latents.to(device=parameter.device, dtype=parameter.dtype)
-        latents = latents / self.scaling_factor + self.shift_factor
-        if self.decode_chunk is not None:
-            return self._decode_chunked(latents)
-        return self._decode_image(latents)
+        return self._decode_image(latents / self.scaling_factor + self.shift_factor)
 
     def forward(
         self,

@@ -63,6 +63,8 @@ class MdtTrainConfig:
         ema_power: Power of the ramp.
         mixed_precision: "no", "fp16" or "bf16".
         gradient_checkpointing: Recompute block activations in the backward pass.
+        compile: ``torch.compile`` the transformer (faster steps on a GPU after a compile
+            of about a minute; slower on the CPU, see benchmarks/README.md).
         checkpoint_every: Steps between Accelerate checkpoints (and model exports).
         sample_every: Steps between preview samples (0: never).
         sample_prompt: Caption of the preview sample.
@@ -97,6 +99,7 @@ class MdtTrainConfig:
     ema_power: float = 0.75
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    compile: bool = False
     checkpoint_every: int = 500
     sample_every: int = 0
     sample_prompt: str = "high quality, a string quartet plays a slow piece in a minor key"

@@ -86,6 +86,20 @@ def build_transformer(config: MdtTrainConfig, latent_channels: int, text_dim: in
     return QualityMDTTransformer(**values)
 
 
+def fused_adamw(parameters, **options: Any) -> torch.optim.AdamW:
+    """AdamW with PyTorch's fused kernel (one kernel per step for all tensors).
+
+    On CUDA the fused step is the standard fast path; on the CPU it also beats the
+    default multi-tensor step (benchmarks/README.md). Builds of PyTorch without a fused
+    kernel for the parameters' device get the default implementation.
+    """
+    parameters = list(parameters)
+    try:
+        return torch.optim.AdamW(parameters, fused=True, **options)
+    except RuntimeError:
+        return torch.optim.AdamW(parameters, **options)
+
+
 def _step_generator(seed: int, batch_index: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + batch_index) * 1_009 + rank)
 
@@ -241,7 +255,7 @@ def train_mdt(
         A summary: steps, final loss, throughput, where the model is.
     """
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
     from diffusers.training_utils import EMAModel
     from tqdm import tqdm
     from transformers import get_constant_schedule_with_warmup
@@ -259,6 +273,7 @@ def train_mdt(
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         cpu=not torch.cuda.is_available(),
+        dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
     )
     set_seed(config.seed)
     device = accelerator.device
@@ -273,8 +288,13 @@ def train_mdt(
     )
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    if config.compile:
+        # In place: parameter and state-dict names stay those of the plain model. The
+        # kept-token count of a masked pass varies with the drawn ratio, so shapes are
+        # left to become dynamic after the first recompile.
+        model.compile()
     scheduler = build_train_scheduler(config.diffusion)
-    optimizer = torch.optim.AdamW(
+    optimizer = fused_adamw(
         model.parameters(),
         lr=config.learning_rate,
         betas=tuple(config.adam_betas),
@@ -293,6 +313,10 @@ def train_mdt(
         drop_last=True,
         collate_fn=collate,
         num_workers=config.num_workers,
+        # Page-locked batches copy to the GPU asynchronously (non_blocking in Accelerate's
+        # loader); workers stay alive across epochs instead of restarting each time.
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=config.num_workers > 0,
     )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     # Not prepared: a prepared scheduler advances once per process on every step, which
