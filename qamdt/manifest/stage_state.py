@@ -384,12 +384,12 @@ class StageRun:
         ids: set[str] = set()
         for shard in stage_shards(self.manifest, self.stage):
             keep = shard.stat().st_size > 0 and (not resuming or self._matching(shard))
-            if keep:
+            # Only a resume needs the ids (rows not to do again); the final merge validates
+            # the shards itself and must not hold every id of a long run.
+            if keep and resuming:
                 try:
                     ids.update(_shard_ids(shard))
                 except ManifestError as error:
-                    if not resuming:
-                        raise
                     self.log(f"{shard.name}: unreadable ({error}); discarded")
                     keep = False
             if not keep:
