@@ -374,3 +374,19 @@ def test_killed_parts_and_jobs_resume_to_the_same_files(tmp_path):
             straight / name, straight, killed
         )
     assert "c00" in (killed / "report.html").read_text()
+
+
+def test_merge_of_shards_in_any_order_gives_the_same_rows(tmp_path):
+    from qamdt.manifest import merge_manifests
+
+    base = tmp_path / "base.jsonl"
+    write_manifest(base, [ClipRecord(id=f"r{i}", audio=f"{i}.wav") for i in range(9)])
+    rows = [ClipRecord(id=f"r{i}", audio=f"{i}.wav", pmos=float(i)) for i in (1, 4, 7, 2)]
+    ordered, shuffled = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_manifest(ordered, sorted(rows, key=lambda r: r.id))
+    write_manifest(shuffled, rows)  # r2 after r7: merged through the index instead
+    for shard in (ordered, shuffled):
+        out = tmp_path / f"out-{shard.name}"
+        stats = merge_manifests(out, [shard], base_path=base, fields=["pmos"])
+        assert (stats.replaced, stats.unchanged, stats.written) == (4, 5, 9)
+        assert [r.pmos for r in read_manifest(out)] == [None, 1, 2, None, 4, None, None, 7, None]
