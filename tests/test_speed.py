@@ -87,11 +87,37 @@ def test_cached_conditioning_gives_the_uncached_outputs(changes):
         # Positions made inside the call when the latent size was not given.
         lazy = model.prepare_conditioning(text, mask, levels)
         assert torch.equal(model(latents, t, None, conditioning=lazy), plain)
-        first = model(latents[:1], t[:1], text[:1], mask[:1], levels[:1])
-        assert cached.rows(1) is cached.rows(1)
-        assert torch.equal(model(latents[:1], t[:1], None, conditioning=cached.rows(1)), first)
     with pytest.raises(ConfigError, match="quality level out of range"):
         model.prepare_conditioning(text, mask, torch.tensor([6.0, 1.0]))
+
+
+@pytest.mark.parametrize("interval", [None, (0, 600)])
+def test_sampling_with_prepared_conditioning_equals_the_uncached_model(interval):
+    model = tiny_model()
+
+    class Uncached(torch.nn.Module):
+        """The same model without ``prepare_conditioning``: every step computes it all."""
+
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, *args):
+            return self.inner(*args)
+
+    latents, _, text, mask = inputs()
+    negative = (torch.zeros(2, 3, 12), torch.ones(2, 3, dtype=torch.bool))
+    runs = []
+    for denoiser in (model, Uncached()):
+        sampler = build_sampler("ddim", build_train_scheduler(DiffusionConfig()).config)
+        runs.append(
+            sample_latents(
+                denoiser, sampler, latents, (text, mask), torch.tensor([5.0, 3.5]), negative,
+                torch.tensor([1.0, 1.0]), guidance_scale=3.0, num_inference_steps=4,
+                guidance_rescale=0.5, guidance_interval=interval,
+            )
+        )  # fmt: skip
+    assert torch.equal(runs[0], runs[1])
 
 
 def test_sampling_loop_reads_no_value_back(monkeypatch):

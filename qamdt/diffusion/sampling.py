@@ -243,7 +243,7 @@ class GuidedDenoiser:
         self.guidance_scale = guidance_scale
         self.guidance_rescale = guidance_rescale
         self.guidance_interval = guidance_interval
-        self.conditioning = None
+        self._conditioning: dict[int, object] = {}
         self._steps: dict[float, _Step] = {}
 
     def prepare(self, timesteps: torch.Tensor, latents: torch.Tensor) -> list[float]:
@@ -263,8 +263,8 @@ class GuidedDenoiser:
         """
         values = timesteps.tolist()
         for value in values:
-            self._step(value, latents)
-        self._conditioning(latents)
+            step = self._step(value, latents)
+            self._prepared(len(step.timestep), latents)
         return values
 
     def _step(self, value: float, latents: torch.Tensor) -> _Step:
@@ -279,12 +279,22 @@ class GuidedDenoiser:
             step = self._steps[value] = _Step(guide, timestep, alpha_bar)
         return step
 
-    def _conditioning(self, latents: torch.Tensor):
-        if self.conditioning is None and hasattr(self.model, "prepare_conditioning"):
-            self.conditioning = self.model.prepare_conditioning(
-                self.states, self.mask, self.quality, latent_size=tuple(latents.shape[2:])
+    def _prepared(self, rows: int, latents: torch.Tensor):
+        """The model's conditioning of the first ``rows`` rows, made at its first use.
+
+        Made from those rows alone (not sliced from the guided batch's), so that every
+        product has the batch size of the uncached model's and rounds as it does.
+        """
+        if not hasattr(self.model, "prepare_conditioning"):
+            return None
+        if rows not in self._conditioning:
+            self._conditioning[rows] = self.model.prepare_conditioning(
+                self.states[:rows],
+                self.mask[:rows],
+                self.quality[:rows],
+                latent_size=tuple(latents.shape[2:]),
             )
-        return self.conditioning
+        return self._conditioning[rows]
 
     def __call__(
         self, latents: torch.Tensor, t: torch.Tensor, value: float | None = None
@@ -300,9 +310,8 @@ class GuidedDenoiser:
         model_input = torch.cat([latents, latents]) if guide else latents
         model_input = scheduler.scale_model_input(model_input, t)
         rows = slice(None) if guide else slice(0, batch)
-        conditioning = self._conditioning(latents)
+        conditioning = self._prepared(len(model_input), latents)
         if conditioning is not None:
-            conditioning = conditioning.rows(len(model_input))
             raw = self.model(model_input, step.timestep, None, conditioning=conditioning)
         else:
             raw = self.model(

@@ -165,9 +165,9 @@ class CallConditioning:
         quality: Quality embeddings ``[B, 1, hidden]``.
         encoder_key_values: Keys and values ``[B, heads, L, head_dim]`` per encoder block.
         decoder_key_values: The same per decoder block.
-        positions: Patch grid -> ``(position, decoder_position, rope, full_rope)``,
-            shared by every row selection of this call; filled before the steps (never
-            inside ``forward``, which may run as a compiled graph).
+        positions: Patch grid -> ``(position, decoder_position, rope, full_rope)``;
+            filled before the steps (never inside ``forward``, which may run as a
+            compiled graph).
     """
 
     text: torch.Tensor
@@ -176,26 +176,6 @@ class CallConditioning:
     encoder_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...]
     decoder_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...]
     positions: dict = dataclasses.field(default_factory=dict)
-    _row_views: dict = dataclasses.field(default_factory=dict, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.text)
-
-    def rows(self, count: int) -> CallConditioning:
-        """The first ``count`` rows (the positive branch of a guided batch), made once."""
-        if count == len(self):
-            return self
-        if count not in self._row_views:
-            pairs = lambda table: tuple((k[:count], v[:count]) for k, v in table)  # noqa: E731
-            self._row_views[count] = CallConditioning(
-                self.text[:count],
-                None if self.text_mask is None else self.text_mask[:count],
-                self.quality[:count],
-                pairs(self.encoder_key_values),
-                pairs(self.decoder_key_values),
-                self.positions,
-            )
-        return self._row_views[count]
 
 
 class QualityMDTTransformer(ModelMixin, ConfigMixin):
