@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -45,7 +46,7 @@ from captioning.retrieval import retrieval_metrics
 from qamdt.audio_io import load_audio, normalize_waveform
 from qamdt.checkpoints import CheckpointError, load_torch_checkpoint
 from qamdt.errors import ConfigError, QamdtError
-from qamdt.json_files import atomic_path
+from qamdt.json_files import atomic_path, fsync_path
 from qamdt.manifest import ClipRecord, read_manifest
 
 LOG_NAME = "train_log.jsonl"
@@ -379,7 +380,7 @@ def train_embedded_clap(
         )
         if improved:
             best, best_epoch = valid, epoch
-            scorer.save_pretrained(out_dir)
+            save_best_model(scorer, out_dir)
         _save_checkpoint(
             checkpoint_path,
             {
@@ -441,6 +442,24 @@ def train_embedded_clap(
 
 def _previous(path: Path) -> Path:
     return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def save_best_model(scorer: EmbeddedClapScorer, out_dir: Path) -> None:
+    """Writes ``scorer`` into the run folder, each of its files replaced atomically.
+
+    The model is saved into a staging folder first, so a kill while it is written leaves
+    the previous best model's files in place (and the staging folder, which the next save
+    replaces).
+    """
+    staging = out_dir / ".best-model.new"
+    if staging.exists():
+        shutil.rmtree(staging)
+    scorer.save_pretrained(staging)
+    for path in sorted(staging.iterdir()):
+        fsync_path(path)
+        os.replace(path, out_dir / path.name)
+    fsync_path(out_dir)
+    staging.rmdir()
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -258,6 +258,31 @@ def test_train_embedded_clap_resume_matches_uninterrupted(tmp_path):
     assert run_state == (tmp_path / "straight" / "model.safetensors").read_bytes()
 
 
+def test_a_kill_while_saving_the_best_model_keeps_the_previous_one(tmp_path):
+    from captioning.train_clap import save_best_model
+
+    manifest = _corpus(tmp_path)
+    out = tmp_path / "out"
+    train_embedded_clap(manifest, out, epochs=1, batch_size=4, seed=3, config=TINY_CLAP, log=None)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    class Killed(Exception):
+        pass
+
+    class DiesHalfWay:
+        def save_pretrained(self, folder):
+            folder.mkdir()
+            (folder / "model.safetensors").write_bytes(b"torn")
+            raise Killed
+
+    with pytest.raises(Killed):
+        save_best_model(DiesHalfWay(), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert load_clap(out).embed_audio([tone(110)], SR).shape == (1, 8)
+    save_best_model(load_clap(out), out)  # the next save clears the staging folder
+    assert not (out / ".best-model.new").exists()
+
+
 def test_train_embedded_clap_errors(tmp_path):
     manifest = _corpus(tmp_path)
     with pytest.raises(ConfigError):
