@@ -29,7 +29,6 @@ about twice as much and ``max_minutes`` ends the run early.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -40,15 +39,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from qamdt.audio_io import crop_or_pad, resample
-from qamdt.audio_spec import AudioSpec, get_audio_spec
+from qamdt.audio_spec import get_audio_spec
 from qamdt.checkpoint_folders import CheckpointFolders, replace_folder
-from qamdt.errors import ConfigError, QamdtError, check_known_keys
+from qamdt.errors import ConfigError
 from qamdt.json_files import write_text_atomic
-from qamdt.manifest import read_manifest
-from qamdt.manifest.stages import load_clip_audio
-from qamdt.mel import MelFrontEnd
-from qamdt.models.vae import LatentVAE, autoencoder_kwargs
+from qamdt.models.vae import LatentVAE
+
+# The settings and the data live in their own modules; their names are imported from here
+# by the CLI, the demo and the tests (which patch crop_batch in this module).
+from qamdt.training.vae_config import (  # noqa: F401
+    DEFAULT_MODEL,
+    PRECISIONS,
+    VaeTrainConfig,
+    load_vae_config,
+)
+from qamdt.training.vae_data import (  # noqa: F401
+    CropSampler,
+    MelSet,
+    crop_batch,
+    load_mels,
+    load_splits,
+)
 
 STATE_DIR = "checkpoint"
 PROGRESS_NAME = "progress.json"
@@ -56,232 +67,6 @@ MODEL_DIR = "model"
 LOG_NAME = "train_log.jsonl"
 METRICS_NAME = "metrics.json"
 CONFIG_NAME = "train_config.json"
-PRECISIONS = ("auto", "no", "bf16")
-
-# The embedded VAE: latent_channels 8 and 3 blocks (down-sampling by 4) as AudioLDM2's, so
-# a mel of 864 x 80 becomes 8 x 216 x 20, but 1/8 of its width, one layer per block instead
-# of two and no attention in the mid block (0.65 M parameters instead of about 55 M). The
-# narrow network reconstructs less finely than AudioLDM2's would with long training, but
-# it trains in about two minutes on two CPU cores; mid-block attention would add about 7%
-# to each step, which buys more in steps.
-DEFAULT_MODEL: dict[str, Any] = {
-    "latent_channels": 8,
-    "block_out_channels": [16, 32, 64],
-    "layers_per_block": 1,
-    "norm_num_groups": 8,
-    "mid_block_add_attention": False,
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class VaeTrainConfig:
-    """Everything that determines a VAE training run.
-
-    Attributes:
-        manifest: The clip manifest (JSONL); given here or on the command line.
-        audio: Audio preset whose mel settings the VAE learns ("embedded" or "paper").
-        model: ``AutoencoderKL`` arguments (see :func:`~qamdt.models.vae.autoencoder_kwargs`).
-        train_split: Split trained on (and used to measure the scaling factor).
-        valid_split: Split the reconstruction error is reported on ("test" when empty).
-        segment_frames: Length of the random time crops trained on (a multiple of the
-            down-sampling factor, at most the clip length).
-        steps: Optimizer steps.
-        epochs: When set, replaces ``steps`` by ``ceil(epochs * clips / global batch)``.
-        batch_size: Crops per step and process.
-        learning_rate: Peak AdamW learning rate.
-        adam_betas: AdamW betas; LDM trains its autoencoders with (0.5, 0.9).
-        weight_decay: AdamW weight decay.
-        warmup_steps: Linear warm-up before the cosine decay to zero.
-        grad_clip: Gradient-norm clip (0: none).
-        kl_weight: Weight of the KL term. The KL is summed over latent elements and divided
-            by the number of mel values, so the weight means what it does in LDM, whose
-            losses are sums per example.
-        spectral_weight: Weight of the L1 between the time and frequency differences of
-            the reconstruction and of the mel (0: off).
-        sample_posterior: Decode posterior samples in training (the mean when False).
-        init_from_data: Start the network as if its input and output were standardised
-            with the training mels' mean and std (the first convolution's weights are
-            divided by the std and its bias shifted, the last one's weights multiplied by
-            the std and its bias shifted by the mean). Log-mels sit around -4 with a std
-            of about 2.4, far from what a fresh network expects; this saves many steps.
-        initial_logvar: Initial bias of the posterior log-variance channels (None: keep
-            the default 0). A fresh posterior with unit variance buries the latents in
-            noise; a small one lets reconstruction start at once, and the KL term still
-            pulls the variance up.
-        scale_clips: Training clips (evenly spread) whose latents set the scaling factor
-            (None: all).
-        checkpoint_every: Save the Accelerate state every this many steps (and at the end).
-        log_every: Write a line to ``train_log.jsonl`` every this many steps.
-        eval_batch_size: Whole clips per forward pass when measuring and evaluating.
-        max_minutes: Stop training once this much training time has passed, counted
-            across resumed sessions (None: no limit).
-        seed: Seed of the initialisation, the clip order, the crops and the noise.
-        mixed_precision: "bf16" (autocast in bfloat16), "no", or "auto": bfloat16 where
-            the hardware computes it natively (a GPU that supports it, a CPU with AMX or
-            AVX512-BF16), float32 elsewhere. The loss, the optimizer, the scaling-factor
-            measurement and the evaluation stay in float32.
-    """
-
-    manifest: str | None = None
-    audio: str = "embedded"
-    model: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_MODEL))
-    train_split: str = "train"
-    valid_split: str = "valid"
-    segment_frames: int = 128
-    steps: int = 480
-    epochs: float | None = None
-    batch_size: int = 16
-    learning_rate: float = 0.001
-    adam_betas: tuple[float, float] = (0.5, 0.9)
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
-    kl_weight: float = 1.0e-6
-    spectral_weight: float = 2.0
-    sample_posterior: bool = True
-    init_from_data: bool = True
-    initial_logvar: float | None = -6.0
-    scale_clips: int | None = 256
-    checkpoint_every: int = 60
-    log_every: int = 10
-    eval_batch_size: int = 8
-    max_minutes: float | None = 4.0
-    seed: int = 0
-    mixed_precision: str = "auto"
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "vae train config") -> VaeTrainConfig:
-        """Builds a config from a mapping, naming unknown keys.
-
-        Raises:
-            ConfigError: On an unknown key or a bad value.
-        """
-        check_known_keys(values, cls, where)
-        values = dict(values)
-        if "model" in values:
-            values["model"] = dict(values["model"] or {})
-        if "adam_betas" in values:
-            values["adam_betas"] = tuple(values["adam_betas"])
-        config = cls(**values)
-        config.check(where)
-        return config
-
-    def check(self, where: str = "vae train config") -> None:
-        """Validates the values.
-
-        Raises:
-            ConfigError: Naming the first bad field.
-        """
-        spec = get_audio_spec(self.audio)
-        model = autoencoder_kwargs(self.model, f"{where}: model")
-        factor = 2 ** (len(model.get("block_out_channels", (64,))) - 1)
-        positive = ("steps", "batch_size", "checkpoint_every", "log_every", "eval_batch_size")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{where}: {name} must be > 0, got {getattr(self, name)}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ConfigError(f"{where}: epochs must be > 0 or null, got {self.epochs}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"{where}: learning_rate must be > 0")
-        if min(self.kl_weight, self.spectral_weight, self.grad_clip, self.warmup_steps) < 0:
-            raise ConfigError(
-                f"{where}: kl_weight, spectral_weight, grad_clip, warmup_steps must be >= 0"
-            )
-        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            raise ConfigError(f"{where}: adam_betas must be two numbers in [0, 1)")
-        if self.scale_clips is not None and self.scale_clips <= 0:
-            raise ConfigError(f"{where}: scale_clips must be > 0 or null")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ConfigError(f"{where}: max_minutes must be > 0 or null")
-        if not 0 < self.segment_frames <= spec.clip_frames or self.segment_frames % factor:
-            raise ConfigError(
-                f"{where}: segment_frames={self.segment_frames} must be a multiple of the "
-                f"down-sampling factor {factor} and at most the clip's {spec.clip_frames} frames"
-            )
-        if spec.clip_frames % factor or spec.n_mels % factor:
-            raise ConfigError(
-                f"{where}: the '{spec.name}' clip ({spec.clip_frames} x {spec.n_mels}) does not "
-                f"divide by the down-sampling factor {factor}"
-            )
-        if self.mixed_precision not in PRECISIONS:
-            raise ConfigError(
-                f"{where}: mixed_precision must be one of {list(PRECISIONS)}, "
-                f"got {self.mixed_precision!r}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form, saved beside the run."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-
-def load_vae_config(path: str | os.PathLike | None, **overrides: Any) -> VaeTrainConfig:
-    """Reads a YAML training config; keyword overrides that are not None replace values.
-
-    Raises:
-        ConfigError: On a file that is not a mapping, an unknown key or a bad value.
-    """
-    import yaml
-
-    values: dict[str, Any] = {}
-    if path is not None:
-        with open(path, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return VaeTrainConfig.from_dict(values, where=str(path or "vae train config"))
-
-
-@dataclasses.dataclass
-class MelSet:
-    """Log-mels of whole clips, held in memory.
-
-    Attributes:
-        mels: ``[N, clip_frames, n_mels]`` float32.
-        ids: Clip ids, in the same order.
-        failures: ``{"id", "error"}`` for each clip that could not be loaded.
-        skipped: Rows left out because they carry errors from earlier stages.
-    """
-
-    mels: torch.Tensor
-    ids: list[str]
-    failures: list[dict[str, str]]
-    skipped: int
-
-
-def load_mels(
-    manifest: str | os.PathLike, split: str, spec: AudioSpec, progress: bool = False
-) -> MelSet:
-    """Computes the log-mel of every clip of a split, cut or padded to the preset's length.
-
-    Rows with errors recorded by earlier stages are skipped; a clip that fails to load is
-    recorded in ``failures`` and left out.
-
-    Args:
-        manifest: The JSONL manifest.
-        split: Split to load.
-        spec: Audio preset: sample rate, mel settings and clip length.
-        progress: Show a progress bar.
-    """
-    from tqdm import tqdm
-
-    from qamdt.errors import AudioError
-
-    records = [r for r in read_manifest(manifest) if r.split == split]
-    usable = [r for r in records if not r.errors]
-    front_end = MelFrontEnd(spec)
-    root = Path(manifest).parent
-    mels, ids, failures = [], [], []
-    for record in tqdm(usable, desc=f"mels ({split})", leave=False, disable=not progress):
-        try:
-            wave, rate = load_clip_audio(record, root)
-            wave, _ = crop_or_pad(resample(wave, rate, spec.sample_rate), spec.clip_samples)
-            mels.append(torch.from_numpy(front_end.mel_numpy(wave)).T.contiguous())
-            ids.append(record.id)
-        except (AudioError, ValueError, OSError) as error:
-            failures.append({"id": record.id, "error": str(error)})
-    stacked = torch.stack(mels) if mels else torch.empty(0, spec.clip_frames, spec.n_mels)
-    return MelSet(stacked, ids, failures, len(records) - len(usable))
 
 
 def vae_loss(
@@ -311,65 +96,6 @@ def vae_loss(
     loss = l1 + kl_weight * kl + spectral_weight * spectral
     parts = {"loss": loss.item(), "l1": l1.item(), "kl": kl.item(), "spectral": spectral.item()}
     return loss, parts
-
-
-class CropSampler:
-    """The clips and crop starts of every step, a pure function of ``(seed, step)``.
-
-    Clips are visited in a fresh permutation each pass (a pass being one crop per clip);
-    crop starts are uniform. Each process takes its slice of the global batch.
-
-    Args:
-        num_clips: Clips to draw from.
-        clip_frames: Frames per clip.
-        segment_frames: Frames per crop.
-        batch_size: Crops per process and step.
-        seed: Run seed.
-        rank: This process's index.
-        world: Number of processes.
-    """
-
-    def __init__(self, num_clips, clip_frames, segment_frames, batch_size, seed, rank, world):
-        self.num_clips = num_clips
-        self.max_start = clip_frames - segment_frames
-        self.segment_frames = segment_frames
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world = world
-        self._orders: dict[int, torch.Tensor] = {}
-
-    def generator(self, step: int, stream: int = 0) -> torch.Generator:
-        """A CPU generator for ``step``; ``stream`` separates independent draws."""
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 1009 + stream)
-
-    def _order(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._orders:
-            order = torch.randperm(self.num_clips, generator=self.generator(epoch, stream=1))
-            self._orders = {epoch: order}
-        return self._orders[epoch]
-
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clip indices and crop starts of this process's share of ``step``."""
-        size = self.batch_size * self.world
-        first = step * size + self.rank * self.batch_size
-        positions = range(first, first + self.batch_size)
-        clips = torch.stack(
-            [self._order(p // self.num_clips)[p % self.num_clips] for p in positions]
-        )
-        starts = torch.randint(0, self.max_start + 1, (size,), generator=self.generator(step))
-        return clips, starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-
-    def noise_generator(self, step: int) -> torch.Generator:
-        """Generator of this process's posterior noise at ``step``."""
-        return self.generator(step, stream=2 + self.rank)
-
-
-def crop_batch(mels: torch.Tensor, clips: torch.Tensor, starts: torch.Tensor, length: int):
-    """``[B, length, F]`` crops of ``mels[clips]`` starting at ``starts``."""
-    return torch.stack(
-        [mels[c, s : s + length] for c, s in zip(clips.tolist(), starts.tolist(), strict=True)]
-    )
 
 
 @torch.no_grad()
@@ -427,22 +153,6 @@ def prepare_for_training(vae: LatentVAE, mels: torch.Tensor, config: VaeTrainCon
         if moments is None:  # use_quant_conv=False: the encoder's last layer gives them
             moments = autoencoder.encoder.conv_out
         moments.bias[vae.latent_channels :] = config.initial_logvar
-
-
-def _load_splits(config: VaeTrainConfig, spec: AudioSpec, show: bool):
-    """Training and validation mels, falling back to the test split for validation."""
-    train = load_mels(config.manifest, config.train_split, spec, progress=show)
-    if not train.ids:
-        raise QamdtError(
-            f"{config.manifest}: no usable clips in split '{config.train_split}' "
-            f"({len(train.failures)} failed, {train.skipped} skipped)"
-        )
-    valid_split = config.valid_split
-    valid = load_mels(config.manifest, valid_split, spec, progress=show)
-    if not valid.ids and valid_split != "test":
-        valid_split = "test"
-        valid = load_mels(config.manifest, valid_split, spec, progress=show)
-    return train, valid, valid_split
 
 
 def _latent_mean_std(vae, mels, config, accelerator) -> tuple[float, float]:
@@ -525,7 +235,7 @@ def train_vae(
     bfloat16 = use_bfloat16(config.mixed_precision, accelerator.device)
     show = progress and accelerator.is_main_process
     spec = get_audio_spec(config.audio)
-    train, valid, valid_split = _load_splits(config, spec, show)
+    train, valid, valid_split = load_splits(config, spec, show)
 
     set_seed(config.seed)
     vae = LatentVAE.from_config(config.model)
