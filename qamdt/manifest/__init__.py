@@ -11,7 +11,9 @@ separators, so a dataset folder can be moved or copied as a whole. Readers strea
 :class:`ManifestAppender` supports resumable, crash-tolerant appends.
 
 Modules: ``record`` (the row and its validation), ``reading``, ``writing``, ``appender``,
-``shards`` (merging and splitting) and ``summary``.
+``shards`` (merging and splitting), ``ids`` (unique ids in bounded memory), ``stages`` and
+``stage_state`` (resumable stages), ``parts`` (``--shard I/N`` part files), ``create`` and
+``summary``.
 """
 
 from qamdt.manifest.appender import ManifestAppender
