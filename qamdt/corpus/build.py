@@ -28,12 +28,13 @@ import numpy as np
 
 from qamdt.audio_io import save_audio
 from qamdt.audio_spec import get_audio_spec
+from qamdt.config import ConfigBase
 from qamdt.corpus.arrangement import choose_arrangement, estimate_key, excerpt_notes, write_midi
 from qamdt.corpus.captions import CaptionSettings, clip_tags, original_caption, true_caption
 from qamdt.corpus.degrade import DegradationSettings, degrade_clip, reference_quality
 from qamdt.corpus.render import find_fluidsynth, find_soundfont, render_midi
 from qamdt.corpus.sources import SOURCES, list_pieces, load_piece_cached
-from qamdt.errors import ConfigError, QamdtError, check_known_keys
+from qamdt.errors import ConfigError, QamdtError
 from qamdt.json_files import write_json
 from qamdt.manifest import ClipRecord, ManifestAppender, read_manifest, write_manifest
 
@@ -50,8 +51,8 @@ _SPLIT_BLOCK = ("train",) * 8 + ("valid", "test")
 
 
 @dataclasses.dataclass(frozen=True)
-class CorpusConfig:
-    """Everything that determines a corpus build.
+class CorpusConfig(ConfigBase):
+    """Everything that determines a corpus build (stored in ``corpus.json``, compared on resume).
 
     Attributes:
         clips: Number of clips to write.
@@ -77,6 +78,8 @@ class CorpusConfig:
     captions: CaptionSettings = CaptionSettings()
     audio_format: str = "wav"
 
+    config_where = "corpus config"
+
     def __post_init__(self):
         if self.clips <= 0:
             raise ConfigError(f"clips must be > 0, got {self.clips}")
@@ -89,57 +92,20 @@ class CorpusConfig:
         if self.audio_format not in ("wav", "flac"):
             raise ConfigError(f"audio_format must be 'wav' or 'flac', got {self.audio_format!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form, stored in ``corpus.json`` and compared on resume."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
     @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "corpus config") -> CorpusConfig:
-        """Builds a config from a mapping such as ``configs/corpus.yaml``.
-
-        Args:
-            values: Field values; ``degradation`` and ``captions`` are nested mappings and
-                ``source_weights`` maps source names to weights.
-            where: Name of the file, for error messages.
-
-        Raises:
-            ConfigError: On an unknown key, naming it and the file.
-        """
-        values = dict(values)
-        nested = {"degradation": DegradationSettings, "captions": CaptionSettings}
-        _check_keys(values, cls, where)
-        for key, settings_class in nested.items():
-            if key in values:
-                _check_keys(values[key], settings_class, f"{where}: {key}")
-                inner = {k: tuple(v) if isinstance(v, list) else v for k, v in values[key].items()}
-                try:
-                    values[key] = settings_class(**inner)
-                except ValueError as error:
-                    raise ConfigError(f"{where}: {key}: {error}") from None
-        if "source_weights" in values:
-            weights = values["source_weights"]
+    def prepare(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
+        """``source_weights`` may map source names to weights (as ``configs/corpus.yaml``)."""
+        weights = values.get("source_weights")
+        if weights is not None:
             if isinstance(weights, dict):
                 weights = weights.items()
             values["source_weights"] = tuple((str(k), float(v)) for k, v in weights)
-        return cls(**values)
-
-
-def _check_keys(values: Any, target: type, where: str) -> None:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
-    check_known_keys(values, target, where)
+        return values
 
 
 def load_corpus_config(path: str | os.PathLike, **overrides: Any) -> CorpusConfig:
     """Reads a YAML corpus config; keyword overrides (not None) replace its values."""
-    import yaml
-
-    with open(path, encoding="utf-8") as handle:
-        values = yaml.safe_load(handle) or {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return CorpusConfig.from_dict(values, where=str(path))
+    return CorpusConfig.from_yaml(path, **overrides)
 
 
 @dataclasses.dataclass(frozen=True)
