@@ -8,7 +8,6 @@ text projection and the logit scale.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qamdt.audio_spec import AUDIO_PRESETS
+from qamdt.config import ConfigBase
 from qamdt.errors import ConfigError
 from qamdt.modules.conv import conv_stack, frames_first
 from qamdt.transformers_loading import (
@@ -32,7 +32,7 @@ POOLINGS = ("stats", "mean")
 
 
 @dataclasses.dataclass
-class EmbeddedClapConfig:
+class EmbeddedClapConfig(ConfigBase):
     """Hyperparameters of the embedded CLAP model.
 
     Attributes:
@@ -80,6 +80,9 @@ class EmbeddedClapConfig:
     dropout: float = 0.1
     init_logit_scale: float = 1 / 0.07
     max_logit_scale: float = 100.0
+
+    config_where = "CLAP config"
+    config_noun = "CLAP setting"
 
     def __post_init__(self):
         self.cnn_channels = tuple(int(c) for c in self.cnn_channels)
@@ -145,37 +148,13 @@ class EmbeddedClapConfig:
         """Whether the text encoder is built at random from ``text_config`` and so saved."""
         return self.text_model is None and self.text_config is not None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> EmbeddedClapConfig:
-        """Builds a config from a mapping; missing fields take their defaults.
-
-        Args:
-            values: Field values by name (a ``format_version`` key is accepted).
-
-        Returns:
-            The config.
-
-        Raises:
-            ConfigError: On an unknown key, an unsupported format version or a bad value.
-        """
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"a CLAP config must be a mapping, got {type(values).__name__}")
-        values = dict(values)
+    def prepare(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
+        """Drops the saved ``format_version`` after checking it."""
         version = values.pop("format_version", CONFIG_FORMAT_VERSION)
         if version != CONFIG_FORMAT_VERSION:
-            raise ConfigError(f"format_version {version} is not supported")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown CLAP setting(s) {unknown}; known: {sorted(known)}")
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ConfigError(f"invalid CLAP setting ({exc})") from exc
+            raise ConfigError(f"{where}: format_version {version} is not supported")
+        return values
 
 
 class AudioTower(nn.Module):

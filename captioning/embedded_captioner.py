@@ -41,6 +41,7 @@ from captioning.tagger_model import CLASS_FIELDS, KIND, EmbeddedCaptionerConfig,
 from captioning.tags import ALL_FIELDS, tags_from_text
 from qamdt.audio_io import prepare_clips
 from qamdt.audio_windows import padded_windows
+from qamdt.checkpoints import load_state_strict, read_state_file
 from qamdt.corpus.arrangement import tempo_class, tempo_word
 from qamdt.errors import ConfigError, QamdtError
 
@@ -247,6 +248,8 @@ class EmbeddedCaptioner(Captioner):
         """Writes ``config.json`` and ``model.safetensors`` into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        # One metadata key: safetensors orders several at random, and a rerun must give
+        # the same bytes.
         state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
         safetensors.torch.save_file(
             state, str(directory / WEIGHTS_NAME), metadata={"kind": self.kind}
@@ -258,8 +261,9 @@ class EmbeddedCaptioner(Captioner):
         """Rebuilds a saved captioner, loading every weight strictly.
 
         Raises:
-            QamdtError: On missing files, or weights that do not match the config.
-            ConfigError: On an invalid config.
+            QamdtError: On missing files.
+            CheckpointError: On weights that do not match the config (the file and keys named).
+            ConfigError: On an invalid config (the file named).
         """
         directory = Path(path)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -270,22 +274,7 @@ class EmbeddedCaptioner(Captioner):
             values = json.loads(config_path.read_text())
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{config_path}: invalid JSON ({exc.msg})") from None
-        captioner = cls(EmbeddedCaptionerConfig.from_dict(values))
-        state = safetensors.torch.load_file(str(weights_path))
-        expected = captioner.model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise QamdtError(
-                f"{weights_path}: weights do not match the config (missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]})"
-            )
-        for key, tensor in state.items():
-            if tensor.shape != expected[key].shape:
-                raise QamdtError(
-                    f"{weights_path}: {key} has shape {tuple(tensor.shape)}, the config "
-                    f"needs {tuple(expected[key].shape)}"
-                )
-        captioner.model.load_state_dict(state, strict=True)
+        captioner = cls(EmbeddedCaptionerConfig.from_dict(values, os.fspath(config_path)))
+        load_state_strict(captioner.model, read_state_file(weights_path), weights_path)
         captioner.model.eval()
         return captioner

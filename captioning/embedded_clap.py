@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors
 import safetensors.torch
 import torch
 import torch.nn.functional as F
@@ -52,6 +51,7 @@ from captioning.clap_model import (
 from qamdt.audio_io import prepare_clips
 from qamdt.audio_spec import get_audio_spec
 from qamdt.audio_windows import window_starts
+from qamdt.checkpoints import load_state_strict, read_state_file
 from qamdt.errors import CheckpointError, ConfigError
 from qamdt.mel import MelFrontEnd
 from qamdt.transformers_loading import config_to_dict
@@ -252,28 +252,14 @@ class EmbeddedClapScorer(ClapScorer):
         Raises:
             CheckpointError: On missing or unexpected keys or a shape mismatch.
         """
-        expected = self.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            parts = []
-            if missing:
-                parts.append(f"missing key(s) {missing[:10]}")
-            if unexpected:
-                parts.append(f"unexpected key(s) {unexpected[:10]}")
-            raise CheckpointError(f"{source}: {'; '.join(parts)}")
-        for name, target in expected.items():
-            if tuple(state[name].shape) != tuple(target.shape):
-                raise CheckpointError(
-                    f"{source}: key '{name}' has shape {tuple(state[name].shape)}, the model "
-                    f"expects {tuple(target.shape)}"
-                )
+        if not self.config.saves_text_encoder:
+            load_state_strict(self.heads, state, source)
+            return
+        n = len(TEXT_ENCODER_PREFIX)
         heads = {k: v for k, v in state.items() if not k.startswith(TEXT_ENCODER_PREFIX)}
-        self.heads.load_state_dict(heads, strict=True)
-        if self.config.saves_text_encoder:
-            n = len(TEXT_ENCODER_PREFIX)
-            text = {k[n:]: v for k, v in state.items() if k.startswith(TEXT_ENCODER_PREFIX)}
-            self.text_encoder.model.load_state_dict(text, strict=True)
+        text = {k[n:]: v for k, v in state.items() if k.startswith(TEXT_ENCODER_PREFIX)}
+        load_state_strict(self.heads, heads, source)
+        load_state_strict(self.text_encoder.model, text, f"{source} ({TEXT_ENCODER_PREFIX}*)")
 
     def config_for_saving(self) -> dict[str, Any]:
         """``config.json`` content: the config (a random text encoder's config filled in)."""
@@ -290,6 +276,8 @@ class EmbeddedClapScorer(ClapScorer):
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        # One metadata key: safetensors orders several at random, and a rerun must give
+        # the same bytes.
         tensors = {k: v.detach().contiguous().cpu().clone() for k, v in self.state_dict().items()}
         safetensors.torch.save_file(
             tensors, os.fspath(directory / WEIGHTS_NAME), metadata={"kind": self.kind}
@@ -318,16 +306,9 @@ class EmbeddedClapScorer(ClapScorer):
                 raise CheckpointError(f"{directory}: missing {name}")
         try:
             values = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
-            config = EmbeddedClapConfig.from_dict(values)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{directory / CONFIG_NAME}: not valid JSON ({exc})") from exc
-        except ConfigError as exc:
-            raise ConfigError(f"{directory / CONFIG_NAME}: {exc}") from exc
-        scorer = cls(config)
+        scorer = cls(EmbeddedClapConfig.from_dict(values, os.fspath(directory / CONFIG_NAME)))
         weights = directory / WEIGHTS_NAME
-        try:
-            state = safetensors.torch.load_file(os.fspath(weights))
-        except (OSError, safetensors.SafetensorError) as exc:
-            raise CheckpointError(f"{weights}: cannot be read as safetensors ({exc})") from exc
-        scorer.load_state_dict(state, os.fspath(weights))
+        scorer.load_state_dict(read_state_file(weights), os.fspath(weights))
         return scorer

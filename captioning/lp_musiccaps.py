@@ -71,7 +71,8 @@ from qamdt.checkpoints import (
     read_state_file,
     save_state_file,
 )
-from qamdt.errors import ConfigError, dataclass_from_dict
+from qamdt.config import ConfigBase
+from qamdt.errors import ConfigError
 
 WEIGHTS_NAME = "model.safetensors"
 BART_DIR = "bart"
@@ -92,7 +93,7 @@ INHERITED_GENERATION_KEYS = (
 
 
 @dataclasses.dataclass
-class LpMusicCapsConfig:
+class LpMusicCapsConfig(ConfigBase):
     """Settings of an LP-MusicCaps captioner (all JSON-serialisable).
 
     Attributes:
@@ -133,6 +134,10 @@ class LpMusicCapsConfig:
     peak: float | None = None
     device: str = "cpu"
 
+    config_where = "<config>"
+    config_noun = "lp-musiccaps setting"
+    config_ignore = ("kind", "format_version")
+
     def __post_init__(self) -> None:
         if self.long_audio not in LONG_AUDIO_MODES:
             raise ConfigError(f"long_audio: {self.long_audio!r} is not one of {LONG_AUDIO_MODES}")
@@ -145,21 +150,6 @@ class LpMusicCapsConfig:
             raise ConfigError(f"peak: must be in (0, 1] or null, got {self.peak}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p}")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "<config>") -> LpMusicCapsConfig:
-        """Builds a config, rejecting unknown keys (``kind`` and ``format_version`` ignored).
-
-        Raises:
-            ConfigError: Naming an unknown key or an invalid value.
-        """
-        return dataclass_from_dict(
-            cls, values, source, ignore=("kind", "format_version"), noun="lp-musiccaps setting"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as a plain dict."""
-        return dataclasses.asdict(self)
 
 
 def inherited_generation_defaults(bart_dir: str | os.PathLike) -> dict[str, Any]:
@@ -406,7 +396,7 @@ class LpMusicCapsCaptioner(Captioner):
         values = json.loads(config_path.read_text())
         if values.get("kind") != cls.kind:
             raise ConfigError(f"{config_path}: kind {values.get('kind')!r} is not {cls.kind!r}")
-        config = LpMusicCapsConfig.from_dict(values, source=os.fspath(config_path))
+        config = LpMusicCapsConfig.from_dict(values, os.fspath(config_path))
         bart_config, tokenizer = cls._load_bart(directory / BART_DIR)
         model = cls._build_model(bart_config, config)
         load_state_strict(

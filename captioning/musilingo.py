@@ -421,7 +421,7 @@ class MusiLingoCaptioner(Captioner):
         values = json.loads(config_path.read_text())
         if values.get("kind") != cls.kind:
             raise ConfigError(f"{config_path}: kind {values.get('kind')!r} is not {cls.kind!r}")
-        config = MusiLingoConfig.from_dict(values, source=os.fspath(config_path))
+        config = MusiLingoConfig.from_dict(values, os.fspath(config_path))
         tokenizer = _load_tokenizer(directory / TOKENIZER_DIR, "tokenizer")
         encoder = _load_encoder(config)
         if config.encoder is None:

@@ -7,13 +7,14 @@ A frozen audio encoder and a frozen causal LM joined by one trainable linear lay
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from qamdt.errors import ConfigError, dataclass_from_dict
+from qamdt.config import ConfigBase
+from qamdt.errors import ConfigError
 
 AUDIO_PLACEHOLDER = "<AudioHere>"
 DEFAULT_PROMPT = "###Human: <Audio><AudioHere></Audio> {instruction} ###Assistant: "
@@ -22,7 +23,7 @@ LM_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": tor
 
 
 @dataclasses.dataclass
-class MusiLingoConfig:
+class MusiLingoConfig(ConfigBase):
     """Settings of a MusiLingo captioner (all JSON-serialisable).
 
     Attributes:
@@ -91,6 +92,10 @@ class MusiLingoConfig:
     device: str = "cpu"
     projection_checkpoint: str | None = None
 
+    config_where = "<config>"
+    config_noun = "musilingo setting"
+    config_ignore = ("kind", "format_version")
+
     def __post_init__(self) -> None:
         if self.encoder is None and self.encoder_config is None:
             raise ConfigError("encoder: set a local encoder folder or encoder_config")
@@ -116,21 +121,6 @@ class MusiLingoConfig:
             raise ConfigError(f"lm_dtype: {self.lm_dtype!r} is not one of {sorted(LM_DTYPES)}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ConfigError("temperature must be > 0 and top_p in (0, 1]")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "<config>") -> MusiLingoConfig:
-        """Builds a config, rejecting unknown keys (``kind`` and ``format_version`` ignored).
-
-        Raises:
-            ConfigError: Naming an unknown key or an invalid value.
-        """
-        return dataclass_from_dict(
-            cls, values, source, ignore=("kind", "format_version"), noun="musilingo setting"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as a plain dict."""
-        return dataclasses.asdict(self)
 
     def prompt_parts(self) -> tuple[str, str]:
         """The prompt text before and after the audio tokens."""

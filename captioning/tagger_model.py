@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from qamdt.audio_spec import get_audio_spec
+from qamdt.config import ConfigBase
 from qamdt.errors import ConfigError
 from qamdt.mel import MelFrontEnd
 from qamdt.modules.conv import conv_stack, frames_first, strided_lengths
@@ -28,7 +28,7 @@ CLASS_FIELDS: tuple[str, ...] = ("ensemble", "tempo", "mode", "metre", "style")
 
 
 @dataclasses.dataclass
-class EmbeddedCaptionerConfig:
+class EmbeddedCaptionerConfig(ConfigBase):
     """Everything needed to rebuild the captioner; saved as ``config.json``.
 
     Attributes:
@@ -71,6 +71,9 @@ class EmbeddedCaptionerConfig:
     bpm_log_std: float = 0.3
     instrument_threshold: float = 0.5
 
+    config_where = "captioner config"
+    config_noun = "captioner setting"
+
     def __post_init__(self):
         self.cnn_channels = tuple(int(c) for c in self.cnn_channels)
         self.cnn_strides = tuple(tuple(int(v) for v in s) for s in self.cnn_strides)
@@ -102,32 +105,20 @@ class EmbeddedCaptionerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, with ``kind`` and ``format_version``."""
-        out = dataclasses.asdict(self)
-        out["cnn_channels"] = list(self.cnn_channels)
-        out["cnn_strides"] = [list(s) for s in self.cnn_strides]
-        return {"kind": KIND, "format_version": FORMAT_VERSION, **out}
+        return {"kind": KIND, "format_version": FORMAT_VERSION, **super().to_dict()}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> EmbeddedCaptionerConfig:
-        """Inverse of :meth:`to_dict`.
-
-        Raises:
-            ConfigError: On a wrong kind or version, or an unknown or invalid setting.
-        """
-        values = dict(values)
+    def prepare(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
+        """Drops the saved ``kind`` and ``format_version`` after checking them."""
         kind = values.pop("kind", KIND)
         if kind != KIND:
-            raise ConfigError(f"kind: expected {KIND!r}, got {kind!r}")
+            raise ConfigError(f"{where}: kind: expected {KIND!r}, got {kind!r}")
         version = values.pop("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
-            raise ConfigError(f"format_version {version} is not supported ({FORMAT_VERSION})")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown captioner setting(s) {unknown}; known: {sorted(known)}")
-        if "vocab" not in values:
-            raise ConfigError("vocab is missing")
-        return cls(**values)
+            raise ConfigError(
+                f"{where}: format_version {version} is not supported ({FORMAT_VERSION})"
+            )
+        return values
 
 
 class TagNet(nn.Module):

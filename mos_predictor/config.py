@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from qamdt.audio_spec import AUDIO_PRESETS
+from qamdt.config import ConfigBase
 from qamdt.errors import ConfigError
 
 MODEL_KINDS = ("embedded", "ssl", "text-aware")
@@ -19,7 +20,7 @@ SSL_SAMPLE_RATE = 16000
 
 
 @dataclasses.dataclass
-class MosModelConfig:
+class MosModelConfig(ConfigBase):
     """Hyperparameters of a MOS model of any kind.
 
     Attributes:
@@ -126,6 +127,9 @@ class MosModelConfig:
     ta_offset: float | None = None
     ta_scale: float | None = None
 
+    config_where = "MOS model config"
+    config_noun = "MOS model setting"
+
     def __post_init__(self):
         self.cnn_channels = tuple(int(c) for c in self.cnn_channels)
         self.cnn_strides = tuple(tuple(int(v) for v in s) for s in self.cnn_strides)
@@ -217,35 +221,6 @@ class MosModelConfig:
             return SSL_SAMPLE_RATE
         return AUDIO_PRESETS[self.mel_preset].sample_rate
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form, JSON serialisable (tuples become lists).
-
-        Returns:
-            Every field by name.
-        """
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> MosModelConfig:
-        """Builds a config from a mapping; missing fields take their defaults.
-
-        Args:
-            values: Field values by name.
-
-        Returns:
-            The config.
-
-        Raises:
-            ConfigError: On an unknown key (named in the message) or an invalid value.
-        """
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"a MOS model config must be a mapping, got {type(values).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown MOS model setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(values))
-
     def save(self, path: str | os.PathLike) -> None:
         """Writes the config as JSON, with a format version.
 
@@ -284,7 +259,4 @@ class MosModelConfig:
                 f"{os.fspath(path)}: format_version {version} is not supported "
                 f"(this version reads {CONFIG_FORMAT_VERSION})"
             )
-        try:
-            return cls.from_dict(data)
-        except ConfigError as exc:
-            raise ConfigError(f"{os.fspath(path)}: {exc}") from exc
+        return cls.from_dict(data, where=os.fspath(path))

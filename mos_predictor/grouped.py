@@ -144,36 +144,37 @@ def pool_metrics(pred: np.ndarray, targets: np.ndarray) -> dict[str, float]:
     }
 
 
-def check_real_settings(config, where: str) -> None:
+def check_real_settings(config, where: str | None = None) -> None:
     """Checks the real-music settings of a ``MosTrainConfig``.
 
     Raises:
         ConfigError: On a reserved or doubly used source, an unknown kind, or a bad count,
-            naming the setting and ``where``.
+            naming the setting and ``where`` (when given).
     """
+    at = f"{where}: " if where else ""
     try:
         check_kinds(config.holdout_families, "holdout_families")
         for source in config.real_sources + config.holdout_sources:
             check_source_allowed(source)
     except (ValueError, ConfigError) as error:
-        raise ConfigError(f"{where}: {error}") from None
+        raise ConfigError(f"{at}{error}") from None
     both = sorted(set(config.real_sources) & set(config.holdout_sources))
     if both:
-        raise ConfigError(f"{where}: source(s) {both} are both trained on and held out")
+        raise ConfigError(f"{at}source(s) {both} are both trained on and held out")
     if config.real_sources and not config.training_kinds():
-        raise ConfigError(f"{where}: holdout_families leaves no degradation kind to train on")
+        raise ConfigError(f"{at}holdout_families leaves no degradation kind to train on")
     for name in ("real_excerpts_per_file", "groups_per_batch", "real_workers"):
         if getattr(config, name) < 1:
-            raise ConfigError(f"{where}: {name} must be >= 1, got {getattr(config, name)}")
+            raise ConfigError(f"{at}{name} must be >= 1, got {getattr(config, name)}")
     if not 2 <= config.group_size <= config.real_versions:
         raise ConfigError(
-            f"{where}: need 2 <= group_size <= real_versions, got {config.group_size} and "
+            f"{at}need 2 <= group_size <= real_versions, got {config.group_size} and "
             f"{config.real_versions}"
         )
     if config.real_files_per_source is not None and config.real_files_per_source < 1:
-        raise ConfigError(f"{where}: real_files_per_source must be >= 1 (or null)")
+        raise ConfigError(f"{at}real_files_per_source must be >= 1 (or null)")
     if config.rank_weight < 0 or config.real_valid_every < 0:
-        raise ConfigError(f"{where}: rank_weight and real_valid_every must be >= 0")
+        raise ConfigError(f"{at}rank_weight and real_valid_every must be >= 0")
 
 
 def build_real_pools(config, model_config, progress: bool):

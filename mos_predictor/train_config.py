@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
 from mos_predictor.config import MosModelConfig
 from mos_predictor.grouped import check_real_settings
-from qamdt.errors import ConfigError, check_known_keys
+from qamdt.config import ConfigBase
+from qamdt.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
-class MosTrainConfig:
+class MosTrainConfig(ConfigBase):
     """Everything that determines a MOS training run (model settings under ``model``).
 
     Attributes:
@@ -89,32 +89,22 @@ class MosTrainConfig:
     num_workers: int = 0
     mixed_precision: str = "no"
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "mos train config") -> MosTrainConfig:
-        """Builds a config from a mapping, naming unknown keys.
+    config_where = "mos train config"
 
-        Raises:
-            ConfigError: On an unknown key or a bad value.
-        """
-        check_known_keys(values, cls, where)
-        values = dict(values)
+    @classmethod
+    def prepare(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
+        """Names the one required key with an example."""
         if "data" not in values:
             raise ConfigError(f"{where}: 'data' is required (e.g. corpus:DIR/manifest.jsonl)")
-        for name in (
-            "exclude_degradations",
-            "real_sources",
-            "holdout_sources",
-            "holdout_families",
-        ):
-            values[name] = tuple(values.get(name) or ())
-        MosModelConfig.from_dict(values.get("model") or {})
-        config = cls(**values)
-        if config.epochs <= 0 or config.batch_size <= 0:
-            raise ConfigError(f"{where}: epochs and batch_size must be > 0")
-        if config.patience is not None and config.patience <= 0:
-            raise ConfigError(f"{where}: patience must be > 0 (or null), got {config.patience}")
-        check_real_settings(config, where)
-        return config
+        return values
+
+    def __post_init__(self):
+        MosModelConfig.from_dict(self.model, "model")
+        if self.epochs <= 0 or self.batch_size <= 0:
+            raise ConfigError("epochs and batch_size must be > 0")
+        if self.patience is not None and self.patience <= 0:
+            raise ConfigError(f"patience must be > 0 (or null), got {self.patience}")
+        check_real_settings(self)
 
     def training_kinds(self) -> tuple[str, ...]:
         """Degradation kinds drawn for the real-music versions (all but the held-out)."""
@@ -122,20 +112,7 @@ class MosTrainConfig:
 
         return tuple(k for k in KINDS if k not in self.holdout_families)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form, saved beside the checkpoints."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
 
 def load_train_config(path: str | os.PathLike | None, **overrides: Any) -> MosTrainConfig:
     """Reads a YAML training config; keyword overrides that are not None replace values."""
-    import yaml
-
-    values: dict[str, Any] = {}
-    if path is not None:
-        with open(path, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return MosTrainConfig.from_dict(values, where=str(path or "mos train config"))
+    return MosTrainConfig.from_yaml(path, **overrides)

@@ -18,14 +18,14 @@ exactly ``clip_frames`` frames.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
+from qamdt.config import ConfigBase
 from qamdt.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
-class AudioSpec:
+class AudioSpec(ConfigBase):
     """Sample rate, STFT, mel and clip-length settings.
 
     Attributes:
@@ -54,6 +54,9 @@ class AudioSpec:
     clip_frames: int
     window: str = "hann"
     log_floor: float = 1e-5
+
+    config_where = "audio spec"
+    config_noun = "audio setting"
 
     def __post_init__(self):
         if self.sample_rate <= 0:
@@ -84,41 +87,12 @@ class AudioSpec:
         """Mel frames per second of audio."""
         return self.sample_rate / self.hop_length
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form, for configs and JSON sidecars."""
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> AudioSpec:
-        """Builds a spec from a mapping, optionally starting from a named preset.
-
-        Args:
-            values: Field values. A ``preset`` key starts from that preset and overrides
-                the fields given beside it.
-
-        Returns:
-            The spec.
-
-        Raises:
-            ConfigError: On an unknown key or preset.
-        """
-        values = dict(values)
-        base: dict[str, Any] = {}
+    def prepare(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
+        """A ``preset`` key starts from that preset; the fields given beside it override it."""
         if "preset" in values:
-            base = get_audio_spec(values.pop("preset")).to_dict()
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown audio setting(s) {unknown}; known: {sorted(known)}")
-        base.update(values)
-        missing = sorted(
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.name not in base and f.default is dataclasses.MISSING
-        )
-        if missing:
-            raise ConfigError(f"audio spec is missing {missing}")
-        return cls(**base)
+            return {**get_audio_spec(values.pop("preset")).to_dict(), **values}
+        return values
 
 
 AUDIO_PRESETS: dict[str, AudioSpec] = {

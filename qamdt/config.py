@@ -71,14 +71,17 @@ def _convert(kind: Any, value: Any, where: str) -> Any:
             return None
         arm = arms[0]
         if dataclasses.is_dataclass(arm):
-            return build_dataclass(arm, {}, where)
+            return _convert(arm, {}, where)
         origin = typing.get_origin(arm) or arm
         if origin in (tuple, dict):
             return origin()
         return None
     for arm in arms:
         origin = typing.get_origin(arm) or arm
-        if dataclasses.is_dataclass(arm) and isinstance(value, Mapping):
+        section = isinstance(value, Mapping) or len(arms) == 1
+        if dataclasses.is_dataclass(arm) and section and not isinstance(value, arm):
+            if issubclass(arm, ConfigBase):
+                return arm.from_dict(value, where)
             return build_dataclass(arm, value, where)
         if origin is tuple and isinstance(value, (list, tuple)):
             inner = typing.get_args(arm)

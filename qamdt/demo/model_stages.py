@@ -36,8 +36,9 @@ def _train_mdt(
     ``steps`` fixes the step count with no time cap; by default the settings' steps and
     minutes apply.
     """
+    from qamdt.config import read_yaml
     from qamdt.training.latent_cache import build_cache
-    from qamdt.training.mdt_config import load_mdt_config, read_yaml
+    from qamdt.training.mdt_config import load_mdt_config
     from qamdt.training.mdt_data import training_clips
     from qamdt.training.mdt_train import PIPELINE_DIR, train_mdt
 

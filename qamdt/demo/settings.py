@@ -18,12 +18,12 @@ checks them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from qamdt.config import ConfigBase, read_yaml
 from qamdt.errors import ConfigError, check_known_keys
 from qamdt.generation.settings import GenerationSettings, SettingsError
 
@@ -46,8 +46,8 @@ DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 
 
 @dataclasses.dataclass(frozen=True)
-class DemoSettings:
-    """Settings of one demo run (the values are in ``configs/demo.yaml``).
+class DemoSettings(ConfigBase):
+    """Settings of one demo run (values in ``configs/demo.yaml``, recorded in ``stages.json``).
 
     Attributes:
         seed: Master seed of every stage (corpus, training, sampling, controls).
@@ -172,6 +172,9 @@ class DemoSettings:
     pitch_envelope_hz: float
     min_pmos_gain: float
 
+    config_where = "demo settings"
+    config_noun = "setting"
+
     def __post_init__(self):
         positive = [
             f.name
@@ -181,59 +184,34 @@ class DemoSettings:
             and getattr(self, f.name) <= 0
         ]
         if positive:
-            raise ConfigError(f"demo settings: {positive} must be > 0")
+            raise ConfigError(f"{positive} must be > 0")
         capped = [
             f.name
             for f in dataclasses.fields(self)
             if f.name.endswith("_max_minutes") and getattr(self, f.name) is not None
         ]
         if any(getattr(self, name) <= 0 for name in capped):
-            raise ConfigError(f"demo settings: {capped} must be > 0 (or null: no cap)")
+            raise ConfigError(f"{capped} must be > 0 (or null: no cap)")
         if self.mos_patience is not None and self.mos_patience <= 0:
-            raise ConfigError("demo settings: mos_patience must be > 0 (or null)")
+            raise ConfigError("mos_patience must be > 0 (or null)")
         if self.mdt_warmup_steps < 0:
-            raise ConfigError("demo settings: mdt_warmup_steps must be >= 0")
+            raise ConfigError("mdt_warmup_steps must be >= 0")
         if len(self.level_shares) != 5:
-            raise ConfigError("demo settings: level_shares needs five shares (levels 1-5)")
+            raise ConfigError("level_shares needs five shares (levels 1-5)")
         if not self.levels or any(not 1 <= level <= 5 for level in self.levels):
-            raise ConfigError(f"demo settings: levels must lie within 1..5, got {self.levels}")
+            raise ConfigError(f"levels must lie within 1..5, got {self.levels}")
         try:
             self.generation_settings()
         except SettingsError as error:
             key = {name: key for key, name in SAMPLING_SETTINGS.items()}[error.field]
-            raise ConfigError(f"demo settings: {key}: {error.reason}") from None
+            raise ConfigError(f"{key}: {error.reason}") from None
         negative = self.negative_quality_level
         if negative != MIRROR and not (isinstance(negative, (int, float)) and 0 <= negative <= 5):
             raise ConfigError(
-                f"demo settings: negative_quality_level must be a level 0-5 or "
-                f"'{MIRROR}', got {negative!r}"
+                f"negative_quality_level must be a level 0-5 or '{MIRROR}', got {negative!r}"
             )
         if not 0 < self.pitch_fmin < self.pitch_fmax:
-            raise ConfigError("demo settings: need 0 < pitch_fmin < pitch_fmax")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], where: str = "demo settings") -> DemoSettings:
-        """Builds settings from a mapping, naming unknown keys.
-
-        Raises:
-            ConfigError: On an unknown key or a bad value.
-        """
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
-        check_known_keys(values, cls, where, noun="setting")
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in values]
-        if missing:
-            raise ConfigError(f"{where}: missing setting(s) {missing}")
-        values = dict(values)
-        for name in ("level_shares", "levels", "guidance_interval"):
-            if values.get(name) is not None:
-                values[name] = tuple(values[name])
-        if "mdt_model" in values:
-            values["mdt_model"] = dict(values["mdt_model"] or {})
-        try:
-            return cls(**values)
-        except TypeError as error:
-            raise ConfigError(f"{where}: {error}") from None
+            raise ConfigError("need 0 < pitch_fmin < pitch_fmax")
 
     @classmethod
     def full(cls) -> DemoSettings:
@@ -264,10 +242,6 @@ class DemoSettings:
     def replace(self, **changes: Any) -> DemoSettings:
         """A copy with some fields changed (``None`` values are ignored)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form, recorded in the run's ``stages.json``."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def resolve_path(self, path: str) -> Path:
         """A settings path, found in the working directory or else the project folder."""
@@ -306,8 +280,6 @@ def load_demo_settings(path: str | os.PathLike | None, quick: bool = False) -> D
 
 def _read_settings(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """A settings file's top level and its ``quick:`` section, their keys checked."""
-    from qamdt.training.mdt_config import read_yaml
-
     values = read_yaml(path)
     overrides = values.pop(QUICK_SECTION, None) or {}
     if not isinstance(overrides, Mapping):
