@@ -55,7 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from qamdt.errors import ConfigError, QamdtError, unknown_keys_error
+from qamdt.config import ConfigBase
+from qamdt.errors import ConfigError, QamdtError
 
 LEVEL_RULES = ("five-bin", "eq1", "quantile", "edges")
 """Known level rules; see the module docstring."""
@@ -183,26 +184,6 @@ def checked_counts(d: Any, keys: tuple, name: str) -> dict:
     return out
 
 
-def check_keys(d: Mapping[str, Any], known: list[str], required: list[str], where: str) -> None:
-    """Checks the keys of a stored dict.
-
-    Args:
-        d: The dict.
-        known: Keys it may have.
-        required: Keys it must have.
-        where: File or label, for messages.
-
-    Raises:
-        ConfigError: Naming unknown keys (with a close known one) or missing ones.
-    """
-    unknown = [k for k in d if k not in known]
-    if unknown:
-        raise unknown_keys_error(unknown, known, where)
-    missing = [k for k in required if k not in d]
-    if missing:
-        raise ConfigError(f"{where}: missing key(s) {', '.join(repr(k) for k in missing)}")
-
-
 def quantile_edges(scores: np.ndarray, shares: Iterable[float] | None) -> list[float]:
     """Level edges of the ``"quantile"`` rule.
 
@@ -236,7 +217,7 @@ def quantile_edges(scores: np.ndarray, shares: Iterable[float] | None) -> list[f
 
 
 @dataclass(frozen=True)
-class SkewNormFit:
+class SkewNormFit(ConfigBase):
     """A skew-normal distribution fitted to a p-MOS set (``scipy.stats.skewnorm``).
 
     Attributes:
@@ -254,6 +235,12 @@ class SkewNormFit:
     mean: float
     std: float
     skewness: float
+
+    config_where = "skewnorm"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, finite_number(getattr(self, f.name), f.name))
 
     @classmethod
     def fit(cls, scores: np.ndarray) -> SkewNormFit:
@@ -283,22 +270,3 @@ class SkewNormFit:
         from scipy import stats
 
         return stats.skewnorm.pdf(x, self.a, loc=self.loc, scale=self.scale)
-
-    def to_dict(self) -> dict[str, float]:
-        """Return the fields as a JSON-ready dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "skewnorm") -> SkewNormFit:
-        """Build from :meth:`to_dict` output, naming unknown or missing keys.
-
-        Args:
-            d: The dict.
-            where: Label for error messages.
-
-        Raises:
-            ConfigError: Unknown or missing keys, or values that are not finite numbers.
-        """
-        names = [f.name for f in dataclasses.fields(cls)]
-        check_keys(d, names, names, where)
-        return cls(**{n: finite_number(d[n], f"{where}.{n}") for n in names})

@@ -26,7 +26,6 @@ from mos_predictor.level_rules import (
     LEVEL_RULES,
     QualityStatsError,
     SkewNormFit,
-    check_keys,
     checked_counts,
     checked_edges,
     finite_number,
@@ -34,6 +33,7 @@ from mos_predictor.level_rules import (
     quantile_edges,
     rule_edges,
 )
+from qamdt.config import ConfigBase
 from qamdt.errors import ConfigError
 from qamdt.json_files import write_json
 from qamdt.quality import LEVELS, PREFIXES
@@ -42,7 +42,7 @@ _PREFIX_ARRAY = np.array(PREFIXES, dtype=object)
 
 
 @dataclass(frozen=True)
-class QualityStats:
+class QualityStats(ConfigBase):
     """Statistics of a p-MOS set and the quality labels they define.
 
     Build with :func:`fit_quality_stats` (from scores) or :meth:`from_mu_sigma` (from known
@@ -82,6 +82,8 @@ class QualityStats:
     skewnorm: SkewNormFit | None = None
     level_counts: dict[int, int] = field(default_factory=lambda: dict.fromkeys(LEVELS, 0))
     prefix_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PREFIXES, 0))
+
+    config_where = "quality stats"
 
     def __post_init__(self) -> None:
         mu = finite_number(self.mu, "mu")
@@ -294,63 +296,21 @@ class QualityStats:
         # "low" is tested first; low_below < high_from, so the order only documents intent.
         return np.where(s <= self.low_below, 0, np.where(s >= self.high_from, 2, 1))
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return every field as a JSON-ready dict (count keys as strings)."""
-        return {
-            "mu": self.mu,
-            "sigma": self.sigma,
-            "count": self.count,
-            "level_rule": self.level_rule,
-            "level_edges": list(self.level_edges),
-            "low_below": self.low_below,
-            "high_from": self.high_from,
-            "prefix_sigmas": self.prefix_sigmas,
-            "skewnorm": None if self.skewnorm is None else self.skewnorm.to_dict(),
-            "level_counts": {str(k): v for k, v in self.level_counts.items()},
-            "prefix_counts": dict(self.prefix_counts),
-        }
-
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str | None = None) -> QualityStats:
-        """Build statistics from :meth:`to_dict` output.
-
-        Args:
-            d: The dict.
-            where: File or label to name in error messages.
-
-        Returns:
-            The statistics.
-
-        Raises:
-            ConfigError: Unknown or missing keys, or invalid values.
-        """
-        label = where or "quality stats"
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"{label}: expected a JSON object, got {type(d).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        required = ["mu", "sigma", "level_rule", "level_edges", "low_below", "high_from"]
-        check_keys(d, names, required, label)
-        values = dict(d)
-        skew = values.get("skewnorm")
-        if skew is not None:
-            if not isinstance(skew, Mapping):
-                raise ConfigError(f"{label}: skewnorm must be an object or null")
-            values["skewnorm"] = SkewNormFit.from_dict(skew, f"{label}: skewnorm")
-        if "level_counts" in values:
-            counts = values["level_counts"]
+    def prepare(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
+        """``count`` may be left out (0), and ``level_counts`` has its levels as strings."""
+        values.setdefault("count", 0)
+        counts = values.get("level_counts")
+        if counts is not None:
             if not isinstance(counts, Mapping):
-                raise ConfigError(f"{label}: level_counts must be an object")
+                raise ConfigError(f"{where}: level_counts must be an object")
             try:
                 values["level_counts"] = {int(k): v for k, v in counts.items()}
             except ValueError:
                 raise ConfigError(
-                    f"{label}: level_counts keys must be levels 1-5, got {list(counts)}"
+                    f"{where}: level_counts keys must be levels 1-5, got {list(counts)}"
                 ) from None
-        values.setdefault("count", 0)
-        try:
-            return cls(**values)
-        except ConfigError as exc:
-            raise ConfigError(f"{label}: {exc}") from None
+        return values
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the statistics as JSON, atomically (temp file, fsync, rename).
