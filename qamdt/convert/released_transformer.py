@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from qamdt.checkpoints import CheckpointError
+from qamdt.config import read_yaml
 from qamdt.errors import ConfigError
 
 RAW_PREFIX = "model.diffusion_model."
@@ -109,12 +109,7 @@ def read_authors_config(path: str | os.PathLike) -> dict[str, Any]:
     Raises:
         ConfigError: If the file is missing or lacks ``model.params.unet_config.params``.
     """
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config not found")
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    values = read_yaml(path)
     try:
         params = values["model"]["params"]
         unet = dict(params["unet_config"]["params"])
