@@ -21,6 +21,7 @@ from qamdt.audio_spec import AUDIO_PRESETS
 from qamdt.config import ConfigBase
 from qamdt.errors import ConfigError
 from qamdt.modules.conv import conv_stack, frames_first
+from qamdt.modules.conv_settings import checked_conv_settings
 from qamdt.transformers_loading import (
     default_text_model_path,
     load_text_tokenizer,
@@ -85,8 +86,9 @@ class EmbeddedClapConfig(ConfigBase):
     config_noun = "CLAP setting"
 
     def __post_init__(self):
-        self.cnn_channels = tuple(int(c) for c in self.cnn_channels)
-        self.cnn_strides = tuple(tuple(int(v) for v in s) for s in self.cnn_strides)
+        self.cnn_channels, self.cnn_strides = checked_conv_settings(
+            self.cnn_channels, self.cnn_strides
+        )
         for name in ("text_model", "text_tokenizer"):
             if getattr(self, name) is not None:
                 setattr(self, name, os.fspath(getattr(self, name)))
@@ -99,20 +101,9 @@ class EmbeddedClapConfig(ConfigBase):
             )
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling: unknown value {self.pooling!r}; choose one of {POOLINGS}")
-        if not self.cnn_channels or len(self.cnn_channels) != len(self.cnn_strides):
-            raise ConfigError(
-                "cnn_channels and cnn_strides need the same, non-zero number of entries, got "
-                f"{len(self.cnn_channels)} and {len(self.cnn_strides)}"
-            )
-        if any(len(s) != 2 or min(s) < 1 for s in self.cnn_strides):
-            raise ConfigError(
-                f"cnn_strides: each entry must be two ints >= 1, got {self.cnn_strides}"
-            )
         for name in ("audio_width", "embed_dim", "max_text_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if min(self.cnn_channels) < 1:
-            raise ConfigError(f"cnn_channels must be >= 1, got {self.cnn_channels}")
         for name in ("window_seconds", "mel_std", "init_logit_scale"):
             if not float(getattr(self, name)) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")

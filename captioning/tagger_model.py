@@ -19,6 +19,7 @@ from qamdt.config import ConfigBase
 from qamdt.errors import ConfigError
 from qamdt.mel import MelFrontEnd
 from qamdt.modules.conv import conv_stack, frames_first, strided_lengths
+from qamdt.modules.conv_settings import checked_conv_settings
 from qamdt.modules.pooling import lengths_to_mask, stats_pool
 
 KIND = "embedded"
@@ -75,8 +76,9 @@ class EmbeddedCaptionerConfig(ConfigBase):
     config_noun = "captioner setting"
 
     def __post_init__(self):
-        self.cnn_channels = tuple(int(c) for c in self.cnn_channels)
-        self.cnn_strides = tuple(tuple(int(v) for v in s) for s in self.cnn_strides)
+        self.cnn_channels, self.cnn_strides = checked_conv_settings(
+            self.cnn_channels, self.cnn_strides
+        )
         heads = ("instruments", *CLASS_FIELDS)
         unknown = sorted(set(self.vocab) - set(heads))
         if unknown:
@@ -86,8 +88,6 @@ class EmbeddedCaptionerConfig(ConfigBase):
             if len(set(names)) != len(names):
                 raise ConfigError(f"vocab.{head}: duplicate labels")
         get_audio_spec(self.mel_preset)
-        if not self.cnn_channels or len(self.cnn_channels) != len(self.cnn_strides):
-            raise ConfigError("cnn_channels and cnn_strides need the same, non-zero length")
         for name in ("window_seconds", "mel_std", "bpm_log_std"):
             if not float(getattr(self, name)) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")

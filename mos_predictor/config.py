@@ -11,6 +11,7 @@ from typing import Any
 from qamdt.audio_spec import AUDIO_PRESETS
 from qamdt.config import ConfigBase
 from qamdt.errors import ConfigError
+from qamdt.modules.conv_settings import checked_conv_settings
 
 MODEL_KINDS = ("embedded", "ssl", "text-aware")
 AUDIO_ENCODERS = ("embedded", "ssl")
@@ -131,8 +132,9 @@ class MosModelConfig(ConfigBase):
     config_noun = "MOS model setting"
 
     def __post_init__(self):
-        self.cnn_channels = tuple(int(c) for c in self.cnn_channels)
-        self.cnn_strides = tuple(tuple(int(v) for v in s) for s in self.cnn_strides)
+        self.cnn_channels, self.cnn_strides = checked_conv_settings(
+            self.cnn_channels, self.cnn_strides
+        )
         self.distill_layers = tuple(int(v) for v in self.distill_layers)
         self._check_choice("kind", MODEL_KINDS)
         self._check_choice("audio_encoder", AUDIO_ENCODERS)
@@ -145,15 +147,6 @@ class MosModelConfig(ConfigBase):
             raise ConfigError(
                 f"mel_preset: unknown audio preset '{self.mel_preset}'; "
                 f"choose one of {sorted(AUDIO_PRESETS)}"
-            )
-        if len(self.cnn_channels) == 0 or len(self.cnn_channels) != len(self.cnn_strides):
-            raise ConfigError(
-                "cnn_channels and cnn_strides need the same, non-zero number of entries, got "
-                f"{len(self.cnn_channels)} and {len(self.cnn_strides)}"
-            )
-        if any(len(s) != 2 or min(s) < 1 for s in self.cnn_strides):
-            raise ConfigError(
-                f"cnn_strides: each entry must be two ints >= 1, got {self.cnn_strides}"
             )
         if self.temporal_layers < 0:
             raise ConfigError(f"temporal_layers must be >= 0, got {self.temporal_layers}")
