@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qamdt.errors import ConfigError, QamdtError
+from qamdt.errors import CheckpointError, ConfigError, QamdtError
 
 CONFIG_NAME = "config.json"
 
@@ -136,6 +136,28 @@ def resolve_model_dir(path_or_name: str | os.PathLike) -> Path:
             return root / str(path_or_name)
     looked = ", ".join(str(p) for p in [path, *(r / str(path_or_name) for r in roots)])
     raise QamdtError(f"no model folder '{path_or_name}'; looked in {looked}")
+
+
+def read_saved_config(directory: str | os.PathLike, kind: str) -> tuple[dict, Path]:
+    """The ``config.json`` of a folder saved by a ``save_pretrained`` of ``kind``.
+
+    Returns:
+        Its values and its path (for messages).
+
+    Raises:
+        CheckpointError: If the file is missing.
+        ConfigError: If it is not JSON or was saved by another kind.
+    """
+    config_path = Path(directory) / CONFIG_NAME
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path}: missing; not a saved captioner")
+    try:
+        values = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{config_path}: not valid JSON ({exc})") from None
+    if values.get("kind") != kind:
+        raise ConfigError(f"{config_path}: kind {values.get('kind')!r} is not {kind!r}")
+    return values, config_path
 
 
 def _load(registry: dict[str, type], path_or_name: str | os.PathLike, what: str):

@@ -53,6 +53,7 @@ from qamdt.audio_spec import get_audio_spec
 from qamdt.audio_windows import window_starts
 from qamdt.checkpoints import load_state_strict, read_state_file
 from qamdt.errors import CheckpointError, ConfigError
+from qamdt.json_files import write_json
 from qamdt.mel import MelFrontEnd
 from qamdt.transformers_loading import config_to_dict
 
@@ -282,9 +283,7 @@ class EmbeddedClapScorer(ClapScorer):
         safetensors.torch.save_file(
             tensors, os.fspath(directory / WEIGHTS_NAME), metadata={"kind": self.kind}
         )
-        with open(directory / CONFIG_NAME, "w", encoding="utf-8") as handle:
-            json.dump(self.config_for_saving(), handle, indent=2, sort_keys=True)
-            handle.write("\n")
+        write_json(directory / CONFIG_NAME, self.config_for_saving(), indent=2, sort_keys=True)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> EmbeddedClapScorer:

@@ -37,6 +37,7 @@ from captioning.base import CONFIG_NAME, ClapScorer, check_texts, register_clap
 from qamdt.audio_io import prepare_clips
 from qamdt.audio_windows import split_windows
 from qamdt.errors import ConfigError, QamdtError
+from qamdt.json_files import write_json
 
 MODEL_DIR = "model"
 _SETTINGS = ("model_dir", "window_seconds", "max_text_tokens")
@@ -222,9 +223,7 @@ class HfClapScorer(ClapScorer):
         self.model.save_pretrained(os.fspath(model_dir))
         self.tokenizer.save_pretrained(os.fspath(model_dir))
         self.feature_extractor.save_pretrained(os.fspath(model_dir))
-        with open(directory / CONFIG_NAME, "w", encoding="utf-8") as handle:
-            json.dump(self.settings(), handle, indent=2, sort_keys=True)
-            handle.write("\n")
+        write_json(directory / CONFIG_NAME, self.settings(), indent=2, sort_keys=True)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> HfClapScorer:

@@ -51,6 +51,7 @@ from captioning.base import CONFIG_NAME, ClapScorer, check_texts, register_clap
 from qamdt.audio_io import prepare_clips
 from qamdt.audio_windows import split_windows
 from qamdt.errors import ConfigError, QamdtError
+from qamdt.json_files import write_json
 
 SAMPLE_RATE = 48000
 MAX_WINDOW_SECONDS = 10.0
@@ -260,9 +261,7 @@ class LaionClapScorer(ClapScorer):
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / CONFIG_NAME, "w", encoding="utf-8") as handle:
-            json.dump(self.settings(), handle, indent=2, sort_keys=True)
-            handle.write("\n")
+        write_json(directory / CONFIG_NAME, self.settings(), indent=2, sort_keys=True)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> LaionClapScorer:

@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from captioning.base import CONFIG_NAME, Captioner, register_captioner
+from captioning.base import CONFIG_NAME, Captioner, read_saved_config, register_captioner
 from captioning.devices import resolve_device, seeded
 from captioning.lp_musiccaps_model import BartCaptionModel
 from qamdt.audio_io import prepare_clips
@@ -73,6 +73,7 @@ from qamdt.checkpoints import (
 )
 from qamdt.config import ConfigBase
 from qamdt.errors import ConfigError
+from qamdt.json_files import write_json
 
 WEIGHTS_NAME = "model.safetensors"
 BART_DIR = "bart"
@@ -379,7 +380,7 @@ class LpMusicCapsCaptioner(Captioner):
         self.model.bart.config.save_pretrained(bart_dir)
         self.tokenizer.save_pretrained(bart_dir)
         payload = {"kind": self.kind, "format_version": FORMAT_VERSION, **self.config.to_dict()}
-        (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        write_json(directory / CONFIG_NAME, payload, indent=2, sort_keys=True)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> LpMusicCapsCaptioner:
@@ -390,12 +391,7 @@ class LpMusicCapsCaptioner(Captioner):
             ConfigError: If the config is not an lp-musiccaps one or holds unknown keys.
         """
         directory = Path(path)
-        config_path = directory / CONFIG_NAME
-        if not config_path.is_file():
-            raise CheckpointError(f"{config_path}: missing; not a saved captioner")
-        values = json.loads(config_path.read_text())
-        if values.get("kind") != cls.kind:
-            raise ConfigError(f"{config_path}: kind {values.get('kind')!r} is not {cls.kind!r}")
+        values, config_path = read_saved_config(directory, cls.kind)
         config = LpMusicCapsConfig.from_dict(values, os.fspath(config_path))
         bart_config, tokenizer = cls._load_bart(directory / BART_DIR)
         model = cls._build_model(bart_config, config)

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from captioning.base import CONFIG_NAME, Captioner, register_captioner
+from captioning.base import CONFIG_NAME, Captioner, read_saved_config, register_captioner
 from captioning.devices import resolve_device, seeded
 from captioning.musilingo_model import LM_DTYPES, MusiLingoConfig, MusiLingoModel
 from qamdt.audio_io import prepare_clips
@@ -65,6 +65,7 @@ from qamdt.checkpoints import (
     save_state_file,
 )
 from qamdt.errors import ConfigError
+from qamdt.json_files import write_json
 from qamdt.transformers_loading import config_from_dict, config_to_dict
 
 PROJECTION_NAME = "projection.safetensors"
@@ -401,7 +402,7 @@ class MusiLingoCaptioner(Captioner):
         self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
         values["tokenizer"] = None
         payload = {"kind": self.kind, "format_version": FORMAT_VERSION, **values}
-        (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        write_json(directory / CONFIG_NAME, payload, indent=2, sort_keys=True)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> MusiLingoCaptioner:
@@ -415,12 +416,7 @@ class MusiLingoCaptioner(Captioner):
             ConfigError: If the config is not a musilingo one or is invalid.
         """
         directory = Path(path)
-        config_path = directory / CONFIG_NAME
-        if not config_path.is_file():
-            raise CheckpointError(f"{config_path}: missing; not a saved captioner")
-        values = json.loads(config_path.read_text())
-        if values.get("kind") != cls.kind:
-            raise ConfigError(f"{config_path}: kind {values.get('kind')!r} is not {cls.kind!r}")
+        values, config_path = read_saved_config(directory, cls.kind)
         config = MusiLingoConfig.from_dict(values, os.fspath(config_path))
         tokenizer = _load_tokenizer(directory / TOKENIZER_DIR, "tokenizer")
         encoder = _load_encoder(config)

@@ -11,6 +11,7 @@ from typing import Any
 from qamdt.audio_spec import AUDIO_PRESETS
 from qamdt.config import ConfigBase
 from qamdt.errors import ConfigError
+from qamdt.json_files import write_json
 from qamdt.modules.conv_settings import checked_conv_settings
 
 MODEL_KINDS = ("embedded", "ssl", "text-aware")
@@ -221,9 +222,7 @@ class MosModelConfig(ConfigBase):
             path: Destination file.
         """
         data = {"format_version": CONFIG_FORMAT_VERSION, **self.to_dict()}
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+        write_json(path, data, indent=2, sort_keys=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MosModelConfig:

@@ -116,6 +116,9 @@ def plain_json(value: Any) -> Any:
     return str(value)
 
 
-def write_json(path: str | os.PathLike, values: Any, indent: int | None = 1) -> None:
+def write_json(
+    path: str | os.PathLike, values: Any, indent: int | None = 1, sort_keys: bool = False
+) -> None:
     """Writes ``values`` as strict JSON (:func:`plain_json`) to ``path``, atomically."""
-    write_text_atomic(path, json.dumps(plain_json(values), indent=indent, allow_nan=False) + "\n")
+    text = json.dumps(plain_json(values), indent=indent, allow_nan=False, sort_keys=sort_keys)
+    write_text_atomic(path, text + "\n")
