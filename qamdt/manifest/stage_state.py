@@ -19,9 +19,9 @@ inside a :class:`StageRun`:
   message, or kept with ``resume_anyway``;
 * at the end the main process merges every shard the same way and removes them.
 
-A later job-array mode (process part I of N, each part its own run) uses the same files:
-the part's shard and state file carry the part in their name and hold their own lock, and
-``qamdt manifest merge`` merges them with the fields their state file names.
+The job-array mode (``--shard I/N``, :mod:`qamdt.manifest.parts`) runs a stage on a part
+file as on a manifest: the part has its own lock, shards and resume, and ``qamdt manifest
+merge`` merges complete parts with the fields their state files name.
 """
 
 from __future__ import annotations
