@@ -224,7 +224,7 @@ def _errors_section(data: ReportData) -> str:
     parts = []
     for stage, count in sorted(data.errors.items()):
         examples = "".join(f"<li>{html.escape(e)}</li>" for e in data.error_examples[stage])
-        parts.append(f"<p>{html.escape(stage)}: {count} rows, e.g.</p><ul>{examples}</ul>")
+        parts.append(f"<p>{html.escape(stage)}: {count} row(s), e.g.</p><ul>{examples}</ul>")
     return "".join(parts)
 
 
