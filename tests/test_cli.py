@@ -32,8 +32,11 @@ def test_top_level_help(capsys):
 
 
 def test_bad_corpus_settings_exit_with_a_one_line_error(tmp_path, capsys):
-    assert main(["corpus", "build", "--out", str(tmp_path), "--clips", "0"]) == 2
-    assert "clips must be > 0" in capsys.readouterr().err
+    config = tmp_path / "corpus.yaml"
+    config.write_text("clips: 0\n")
+    assert main(["corpus", "build", "--out", str(tmp_path / "out"), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "clips must be > 0" in err and "Traceback" not in err
 
 
 def write_rows(path, rows):
