@@ -138,8 +138,15 @@ def resolve_model_dir(path_or_name: str | os.PathLike) -> Path:
     raise QamdtError(f"no model folder '{path_or_name}'; looked in {looked}")
 
 
-def read_saved_config(directory: str | os.PathLike, kind: str) -> tuple[dict, Path]:
+def read_saved_config(
+    directory: str | os.PathLike, kind: str, what: str = "captioner"
+) -> tuple[dict, Path]:
     """The ``config.json`` of a folder saved by a ``save_pretrained`` of ``kind``.
+
+    Args:
+        directory: The saved folder.
+        kind: The ``kind`` the file must name.
+        what: What the folder holds, for messages ("captioner", "CLAP scorer").
 
     Returns:
         Its values and its path (for messages).
@@ -150,7 +157,7 @@ def read_saved_config(directory: str | os.PathLike, kind: str) -> tuple[dict, Pa
     """
     config_path = Path(directory) / CONFIG_NAME
     if not config_path.is_file():
-        raise CheckpointError(f"{config_path}: missing; not a saved captioner")
+        raise CheckpointError(f"{config_path}: missing; not a saved {what}")
     try:
         values = json.loads(config_path.read_text())
     except json.JSONDecodeError as exc:

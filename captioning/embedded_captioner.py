@@ -35,7 +35,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from captioning.base import CONFIG_NAME, Captioner, register_captioner
+from captioning.base import CONFIG_NAME, Captioner, read_saved_config, register_captioner
 from captioning.tagger_labels import PLACEHOLDER
 from captioning.tagger_model import CLASS_FIELDS, KIND, EmbeddedCaptionerConfig, TagNet
 from captioning.tags import ALL_FIELDS, tags_from_text
@@ -43,7 +43,6 @@ from qamdt.audio_io import prepare_clips
 from qamdt.audio_windows import padded_windows
 from qamdt.checkpoints import load_state_strict, read_state_file
 from qamdt.corpus.arrangement import tempo_class, tempo_word
-from qamdt.errors import ConfigError, QamdtError
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -261,19 +260,13 @@ class EmbeddedCaptioner(Captioner):
         """Rebuilds a saved captioner, loading every weight strictly.
 
         Raises:
-            QamdtError: On missing files.
-            CheckpointError: On weights that do not match the config (the file and keys named).
+            CheckpointError: On a missing file or weights that do not match the config (the
+                file and keys named).
             ConfigError: On an invalid config (the file named).
         """
         directory = Path(path)
-        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        for needed in (config_path, weights_path):
-            if not needed.is_file():
-                raise QamdtError(f"{needed}: missing; not a saved embedded captioner")
-        try:
-            values = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{config_path}: invalid JSON ({exc.msg})") from None
+        values, config_path = read_saved_config(directory, cls.kind, "embedded captioner")
+        weights_path = directory / WEIGHTS_NAME
         captioner = cls(EmbeddedCaptionerConfig.from_dict(values, os.fspath(config_path)))
         load_state_strict(captioner.model, read_state_file(weights_path), weights_path)
         captioner.model.eval()

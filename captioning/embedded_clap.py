@@ -30,7 +30,6 @@ is saved under ``text_encoder.``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,7 +40,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
-from captioning.base import CONFIG_NAME, ClapScorer, register_clap
+from captioning.base import CONFIG_NAME, ClapScorer, read_saved_config, register_clap
 from captioning.clap_model import (
     CONFIG_FORMAT_VERSION,
     ClapHeads,
@@ -52,7 +51,6 @@ from qamdt.audio_io import prepare_clips
 from qamdt.audio_spec import get_audio_spec
 from qamdt.audio_windows import window_starts
 from qamdt.checkpoints import load_state_strict, read_state_file
-from qamdt.errors import CheckpointError, ConfigError
 from qamdt.json_files import write_json
 from qamdt.mel import MelFrontEnd
 from qamdt.transformers_loading import config_to_dict
@@ -300,14 +298,8 @@ class EmbeddedClapScorer(ClapScorer):
             ConfigError: If the config is invalid (the file is named).
         """
         directory = Path(path)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (directory / name).is_file():
-                raise CheckpointError(f"{directory}: missing {name}")
-        try:
-            values = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{directory / CONFIG_NAME}: not valid JSON ({exc})") from exc
-        scorer = cls(EmbeddedClapConfig.from_dict(values, os.fspath(directory / CONFIG_NAME)))
+        values, config_path = read_saved_config(directory, cls.kind, "CLAP scorer")
+        scorer = cls(EmbeddedClapConfig.from_dict(values, os.fspath(config_path)))
         weights = directory / WEIGHTS_NAME
         scorer.load_state_dict(read_state_file(weights), os.fspath(weights))
         return scorer
