@@ -17,6 +17,15 @@ CASES = [
     (["evaluate", "--generated", "G", "--reference", "R", "--out", "O",
       "--examples-per-level", "-1"], "--examples-per-level"),
     (["model", "info", "--config", "C", "--text-length", "0"], "--text-length"),
+    (["train", "--config", "C", "--out", "O", "--max-minutes", "-1"], "--max-minutes"),
+    (["train", "--config", "C", "--out", "O", "--max-minutes", "nan"], "--max-minutes"),
+    (["train", "--config", "C", "--out", "O", "--max-steps", "0"], "--max-steps"),
+    (["train-vae", "--manifest", "M", "--out", "O", "--epochs", "inf"], "--epochs"),
+    (["mos", "train", "--data", "D", "--out", "O", "--max-minutes", "0"], "--max-minutes"),
+    (["mos", "train", "--data", "D", "--out", "O", "--patience", "0"], "--patience"),
+    (["mos", "predict", "a.wav", "--model", "M", "--batch-size", "0"], "--batch-size"),
+    (["captions", "caption", "a.wav", "--model", "M", "--batch-size", "0"], "--batch-size"),
+    (["manifest", "validate", "M", "--max-errors", "0"], "--max-errors"),
 ]  # fmt: skip
 
 

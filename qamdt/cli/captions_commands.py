@@ -6,7 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from qamdt.cli.arguments import add_stage_arguments, positive_int, stage_exit_status
+from qamdt.cli.arguments import (
+    add_stage_arguments,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    stage_exit_status,
+)
 from qamdt.cli.manifest_commands import add_part_arguments
 
 
@@ -37,7 +43,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     caption.add_argument("audio", type=Path, nargs="+")
     caption.add_argument("--model", required=True, help="captioner folder or name")
-    caption.add_argument("--batch-size", type=int, default=8)
+    caption.add_argument("--batch-size", type=positive_int, default=8)
     caption.set_defaults(run=run_caption)
 
     refine = commands.add_parser(
@@ -77,10 +83,10 @@ def register(groups: argparse._SubParsersAction) -> None:
         )
         train.add_argument("--data", type=Path, required=True, help="corpus manifest")
         train.add_argument("--out", type=Path, required=True, help="model folder")
-        train.add_argument("--epochs", type=int, default=None)
-        train.add_argument("--batch-size", type=int, default=None)
-        train.add_argument("--max-minutes", type=float, default=None)
-        train.add_argument("--seed", type=int, default=0)
+        train.add_argument("--epochs", type=positive_int, default=None)
+        train.add_argument("--batch-size", type=positive_int, default=None)
+        train.add_argument("--max-minutes", type=positive_float, default=None)
+        train.add_argument("--seed", type=nonnegative_int, default=0)
         train.set_defaults(run=run_train_clap if name == "train-clap" else run_train_captioner)
 
 

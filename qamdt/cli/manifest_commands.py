@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from qamdt.cli.arguments import positive_int
+
 
 def part_argument(text: str) -> tuple[int, int]:
     """``--shard I/N``: part I of N of a manifest's rows, counted from 0."""
@@ -83,7 +85,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     validate.add_argument("manifest", type=Path)
     validate.add_argument("--check-audio", action="store_true", help="also check audio files")
-    validate.add_argument("--max-errors", type=int, default=50)
+    validate.add_argument("--max-errors", type=positive_int, default=50)
     validate.set_defaults(run=run_validate)
 
     stats = commands.add_parser("stats", help="summary statistics of a manifest")

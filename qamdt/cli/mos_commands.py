@@ -8,7 +8,13 @@ import os
 import sys
 from pathlib import Path
 
-from qamdt.cli.arguments import add_stage_arguments, positive_int, stage_exit_status
+from qamdt.cli.arguments import (
+    add_stage_arguments,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    stage_exit_status,
+)
 from qamdt.cli.manifest_commands import add_part_arguments
 
 
@@ -31,12 +37,14 @@ def register(groups: argparse._SubParsersAction) -> None:
     train.add_argument("--config", type=Path, default=None, help="YAML (configs/mos/*.yaml)")
     train.add_argument("--data", default=None, help="corpus:MANIFEST | musiceval:ROOT | csv:FILE")
     train.add_argument("--out", type=Path, required=True, help="run folder")
-    train.add_argument("--epochs", type=int, default=None)
-    train.add_argument("--batch-size", type=int, default=None)
-    train.add_argument("--max-minutes", type=float, default=None, help="training time budget")
+    train.add_argument("--epochs", type=positive_int, default=None)
+    train.add_argument("--batch-size", type=positive_int, default=None)
+    train.add_argument(
+        "--max-minutes", type=positive_float, default=None, help="training time budget"
+    )
     train.add_argument(
         "--patience",
-        type=int,
+        type=positive_int,
         default=None,
         help="stop after this many epochs without a better validation SRCC",
     )
@@ -47,7 +55,7 @@ def register(groups: argparse._SubParsersAction) -> None:
         dest="exclude_degradations",
         help="corpus degradation kind to hold out of training (repeatable)",
     )
-    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--seed", type=nonnegative_int, default=None)
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(run=run_train)
 
@@ -82,7 +90,10 @@ def register(groups: argparse._SubParsersAction) -> None:
         help="degradation kinds held out of training (default: as the model recorded)",
     )
     evaluate.add_argument(
-        "--excerpts-per-file", type=int, default=1, help="protocol excerpts per held-out file"
+        "--excerpts-per-file",
+        type=positive_int,
+        default=1,
+        help="protocol excerpts per held-out file",
     )
     evaluate.add_argument("--workers", type=int, default=2, help="processes for the protocol")
     evaluate.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -97,7 +108,7 @@ def register(groups: argparse._SubParsersAction) -> None:
         default="field",
         help="system id rule: field | first_underscore | parent | meta:KEY | regex:PATTERN | none",
     )
-    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--batch-size", type=positive_int, default=16)
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(run=run_eval)
 
@@ -124,7 +135,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     predict.add_argument("audio", nargs="+", type=Path)
     predict.add_argument("--model", required=True, help="model folder or name")
     predict.add_argument("--text", default=None, help="caption for text-aware models")
-    predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument("--batch-size", type=positive_int, default=16)
     predict.set_defaults(run=run_predict)
 
     stats = commands.add_parser(

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from qamdt.cli.arguments import nonnegative_int, positive_float, positive_int
+
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="YAML (configs/mdt/*.yaml)")
@@ -14,7 +16,7 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae", default=None, help="VAE folder (qamdt train-vae OUT/model)")
     parser.add_argument("--text-encoder", default=None, help="'embedded' or a local folder")
     parser.add_argument("--cache", default=None, help="latent cache folder ('auto': OUT/cache)")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=nonnegative_int, default=None)
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -39,9 +41,11 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     _add_overrides(train)
     train.add_argument("--out", type=Path, required=True, help="run folder")
-    train.add_argument("--max-steps", type=int, default=None)
-    train.add_argument("--max-minutes", type=float, default=None, help="training time budget")
-    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--max-steps", type=positive_int, default=None)
+    train.add_argument(
+        "--max-minutes", type=positive_float, default=None, help="training time budget"
+    )
+    train.add_argument("--batch-size", type=positive_int, default=None)
     train.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None)
     train.set_defaults(run=run_train)
 

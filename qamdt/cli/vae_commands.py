@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from qamdt.cli.arguments import nonnegative_int, positive_float, positive_int
+
 
 def register(groups: argparse._SubParsersAction) -> None:
     """Adds the ``train-vae`` command."""
@@ -27,11 +29,13 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="run folder")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, default=None, help="optimizer steps")
-    length.add_argument("--epochs", type=float, default=None, help="passes over the clips")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--max-minutes", type=float, default=None, help="training time budget")
-    parser.add_argument("--seed", type=int, default=None)
+    length.add_argument("--steps", type=positive_int, default=None, help="optimizer steps")
+    length.add_argument("--epochs", type=positive_float, default=None, help="passes over the clips")
+    parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument(
+        "--max-minutes", type=positive_float, default=None, help="training time budget"
+    )
+    parser.add_argument("--seed", type=nonnegative_int, default=None)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run_train_vae)
 

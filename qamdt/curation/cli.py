@@ -9,6 +9,7 @@ from pathlib import Path
 from qamdt.cli.arguments import (
     add_stage_arguments,
     nonnegative_int,
+    positive_float,
     positive_int,
     stage_exit_status,
 )
@@ -44,7 +45,7 @@ def register(groups: argparse._SubParsersAction) -> None:
         "--stats", type=Path, default=None, help="apply saved quality_stats.json instead of fitting"
     )
     parser.add_argument("--level-rule", default="five-bin", choices=["five-bin", "eq1", "quantile"])
-    parser.add_argument("--prefix-sigmas", type=float, default=1.25)
+    parser.add_argument("--prefix-sigmas", type=positive_float, default=1.25)
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument(
         "--report-clips", type=nonnegative_int, default=2, help="players per level for each end"
