@@ -26,6 +26,7 @@ CASES = [
     (["mos", "predict", "a.wav", "--model", "M", "--batch-size", "0"], "--batch-size"),
     (["captions", "caption", "a.wav", "--model", "M", "--batch-size", "0"], "--batch-size"),
     (["manifest", "validate", "M", "--max-errors", "0"], "--max-errors"),
+    (["cache", "--config", "C", "--out", "O", "--shard", "2/2"], "--shard"),
 ]  # fmt: skip
 
 

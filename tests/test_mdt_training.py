@@ -9,7 +9,7 @@ from qamdt.cli.main import main
 from qamdt.errors import ConfigError
 from qamdt.models.transformer import QualityMDTTransformer
 from qamdt.models.vae import LatentVAE
-from qamdt.training.latent_cache import LatentCacheDataset, build_cache
+from qamdt.training.latent_cache import LatentCacheDataset, build_cache, cache_is_complete
 from qamdt.training.mdt_config import MdtTrainConfig, load_mdt_config
 from qamdt.training.mdt_data import training_clips
 from qamdt.training.mdt_train import loss_curve, train_mdt
@@ -153,6 +153,23 @@ def test_cache_builds_resumes_and_refuses_other_settings(data, tmp_path):
         build_cache(
             config(data, conditioning={"quality_prefix": False}), tmp_path / "cache", progress=False
         )
+
+
+def test_cache_parts_fill_one_folder_as_one_run_does(data, tmp_path, monkeypatch):
+    import qamdt.training.latent_cache as latent_cache
+
+    monkeypatch.setattr(latent_cache, "SHARD_SIZE", 3)  # 10 clips: blocks 0-3
+    cfg = config(data)
+    whole = build_cache(cfg, tmp_path / "whole", progress=False)
+    first = build_cache(cfg, tmp_path / "parts", progress=False, part=(1, 2))
+    assert not first["complete"] and not cache_is_complete(tmp_path / "parts")
+    assert first["clips"] == 3 + 1  # blocks 1 and 3
+    last = build_cache(cfg, tmp_path / "parts", progress=False, part=(0, 2))
+    assert last["complete"] and last["clips"] == whole["clips"] == 10
+    names = sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "parts").iterdir())
+    for name in names:
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "parts" / name).read_bytes()
 
 
 def test_cache_borrows_the_latents_of_the_same_clips(data, tmp_path):

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from qamdt.cli.arguments import nonnegative_int, positive_float, positive_int
+from qamdt.cli.manifest_commands import part_argument
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +65,14 @@ def register(groups: argparse._SubParsersAction) -> None:
         help="a finished cache of the same clips and VAE weights whose latents to reuse "
         "(only the captions are encoded), e.g. the quality model's for its plain baseline",
     )
+    cache.add_argument(
+        "--shard",
+        type=part_argument,
+        default=None,
+        metavar="I/N",
+        help="encode only the blocks of clips whose index is I modulo N (I from 0), into the "
+        "shared cache folder; the part that finds every block written completes the cache",
+    )
     cache.set_defaults(run=run_cache)
 
 
@@ -92,7 +101,13 @@ def run_cache(args: argparse.Namespace) -> int:
     from qamdt.training.mdt_config import load_mdt_config
 
     config = load_mdt_config(args.config, **_overrides(args))
-    summary = build_cache(config, args.out, progress=not args.quiet, latents_from=args.latents_from)
+    summary = build_cache(
+        config,
+        args.out,
+        progress=not args.quiet,
+        latents_from=args.latents_from,
+        part=args.shard,
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
     return 0

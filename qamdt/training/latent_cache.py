@@ -190,6 +190,7 @@ def build_cache(
     text_encoder=None,
     progress: bool = True,
     latents_from: str | os.PathLike | None = None,
+    part: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Encodes every usable clip of the training split once; resumes a partial cache.
 
@@ -205,10 +206,14 @@ def build_cache(
             (its captions may differ): shards whose clips match take its latents instead
             of running the VAE. The caller vouches for the weights; the cache info only
             records the VAE's config.
+        part: ``(I, N)``: encode only the blocks of ``SHARD_SIZE`` clips whose index is
+            ``I`` modulo ``N`` (jobs of an array writing into one shared cache folder).
+            The part that finds every block written completes the cache; until then
+            :func:`cache_is_complete` is False and ``clips`` counts this part's blocks.
 
     Returns:
         A summary: clips cached, shards, skipped rows, failures, borrowed shards,
-        seconds.
+        seconds, and ``complete``.
     """
     from accelerate import PartialState
 
@@ -238,7 +243,9 @@ def build_cache(
     )
     dataset = ClipMelDataset(clips, spec, frames, random_crop=False, seed=config.seed)
     shards = [range(i, min(i + SHARD_SIZE, len(clips))) for i in range(0, len(clips), SHARD_SIZE)]
-    mine = [i for i in range(len(shards)) if i % state.num_processes == state.process_index]
+    index, count = part or (0, 1)
+    blocks = [i for i in range(len(shards)) if i % count == index]
+    mine = blocks[state.process_index :: state.num_processes]
     todo = [i for i in mine if not (cache_dir / f"{_shard_stem(i)}.json").is_file()]
     source = _latent_source(latents_from, info)
     borrowed_shards = 0
@@ -251,7 +258,9 @@ def build_cache(
             cache_dir, index, shards[index], dataset, vae, text_encoder, state.device, borrowed
         )
     state.wait_for_everyone()
-    if state.is_main_process:
+    written = [(cache_dir / f"{_shard_stem(i)}.json").is_file() for i in range(len(shards))]
+    complete = all(written)
+    if complete and state.is_main_process:
         with torch.no_grad():
             null_states, null_mask = text_encoder.encode([""], device=state.device)
         safetensors.torch.save_file(
@@ -267,7 +276,7 @@ def build_cache(
     state.wait_for_everyone()
     dataset_size = sum(
         len(json.loads((cache_dir / f"{_shard_stem(i)}.json").read_text())["rows"])
-        for i in range(len(shards))
+        for i in (range(len(shards)) if complete else blocks)
     )
     return {
         "cache": str(cache_dir),
@@ -277,6 +286,7 @@ def build_cache(
         "failed": _count_lines(cache_dir / FAILURES),
         "borrowed_shards": borrowed_shards,
         "seconds": round(time.time() - started, 1),
+        "complete": complete,
     }
 
 
