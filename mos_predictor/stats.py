@@ -52,17 +52,23 @@ def label_manifest_quality(
         ConfigError: ``fit_kwargs`` together with ``stats``.
         ManifestError: An invalid manifest.
     """
-    return _label_manifest(manifest_path, out_path, stats, fit_kwargs)[0]
+    return label_manifest_with_scores(manifest_path, out_path, stats, fit_kwargs)[0]
 
 
-def _label_manifest(
+def label_manifest_with_scores(
     manifest_path: str | os.PathLike,
     out_path: str | os.PathLike | None,
     stats: QualityStats | str | os.PathLike | None,
     fit_kwargs: dict[str, Any],
 ) -> tuple[QualityStats, np.ndarray, int]:
-    """Do :func:`label_manifest_quality`; also return the labelled scores and the row count."""
-    from qamdt.manifest import read_manifest, write_manifest
+    """:func:`label_manifest_quality`, also returning the labelled scores and the row count.
+
+    The manifest streams: one pass reads the scores (the fit keeps one number per scored
+    row), a second rewrites the rows in batches, so memory does not grow with the rows.
+    Written in place, absolute audio paths stay absolute.
+    """
+    from qamdt.manifest import iter_manifest, write_manifest
+    from qamdt.manifest.stages import batched
 
     if stats is not None and fit_kwargs:
         raise ConfigError(
@@ -72,11 +78,11 @@ def _label_manifest(
     if stats is not None and not isinstance(stats, QualityStats):
         stats = QualityStats.load(stats)
     manifest_path = Path(manifest_path)
-    records = read_manifest(manifest_path)
-    scored = [i for i, r in enumerate(records) if r.pmos is not None]
-    scores = np.array([records[i].pmos for i in scored], dtype=np.float64)
+    scores = np.fromiter(
+        (r.pmos for r in iter_manifest(manifest_path) if r.pmos is not None), dtype=np.float64
+    )
     if stats is None:
-        if not scored:
+        if not scores.size:
             raise QualityStatsError(
                 f"{manifest_path}: no row has a pmos; score the clips with a MOS model first"
             )
@@ -84,15 +90,25 @@ def _label_manifest(
             stats = fit_quality_stats(scores, **fit_kwargs)
         except QualityStatsError as exc:
             raise QualityStatsError(f"{manifest_path}: {exc}") from None
-    if scored:
-        levels = stats.levels_for(scores)
-        prefixes = stats.prefixes_for(scores)
-        for i, level, prefix in zip(scored, levels, prefixes, strict=True):
-            records[i] = records[i].replace(quality_level=int(level), quality_prefix=str(prefix))
+
+    def labelled():
+        for batch in batched(iter_manifest(manifest_path, validate=False), 4096):
+            scored = [i for i, record in enumerate(batch) if record.pmos is not None]
+            if not scored:
+                yield from batch
+                continue
+            values = np.array([batch[i].pmos for i in scored], dtype=np.float64)
+            pairs = zip(stats.levels_for(values), stats.prefixes_for(values), strict=True)
+            for i, (level, prefix) in zip(scored, pairs, strict=True):
+                batch[i] = batch[i].replace(quality_level=int(level), quality_prefix=str(prefix))
+            yield from batch
+
     out = manifest_path if out_path is None else Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_manifest(out, records, source_dir=manifest_path.parent)
-    return stats, scores, len(records)
+    rows = write_manifest(
+        out, labelled(), source_dir=manifest_path.parent, keep_absolute=out == manifest_path
+    )
+    return stats, scores, rows
 
 
 def run_stats(
@@ -147,7 +163,7 @@ def run_stats(
     if level_shares is not None:
         fit_kwargs["level_shares"] = level_shares
     fitted = stats is None
-    used, scores, rows = _label_manifest(manifest, out, stats, fit_kwargs)
+    used, scores, rows = label_manifest_with_scores(manifest, out, stats, fit_kwargs)
     manifest_out = Path(manifest if out is None else out)
     stats_path = (
         Path(stats_out) if stats_out is not None else manifest_out.parent / QUALITY_STATS_NAME

@@ -30,11 +30,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from qamdt.curation.select import Selection
 from qamdt.curation.settings import SETTINGS_NAME, CurationSettings
-from qamdt.errors import ConfigError, QamdtError
+from qamdt.errors import ConfigError
 from qamdt.json_files import read_json_object, write_json
 from qamdt.manifest import ClipRecord, iter_manifest, write_manifest
 from qamdt.manifest.parts import merge_parts
@@ -45,7 +43,6 @@ from qamdt.manifest.stage_state import (
     real_manifest,
     shard_state_path,
 )
-from qamdt.manifest.stages import batched
 from qamdt.quality import QUALITY_STATS_NAME
 
 CURATED_NAME = "manifest.jsonl"
@@ -243,37 +240,16 @@ def apply_quality(manifest: Path, settings: CurationSettings, stats_path: Path) 
     Returns:
         Whether they were fitted, mu, sigma, level edges, and level and prefix counts.
     """
-    from mos_predictor.stats import QualityStats, fit_quality_stats
+    from mos_predictor.stats import label_manifest_with_scores
 
+    fitted = settings.stats is None
+    fit = {"level_rule": settings.level_rule, "prefix_sigmas": settings.prefix_sigmas}
     with manifest_lock(manifest):
-        if settings.stats is not None:
-            stats, fitted = QualityStats.load(settings.stats), False
-        else:
-            scores = np.fromiter(
-                (r.pmos for r in iter_manifest(manifest) if r.pmos is not None), dtype=np.float64
-            )
-            if scores.size < 2:
-                raise QamdtError(
-                    f"{manifest}: {scores.size} clip(s) have a p-MOS; the quality statistics "
-                    "need at least 2 (see the rows' errors.mos)"
-                )
-            fit = {"level_rule": settings.level_rule, "prefix_sigmas": settings.prefix_sigmas}
-            stats, fitted = fit_quality_stats(scores, **fit), True
+        stats, scores, _ = label_manifest_with_scores(
+            manifest, None, settings.stats, fit if fitted else {}
+        )
         stats.save(stats_path)
-        levels = dict.fromkeys(range(1, 6), 0)
-
-        def rows() -> Iterator[ClipRecord]:
-            for batch in batched(iter_manifest(manifest, validate=False), 4096):
-                scored = [i for i, r in enumerate(batch) if r.pmos is not None]
-                values = [batch[i].pmos for i in scored]
-                pairs = zip(stats.levels_for(values), stats.prefixes_for(values), strict=True)
-                for i, (level, prefix) in zip(scored, pairs, strict=True):
-                    level = int(level)
-                    batch[i] = batch[i].replace(quality_level=level, quality_prefix=str(prefix))
-                    levels[level] += 1
-                yield from batch
-
-        write_manifest(manifest, rows(), keep_absolute=True)
+        levels = stats.count_labels(scores)[0] if scores.size else dict.fromkeys(range(1, 6), 0)
     return {
         "fitted": fitted,
         "mu": stats.mu,
