@@ -5,7 +5,7 @@ With the run's quality-aware pipeline, its MOS predictor and CLAP scorer, it mak
 * a long piece (six generated clips' length: 30 s in the full run) in windows of the
   generated clips' length, and measures the spectral flux at its window seams against
   elsewhere (:mod:`qamdt.evaluation.seams`) and its p-MOS against the sweep's clips of
-  the same level;
+  the same level and prompt;
 * a continuation of a clean held-out clip to twice its length, and an inpainting of the
   middle fifth of it;
 * audio-to-audio of degraded held-out clips at levels 1 and 5 (strength 0.5), scored by
@@ -159,7 +159,7 @@ def measure_modes(
         row["pmos"] = value
     clip_pmos = None
     if sweep_folder is not None:
-        clip_pmos = _sweep_pmos(Path(sweep_folder), top, mos_model)
+        clip_pmos = _sweep_pmos(Path(sweep_folder), top, mos_model, made.prompts)
     log(f"demo: long-form: {pieces} piece(s) of {length:g} s, {len(seams)} seams each")
 
     # Continuation and inpainting of a clean held-out clip.
@@ -291,13 +291,15 @@ def _target(measure: str, value, target: str, met: bool) -> dict[str, Any]:
     return {"measure": measure, "value": value, "target": target, "met": bool(met)}
 
 
-def _sweep_pmos(folder: Path, level: int, mos_model) -> float | None:
+def _sweep_pmos(folder: Path, level: int, mos_model, prompts: Sequence[str]) -> float | None:
+    """Mean p-MOS of the sweep's clips of ``level`` made from ``prompts`` (a paired reference)."""
     from qamdt.audio_io import load_audio
     from qamdt.generation.sidecar import read_sidecar
 
     waves, rate = [], None
     for sidecar in sorted(folder.glob("*.json")):
-        if read_sidecar(sidecar).settings.quality_level == level:
+        found = read_sidecar(sidecar)
+        if found.settings.quality_level == level and found.prompt in set(prompts):
             wave, rate = load_audio(sidecar.with_suffix(".wav"), allow_silent=True)
             waves.append(wave)
     if not waves:
