@@ -184,34 +184,35 @@ class DemoSettings(ConfigBase):
             and getattr(self, f.name) <= 0
         ]
         if positive:
-            raise ConfigError(f"{positive} must be > 0")
+            raise ConfigError(f"demo settings: {positive} must be > 0")
         capped = [
             f.name
             for f in dataclasses.fields(self)
             if f.name.endswith("_max_minutes") and getattr(self, f.name) is not None
         ]
         if any(getattr(self, name) <= 0 for name in capped):
-            raise ConfigError(f"{capped} must be > 0 (or null: no cap)")
+            raise ConfigError(f"demo settings: {capped} must be > 0 (or null: no cap)")
         if self.mos_patience is not None and self.mos_patience <= 0:
-            raise ConfigError("mos_patience must be > 0 (or null)")
+            raise ConfigError("demo settings: mos_patience must be > 0 (or null)")
         if self.mdt_warmup_steps < 0:
-            raise ConfigError("mdt_warmup_steps must be >= 0")
+            raise ConfigError("demo settings: mdt_warmup_steps must be >= 0")
         if len(self.level_shares) != 5:
-            raise ConfigError("level_shares needs five shares (levels 1-5)")
+            raise ConfigError("demo settings: level_shares needs five shares (levels 1-5)")
         if not self.levels or any(not 1 <= level <= 5 for level in self.levels):
-            raise ConfigError(f"levels must lie within 1..5, got {self.levels}")
+            raise ConfigError(f"demo settings: levels must lie within 1..5, got {self.levels}")
         try:
             self.generation_settings()
         except SettingsError as error:
             key = {name: key for key, name in SAMPLING_SETTINGS.items()}[error.field]
-            raise ConfigError(f"{key}: {error.reason}") from None
+            raise ConfigError(f"demo settings: {key}: {error.reason}") from None
         negative = self.negative_quality_level
         if negative != MIRROR and not (isinstance(negative, (int, float)) and 0 <= negative <= 5):
             raise ConfigError(
-                f"negative_quality_level must be a level 0-5 or '{MIRROR}', got {negative!r}"
+                f"demo settings: negative_quality_level must be a level 0-5 or "
+                f"'{MIRROR}', got {negative!r}"
             )
         if not 0 < self.pitch_fmin < self.pitch_fmax:
-            raise ConfigError("need 0 < pitch_fmin < pitch_fmax")
+            raise ConfigError("demo settings: need 0 < pitch_fmin < pitch_fmax")
 
     @classmethod
     def full(cls) -> DemoSettings:
