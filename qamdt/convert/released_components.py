@@ -54,9 +54,10 @@ from qamdt.convert.released_layouts import (
     tensor_shape,
 )
 from qamdt.errors import ConfigError
+from qamdt.models.hifigan_weights import convert_hifigan_state_dict
 from qamdt.models.text_encoder import TextEncoder
 from qamdt.models.vae import LatentVAE, autoencoder_kwargs
-from qamdt.models.vocoder import Vocoder, convert_hifigan_state_dict
+from qamdt.models.vocoder import Vocoder
 
 VAE_PREFIX = "first_stage_model."
 VOCODER_PREFIX = "first_stage_model.vocoder."
