@@ -25,15 +25,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from qamdt.audio_spec import get_audio_spec
 from qamdt.checkpoint_folders import CheckpointFolders, recover_folder, replace_folder
-from qamdt.diffusion.conditioning import drop_conditions
 from qamdt.diffusion.loss import diffusion_loss, training_target
-from qamdt.diffusion.sampling import pad_text
 from qamdt.diffusion.schedule import build_train_scheduler
 from qamdt.errors import ConfigError
 from qamdt.json_files import write_json
 from qamdt.models.transformer import QualityMDTTransformer
+from qamdt.training.mdt_batches import (
+    BatchInputs,
+    EpochPermutation,
+    load_training_data,
+    step_generator,
+)
 from qamdt.training.mdt_config import MdtTrainConfig
 
 STATE_DIR = "checkpoint"
@@ -41,26 +44,6 @@ PIPELINE_DIR = "pipeline"
 MODEL_DIR = f"{PIPELINE_DIR}/transformer"
 LOG_NAME = "train_log.jsonl"
 PROGRESS_NAME = "progress.json"
-
-
-class EpochPermutation(torch.utils.data.Sampler):
-    """A seeded permutation per epoch (the same on every process and after a resume)."""
-
-    def __init__(self, size: int, seed: int):
-        self.size = size
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Selects the permutation of ``epoch``."""
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.size
 
 
 def build_transformer(config: MdtTrainConfig, latent_channels: int, text_dim: int, latent_size):
@@ -98,116 +81,6 @@ def fused_adamw(parameters, **options: Any) -> torch.optim.AdamW:
         return torch.optim.AdamW(parameters, fused=True, **options)
     except RuntimeError:
         return torch.optim.AdamW(parameters, **options)
-
-
-def _step_generator(seed: int, batch_index: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + batch_index) * 1_009 + rank)
-
-
-def _replace_text(
-    states: torch.Tensor,
-    mask: torch.Tensor,
-    dropped: torch.Tensor,
-    null_text: tuple[torch.Tensor, torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Puts the empty caption's states in the rows where the caption was dropped."""
-    null_states, null_mask = null_text
-    length = max(states.shape[1], null_states.shape[0])
-    states, mask = pad_text(states, mask, length)
-    null_states, null_mask = pad_text(null_states[None], null_mask[None], length)
-    dropped = dropped.to(states.device)
-    states = torch.where(dropped[:, None, None], null_states.to(states), states)
-    mask = torch.where(dropped[:, None], null_mask.to(mask.device), mask)
-    return states, mask
-
-
-class _Batches:
-    """Turns loader batches into model inputs (cached latents, or audio encoded on the fly)."""
-
-    def __init__(self, config: MdtTrainConfig, vae, text_encoder, null_text, cached: bool, frames):
-        self.config = config
-        self.vae = vae
-        self.text_encoder = text_encoder
-        self.null_text = null_text
-        self.cached = cached
-        self.latent_frames = frames
-
-    @torch.no_grad()
-    def inputs(self, batch: dict, generator: torch.Generator, device) -> dict[str, Any]:
-        from qamdt.training.latent_cache import posterior_latents
-
-        diffusion = self.config.diffusion
-        levels = batch["quality_level"].clone()
-        captions, levels, text_dropped, _ = drop_conditions(
-            batch["caption"], levels, diffusion.text_drop, diffusion.quality_drop, generator
-        )
-        if not self.config.conditioning.quality_token:
-            levels.zero_()
-        if self.cached:
-            mean, std = batch["latent_mean"].to(device), batch["latent_std"].to(device)
-            states, mask = batch["text_states"].to(device), batch["text_mask"].to(device)
-            states, mask = _replace_text(states, mask, text_dropped, self.null_text)
-        else:
-            mean, std = posterior_latents(self.vae, batch["mel"].to(device))
-            states, mask = self.text_encoder.encode(captions, device=device)
-        noise = torch.randn(mean.shape, generator=generator).to(device, mean.dtype)
-        latents = mean + std * noise
-        if self.latent_frames is not None and latents.shape[2] > self.latent_frames:
-            start = int(
-                torch.randint(0, latents.shape[2] - self.latent_frames + 1, (), generator=generator)
-            )
-            latents = latents[:, :, start : start + self.latent_frames]
-        return {
-            "latents": latents.float(),
-            "text_states": states,
-            "text_mask": mask,
-            "quality_level": levels.to(device),
-        }
-
-
-def _load_data(config: MdtTrainConfig, out: Path, vae, text_encoder, accelerator):
-    from qamdt.training.latent_cache import (
-        LatentCacheDataset,
-        build_cache,
-        cache_is_complete,
-        collate_cached,
-    )
-    from qamdt.training.mdt_data import ClipMelDataset, collate_mels, excerpt_frames, training_clips
-
-    spec = get_audio_spec(config.audio)
-    factor = vae.downsample_factor
-    frames = excerpt_frames(spec, config.clip_seconds, factor)
-    if config.cache:
-        cache_dir = out / "cache" if config.cache == "auto" else Path(config.cache)
-        if not cache_is_complete(cache_dir):
-            accelerator.print(f"building the latent cache in {cache_dir}")
-            summary = build_cache(config, cache_dir, vae, text_encoder, progress=True)
-            accelerator.print(f"cached {summary['clips']} clips in {summary['seconds']} s")
-        dataset = LatentCacheDataset(cache_dir)
-        full_frames = dataset.info["frames"] // factor
-        latent_frames = min(frames // factor, full_frames)
-        return (
-            dataset,
-            collate_cached,
-            dataset.null_text,
-            True,
-            latent_frames,
-            spec.n_mels // factor,
-        )
-    clips, skipped = training_clips(
-        config.manifest,
-        config.split,
-        config.conditioning.quality_token,
-        config.conditioning.quality_prefix,
-    )
-    if skipped:
-        accelerator.print(
-            f"skipping {len(skipped)} rows, e.g. {skipped[0]['id']}: {skipped[0]['reason']}"
-        )
-    dataset = ClipMelDataset(clips, spec, frames, random_crop=True, seed=config.seed)
-    null_states, null_mask = text_encoder.encode([""])
-    null_text = (null_states[0].cpu(), null_mask[0].cpu())
-    return dataset, collate_mels, null_text, False, frames // factor, spec.n_mels // factor
 
 
 def _log(out: Path, record: dict[str, Any]) -> None:
@@ -279,10 +152,10 @@ def train_mdt(
     device = accelerator.device
     vae = LatentVAE.from_pretrained(config.vae).to(device).eval().requires_grad_(False)
     text_encoder = TextEncoder.from_pretrained(config.text_encoder).to(device)
-    dataset, collate, null_text, cached, latent_frames, latent_bands = _load_data(
+    dataset, collate, null_text, cached, latent_frames, latent_bands = load_training_data(
         config, out, vae, text_encoder, accelerator
     )
-    batches = _Batches(config, vae, text_encoder, null_text, cached, latent_frames)
+    batches = BatchInputs(config, vae, text_encoder, null_text, cached, latent_frames)
     model = build_transformer(
         config, vae.latent_channels, text_encoder.hidden_size, (latent_frames, latent_bands)
     )
@@ -396,7 +269,7 @@ def train_mdt(
                 target.set_epoch(epoch)
         unwrapped.train()
         for batch in epoch_loader:
-            generator = _step_generator(config.seed, batch_index, accelerator.process_index)
+            generator = step_generator(config.seed, batch_index, accelerator.process_index)
             batch_index += 1
             if not cached and batch["mel"] is None:
                 continue
