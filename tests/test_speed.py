@@ -251,3 +251,21 @@ def test_training_compile_switch_is_off_by_default():
     assert MdtTrainConfig.from_dict({**values, "compile": True}).compile is True
     with pytest.raises(ConfigError, match="compiled"):
         MdtTrainConfig.from_dict({**values, "compiled": True})
+
+
+def test_sidecars_record_a_lower_precision_and_chunked_decoding(tmp_path):
+    import json
+
+    from qamdt.generation.settings import GenerationSettings
+    from qamdt.generation.writer import generate_to_folder
+
+    pipeline = tiny_pipeline()
+    settings = GenerationSettings(num_inference_steps=2, audio_length_in_s=0.3)
+    plain = generate_to_folder(pipeline, ["a piano"], settings, tmp_path / "plain")
+    assert not {"torch_dtype", "vae_chunking"} & set(
+        json.loads(plain[0].with_suffix(".json").read_text())
+    )
+    pipeline.to(dtype="bfloat16").enable_vae_chunking(frames=8, overlap=2)
+    half = generate_to_folder(pipeline, ["a piano"], settings, tmp_path / "half")
+    sidecar = json.loads(half[0].with_suffix(".json").read_text())
+    assert sidecar["torch_dtype"] == "bfloat16" and sidecar["vae_chunking"] == [8, 2]

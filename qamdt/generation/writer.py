@@ -73,6 +73,7 @@ def generate_to_folder(
     repeat = settings.num_waveforms_per_prompt
     first_seed = settings.seed or 0
     inputs = dict(audio_inputs or {})
+    hardware = _hardware_facts(pipeline)
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         batch = settings.replace(seed=first_seed + start)
@@ -97,8 +98,22 @@ def generate_to_folder(
                 "sample_rate": output.sample_rate,
                 "model": str(Path(model).resolve()) if model is not None else None,
                 **output.mode_facts,
+                **hardware,
                 **(extra[start + i // repeat] if extra is not None else {}),
             }
             write_sidecar(stem.with_suffix(".json"), batch, prompt, text, fields)
             written.append(stem.with_suffix(".wav"))
     return written
+
+
+def _hardware_facts(pipeline) -> dict[str, Any]:
+    """Load-time options that change the samples' rounding, when not the defaults."""
+    import torch
+
+    facts: dict[str, Any] = {}
+    dtype = getattr(pipeline, "dtype", torch.float32)
+    if dtype != torch.float32:
+        facts["torch_dtype"] = str(dtype).removeprefix("torch.")
+    if getattr(pipeline, "vae_chunking", None) is not None:
+        facts["vae_chunking"] = list(pipeline.vae_chunking)
+    return facts
