@@ -32,12 +32,12 @@ import time
 import torch
 
 from qamdt.audio_spec import get_audio_spec
+from qamdt.config import read_yaml
 from qamdt.diffusion.schedule import DiffusionConfig, build_train_scheduler
 from qamdt.generation.pipeline import QAMDTPipeline
 from qamdt.models.model_info import read_model_config
 from qamdt.models.transformer import QualityMDTTransformer
 from qamdt.models.vae import LatentVAE
-from qamdt.training.mdt_config import read_yaml
 
 AUDIOLDM2_VOCODER = {
     "model_in_dim": 64,

@@ -12,12 +12,13 @@ from test_mdt_model import inputs, tiny_model
 from test_pipeline import tiny_pipeline
 
 from qamdt.cli.main import main
+from qamdt.config import read_yaml
 from qamdt.diffusion.sampling import GuidedDenoiser, sample_latents
 from qamdt.diffusion.schedule import DiffusionConfig, build_sampler, build_train_scheduler
 from qamdt.errors import ConfigError
 from qamdt.generation.pipeline import QAMDTPipeline
 from qamdt.models.vae import LatentVAE
-from qamdt.training.mdt_config import MdtTrainConfig, read_yaml
+from qamdt.training.mdt_config import MdtTrainConfig
 from qamdt.training.mdt_train import fused_adamw
 
 

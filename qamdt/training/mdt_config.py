@@ -7,6 +7,7 @@ import json
 import os
 from typing import Any
 
+from qamdt.config import read_yaml
 from qamdt.diffusion.schedule import DiffusionConfig
 from qamdt.errors import ConfigError, check_known_keys
 
@@ -158,22 +159,6 @@ class MdtTrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON form, saved beside the checkpoints."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
-
-
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a YAML mapping, naming the file on errors."""
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: config file not found") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return values
 
 
 def load_mdt_config(path: str | os.PathLike | None, **overrides: Any) -> MdtTrainConfig:
