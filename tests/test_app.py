@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
+from test_pipeline import tiny_pipeline
 from tiny_clap import TINY_CLAP
 
 from captioning.embedded_clap import EmbeddedClapScorer
@@ -32,13 +32,7 @@ from qamdt.app.generate import (
     parse_ranges,
     sweep_levels,
 )
-from qamdt.diffusion.schedule import DiffusionConfig, build_train_scheduler
-from qamdt.generation.pipeline import QAMDTPipeline
 from qamdt.manifest import ClipRecord, write_manifest
-from qamdt.models.text_encoder import TextEncoder
-from qamdt.models.transformer import QualityMDTTransformer
-from qamdt.models.vae import LatentVAE
-from qamdt.models.vocoder import Vocoder
 
 SR = 22050
 TINY_MOS = {"kind": "embedded", "window_seconds": 0.5, "cnn_channels": [4, 8], "embed_dim": 8}
@@ -77,37 +71,8 @@ def tone(freq, seconds=1.0, noise=0.01, seed=0):
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
-    torch.manual_seed(0)
-    transformer = QualityMDTTransformer(
-        in_channels=4,
-        sample_size=[8, 20],
-        patch_size=[4, 4],
-        hidden_size=16,
-        num_heads=2,
-        encoder_depth=2,
-        decoder_depth=1,
-        text_dim=384,
-    )
-    torch.nn.init.normal_(transformer.final_proj.weight, std=0.1)
-    vae = LatentVAE.from_config(
-        {
-            "latent_channels": 4,
-            "block_out_channels": [4, 4, 4],
-            "layers_per_block": 1,
-            "norm_num_groups": 2,
-        }
-    )
     stats = QualityStats.from_mu_sigma(3.0, 0.5)
-    QAMDTPipeline(
-        transformer,
-        vae,
-        Vocoder.griffin_lim("embedded", n_iter=2),
-        TextEncoder.from_pretrained("embedded"),
-        build_train_scheduler(DiffusionConfig()),
-        audio="embedded",
-        text_encoder_name="embedded",
-        quality_stats=stats.to_dict(),
-    ).save_pretrained(root / "pipe")
+    tiny_pipeline(quality_stats=stats.to_dict()).save_pretrained(root / "pipe")
     build_mos_model(TINY_MOS).eval().save_pretrained(root / "mos")
     EmbeddedClapScorer(TINY_CLAP).save_pretrained(root / "clap")
     data = root / "data"

@@ -7,21 +7,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from test_pipeline import tiny_pipeline
 
 from qamdt.cli.main import main
 from qamdt.diffusion.inpainting import repaint_schedule, truncated_start
-from qamdt.diffusion.schedule import DiffusionConfig, build_train_scheduler
 from qamdt.errors import ConfigError
-from qamdt.generation.pipeline import QAMDTPipeline
 from qamdt.generation.settings import GenerationSettings
 from qamdt.generation.sidecar import read_sidecar
 from qamdt.generation.writer import generate_to_folder
 from qamdt.mel import MelFrontEnd
 from qamdt.models.chunked import overlap_add, window_starts
-from qamdt.models.text_encoder import TextEncoder
-from qamdt.models.transformer import QualityMDTTransformer
-from qamdt.models.vae import LatentVAE
-from qamdt.models.vocoder import Vocoder
 
 RATE = 22050
 BLOCK = 4 * 256  # samples per latent frame of the embedded preset with a 4x VAE
@@ -30,35 +25,7 @@ WINDOW = 0.5  # seconds: 11 latent frames, so a few seconds make several windows
 
 @pytest.fixture(scope="module")
 def pipeline():
-    torch.manual_seed(0)
-    transformer = QualityMDTTransformer(
-        in_channels=4,
-        sample_size=[8, 20],
-        patch_size=[4, 4],
-        hidden_size=16,
-        num_heads=2,
-        encoder_depth=2,
-        decoder_depth=1,
-        text_dim=384,
-    )
-    torch.nn.init.normal_(transformer.final_proj.weight, std=0.1)
-    vae = LatentVAE.from_config(
-        {
-            "latent_channels": 4,
-            "block_out_channels": [4, 4, 4],
-            "layers_per_block": 1,
-            "norm_num_groups": 2,
-        }
-    )
-    return QAMDTPipeline(
-        transformer,
-        vae,
-        Vocoder.griffin_lim("embedded", n_iter=2),
-        TextEncoder.from_pretrained("embedded"),
-        build_train_scheduler(DiffusionConfig()),
-        audio="embedded",
-        text_encoder_name="embedded",
-    )
+    return tiny_pipeline()
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,11 @@ from qamdt.models.vae import LatentVAE
 from qamdt.models.vocoder import Vocoder
 
 
-def tiny_pipeline() -> QAMDTPipeline:
-    """A pipeline of tiny random models (Griffin-Lim vocoder) for fast tests."""
+def tiny_pipeline(**options) -> QAMDTPipeline:
+    """A pipeline of tiny random models (Griffin-Lim vocoder) for fast tests.
+
+    ``options`` go to :class:`QAMDTPipeline` (e.g. ``quality_stats``).
+    """
     torch.manual_seed(0)
     transformer = QualityMDTTransformer(
         in_channels=4,
@@ -46,6 +49,7 @@ def tiny_pipeline() -> QAMDTPipeline:
         build_train_scheduler(DiffusionConfig()),
         audio="embedded",
         text_encoder_name="embedded",
+        **options,
     )
 
 
