@@ -99,7 +99,22 @@ def save_state_file(
         seen[key] = name
         tensors[name] = tensor.contiguous().cpu()
     stored = {**(metadata or {}), "format": "pt", "aliases": json.dumps(aliases, sort_keys=True)}
-    safetensors.torch.save_file(tensors, os.fspath(path), metadata=stored)
+    data = safetensors.torch.save(tensors, metadata=stored)
+    Path(path).write_bytes(_sorted_header(data))
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted.
+
+    safetensors writes the metadata in the order of a hash map that changes from one call
+    to the next, so the same weights would give different bytes on every save; tensor
+    offsets are explicit, so the order of the header's keys does not matter to readers.
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data to 8 bytes
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 def read_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
