@@ -15,7 +15,8 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from qamdt.errors import ConfigError, dataclass_from_dict
+from qamdt.config import ConfigBase
+from qamdt.errors import ConfigError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 LOSS_MODES = ("masked", "two_pass")
@@ -30,7 +31,7 @@ SAMPLERS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class DiffusionConfig:
+class DiffusionConfig(ConfigBase):
     """Diffusion settings of a training run (defaults: the released model).
 
     Attributes:
@@ -47,6 +48,8 @@ class DiffusionConfig:
         quality_drop: Per-sample probability of replacing the quality level by the null
             level.
     """
+
+    config_where = "diffusion"
 
     num_train_timesteps: int = 1000
     beta_start: float = 0.0015
@@ -73,15 +76,6 @@ class DiffusionConfig:
                 raise ConfigError(f"diffusion.{name}: must be within [0, 1]")
         if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
             raise ConfigError("diffusion.min_snr_gamma: must be > 0 (or null to disable)")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "diffusion") -> DiffusionConfig:
-        """Builds the settings, naming unknown keys."""
-        return dataclass_from_dict(cls, values or {}, where)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form."""
-        return dataclasses.asdict(self)
 
 
 def build_train_scheduler(config: DiffusionConfig) -> DDPMScheduler:

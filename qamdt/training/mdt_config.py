@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
-from qamdt.config import read_yaml
+from qamdt.config import ConfigBase
 from qamdt.diffusion.schedule import DiffusionConfig
 from qamdt.errors import ConfigError, check_known_keys
 
@@ -15,7 +14,7 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 
 
 @dataclasses.dataclass(frozen=True)
-class ConditioningConfig:
+class ConditioningConfig(ConfigBase):
     """Which quality signals the model sees.
 
     Attributes:
@@ -25,12 +24,14 @@ class ConditioningConfig:
             caption.
     """
 
+    config_where = "conditioning"
+
     quality_token: bool = True
     quality_prefix: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
-class MdtTrainConfig:
+class MdtTrainConfig(ConfigBase):
     """Everything that determines a QA-MDT training run.
 
     Attributes:
@@ -74,6 +75,8 @@ class MdtTrainConfig:
         num_workers: DataLoader workers.
         seed: Seed of initialisation, data order, noise, masks and condition drops.
     """
+
+    config_where = "train config"
 
     manifest: str
     vae: str
@@ -127,42 +130,20 @@ class MdtTrainConfig:
             raise ConfigError("clip_seconds: must be > 0")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "train config") -> MdtTrainConfig:
-        """Builds a config from a mapping, naming unknown keys (also in the sections).
-
-        Raises:
-            ConfigError: On an unknown key, a missing required key or a bad value.
-        """
-        if not isinstance(values, dict):
-            raise ConfigError(f"{where}: expected a mapping at the top level")
+    def prepare(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
+        """Checks the required paths and the ``model`` section before the fields are built."""
         check_known_keys(values, cls, where)
-        values = dict(values)
         for required in ("manifest", "vae"):
             if not values.get(required):
                 raise ConfigError(
                     f"{where}: '{required}' is required (set it or pass --{required})"
                 )
-        values["diffusion"] = DiffusionConfig.from_dict(
-            values.get("diffusion") or {}, f"{where}: diffusion"
-        )
-        conditioning = values.get("conditioning") or {}
-        check_known_keys(conditioning, ConditioningConfig, f"{where}: conditioning")
-        values["conditioning"] = ConditioningConfig(**conditioning)
-        if "adam_betas" in values:
-            values["adam_betas"] = tuple(values["adam_betas"])
-        values["model"] = dict(values.get("model") or {})
         from qamdt.models.transformer import check_model_config
 
-        check_model_config(values["model"], f"{where}: model")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form, saved beside the checkpoints."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        check_model_config(dict(values.get("model") or {}), f"{where}: model")
+        return values
 
 
 def load_mdt_config(path: str | os.PathLike | None, **overrides: Any) -> MdtTrainConfig:
     """Reads a training config; keyword overrides that are not None replace its values."""
-    values = read_yaml(path) if path is not None else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return MdtTrainConfig.from_dict(values, where=str(path or "train config"))
+    return MdtTrainConfig.from_yaml(path, **overrides)
