@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from qamdt.config import ConfigBase
 from qamdt.errors import ConfigError
 from qamdt.manifest.stages import MIN_CLIP_SECONDS
 
@@ -33,7 +34,7 @@ RESULT_FIELDS = (
 
 
 @dataclasses.dataclass(frozen=True)
-class CurationSettings:
+class CurationSettings(ConfigBase):
     """What ``qamdt curate`` does (one field per command-line option).
 
     Attributes:
@@ -107,13 +108,6 @@ class CurationSettings:
         from captioning.refine import RefineSettings
 
         return RefineSettings(self.rho1, self.rho2, self.rho3)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every field as JSON values."""
-        values = dataclasses.asdict(self)
-        values["select"] = list(self.select)
-        values["part"] = None if self.part is None else list(self.part)
-        return values
 
     def result_settings(self) -> dict[str, Any]:
         """The settings that change the curated rows (:data:`RESULT_FIELDS`)."""
