@@ -6,59 +6,42 @@ import argparse
 import math
 
 
-def positive_int(text: str) -> int:
-    """An integer of at least 1 (counts, batch sizes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _checked(convert, noun: str, accept, rule: str, name: str, doc: str):
+    """An argparse type: ``convert`` the text, then refuse values ``accept`` rejects."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{rule}, got {text}")
+        return value
+
+    parse.__name__, parse.__doc__ = name, doc
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    """An integer of at least 0 (counts where none is allowed)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number above 0 (time budgets, lengths)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A number within [0, 1] (shares)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie within [0, 1], got {text}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    """A finite number of at least 0 (durations, thresholds in seconds)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+positive_int = _checked(
+    int, "a whole number", lambda v: v >= 1, "must be at least 1", "positive_int",
+    "An integer of at least 1 (counts, batch sizes).",
+)  # fmt: skip
+nonnegative_int = _checked(
+    int, "a whole number", lambda v: v >= 0, "must be at least 0", "nonnegative_int",
+    "An integer of at least 0 (counts where none is allowed).",
+)  # fmt: skip
+positive_float = _checked(
+    float, "a number", lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0",
+    "positive_float", "A finite number above 0 (time budgets, lengths).",
+)  # fmt: skip
+nonnegative_float = _checked(
+    float, "a number", lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0",
+    "nonnegative_float", "A finite number of at least 0 (durations, thresholds in seconds).",
+)  # fmt: skip
+fraction = _checked(
+    float, "a number", lambda v: 0.0 <= v <= 1.0, "must lie within [0, 1]", "fraction",
+    "A number within [0, 1] (shares).",
+)  # fmt: skip
 
 
 def add_stage_arguments(parser: argparse.ArgumentParser) -> None:
