@@ -115,6 +115,28 @@ def pairwise_rank_loss(
     return torch.nn.functional.softplus(-sharpness * gaps[pairs]).mean()
 
 
+def centred_difference_loss(
+    pred: torch.Tensor, target: torch.Tensor, groups: torch.Tensor
+) -> torch.Tensor:
+    """Squared error of scores and targets taken from their own group's mean.
+
+    ``mean_i ((p_i - mean_g(p)) - (t_i - mean_g(t)))^2`` over every row, ``g`` its group:
+    the size of each step between versions of one excerpt, apart from where the excerpt's
+    music puts its mean (which the ranking term, rewarding order only, leaves free).
+
+    Args:
+        pred: ``(B,)`` predicted scores.
+        target: ``(B,)`` reference qualities.
+        groups: ``(B,)`` group ids.
+
+    Returns:
+        A scalar.
+    """
+    same = (groups[:, None] == groups[None, :]).to(pred.dtype)
+    share = same / same.sum(dim=1, keepdim=True)
+    return ((pred - share @ pred) - (target - share @ target)).square().mean()
+
+
 def score_pool(model, pool: VersionPool, batch_size: int = 16) -> np.ndarray:
     """p-MOS of every version in a pool, ``(N, V)``."""
     flat = pool.waves.reshape(-1, pool.waves.shape[-1]).astype(np.float32)
@@ -173,8 +195,8 @@ def check_real_settings(config, where: str | None = None) -> None:
         )
     if config.real_files_per_source is not None and config.real_files_per_source < 1:
         raise ConfigError(f"{at}real_files_per_source must be >= 1 (or null)")
-    if config.rank_weight < 0 or config.real_valid_every < 0:
-        raise ConfigError(f"{at}rank_weight and real_valid_every must be >= 0")
+    if config.rank_weight < 0 or config.centred_weight < 0 or config.real_valid_every < 0:
+        raise ConfigError(f"{at}rank_weight, centred_weight and real_valid_every must be >= 0")
 
 
 def build_real_pools(config, model_config, progress: bool):

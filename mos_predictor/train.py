@@ -26,6 +26,7 @@ from mos_predictor.dataset import RatedClipDataset, collate_rated
 from mos_predictor.grouped import (
     GroupBatches,
     build_real_pools,
+    centred_difference_loss,
     pairwise_rank_loss,
     pool_metrics,
     score_pool,
@@ -161,9 +162,12 @@ def _mixed_loss(model, batch, real: dict[str, torch.Tensor], config: MosTrainCon
     real_loss = torch.nn.functional.mse_loss(real_pred, real_mos)
     # Weighted by clips, as one regression over the whole batch.
     loss = (count * loss + real_pred.numel() * real_loss) / (count + real_pred.numel())
+    groups = real["group"].to(device)
     if config.rank_weight > 0:
-        groups = real["group"].to(device)
         loss = loss + config.rank_weight * pairwise_rank_loss(real_pred, real_mos, groups)
+    if config.centred_weight > 0:
+        centred = centred_difference_loss(real_pred, real_mos, groups)
+        loss = loss + config.centred_weight * centred
     return loss
 
 

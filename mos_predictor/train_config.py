@@ -52,6 +52,9 @@ class MosTrainConfig(ConfigBase):
         group_size: Versions per group.
         rank_weight: Weight of the pairwise ranking term within groups (0: regression
             only).
+        centred_weight: Weight of the squared error of scores and targets measured from
+            their group's mean (:func:`~mos_predictor.grouped.centred_difference_loss`;
+            0: off).
         real_workers: Processes that make the degraded versions.
         seed: Seed of initialisation, shuffling and crops.
         num_workers: DataLoader workers.
@@ -84,6 +87,7 @@ class MosTrainConfig(ConfigBase):
     groups_per_batch: int = 2
     group_size: int = 4
     rank_weight: float = 1.0
+    centred_weight: float = 0.0
     real_workers: int = 2
     seed: int = 0
     num_workers: int = 0

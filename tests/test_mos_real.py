@@ -7,7 +7,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from mos_predictor.grouped import GroupBatches, pairwise_rank_loss, pool_metrics
+from mos_predictor.grouped import (
+    GroupBatches,
+    centred_difference_loss,
+    pairwise_rank_loss,
+    pool_metrics,
+)
 from mos_predictor.real_music import (
     check_source_allowed,
     is_validation_file,
@@ -159,6 +164,20 @@ def test_pairwise_rank_loss_matches_ranknet_by_hand():
     assert float(swapped) == pytest.approx(np.log1p(np.exp(2.0)), rel=1e-6)
 
 
+def test_centred_difference_loss_by_hand():
+    pred = torch.tensor([4.0, 3.0, 1.0, 2.0])
+    target = torch.tensor([5.0, 1.0, 3.0, 3.0])
+    groups = torch.tensor([0, 0, 1, 1])
+    # Group 0: pred steps +0.5 / -0.5 around its mean, targets +2 / -2: errors -1.5, 1.5.
+    # Group 1: pred -0.5 / +0.5, targets 0 / 0: errors -0.5, 0.5.
+    expected = (1.5**2 + 1.5**2 + 0.5**2 + 0.5**2) / 4
+    assert float(centred_difference_loss(pred, target, groups)) == pytest.approx(expected)
+    # Where the excerpt puts its mean does not matter, only the steps inside the group.
+    shifted = pred + torch.tensor([2.0, 2.0, -1.0, -1.0])
+    assert float(centred_difference_loss(shifted, target, groups)) == pytest.approx(expected)
+    assert float(centred_difference_loss(target + 0.7, target, groups)) == pytest.approx(0.0)
+
+
 def test_pool_metrics_by_hand():
     targets = np.array([[5.0, 3.0, 1.0], [5.0, 4.0, 2.0]])
     pred = np.array([[4.0, 3.0, 2.0], [3.0, 3.5, 1.0]])
@@ -196,6 +215,7 @@ def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp
         "epochs: 2\nbatch_size: 4\nwarmup_steps: 1\nreal_workers: 1\nreal_valid_every: 3\n"
         f"real_sources: ['{music / 'band-a'}']\nholdout_sources: ['{music / 'band-b'}']\n"
         "holdout_families: [hum]\nreal_excerpts_per_file: 2\nreal_versions: 3\ngroup_size: 2\n"
+        "centred_weight: 0.5\n"
     )
     out = tmp_path / "run"
     data = f"corpus:{corpus / 'manifest.jsonl'}"
@@ -206,7 +226,7 @@ def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and {"srcc", "within_srcc", "clean_mean"} <= set(log[0]["valid_real"])
     saved = json.loads((out / "model" / "train_config.json").read_text())
-    assert saved["holdout_families"] == ["hum"]
+    assert saved["holdout_families"] == ["hum"] and saved["centred_weight"] == 0.5
     assert saved["holdout_sources"] == [str(music / "band-b")]
 
     report = tmp_path / "protocol.json"
