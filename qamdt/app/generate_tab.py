@@ -233,25 +233,20 @@ def _generate_tab(models, out_root: Path) -> list:
 
     # Gradio passes its progress tracker only to a named positional parameter, hence the
     # controls spelled out; the tracker follows the sampler's progress bar (tqdm).
-    @user_errors
-    def on_generate(
-        text, q, mode, neg_level, neg_prompt, cfg, cfg_rescale, interval_on, lo, hi, sched,
-        n_steps, eta_value, seconds, rand, seed_value, n_cand,
-        progress=gr.Progress(track_tqdm=True),  # noqa: B008
-    ):  # fmt: skip
-        values = (q, mode, neg_level, neg_prompt, cfg, cfg_rescale, interval_on, lo, hi, sched,
-                  n_steps, eta_value, seconds, rand, seed_value, n_cand)  # fmt: skip
-        return respond(text, values, False, progress)
+    def handler(sweep_levels_too: bool):
+        @user_errors
+        def on_click(
+            text, q, mode, neg_level, neg_prompt, cfg, cfg_rescale, interval_on, lo, hi, sched,
+            n_steps, eta_value, seconds, rand, seed_value, n_cand,
+            progress=gr.Progress(track_tqdm=True),  # noqa: B008
+        ):  # fmt: skip
+            values = (q, mode, neg_level, neg_prompt, cfg, cfg_rescale, interval_on, lo, hi,
+                      sched, n_steps, eta_value, seconds, rand, seed_value, n_cand)  # fmt: skip
+            return respond(text, values, sweep_levels_too, progress)
 
-    @user_errors
-    def on_sweep(
-        text, q, mode, neg_level, neg_prompt, cfg, cfg_rescale, interval_on, lo, hi, sched,
-        n_steps, eta_value, seconds, rand, seed_value, n_cand,
-        progress=gr.Progress(track_tqdm=True),  # noqa: B008
-    ):  # fmt: skip
-        values = (q, mode, neg_level, neg_prompt, cfg, cfg_rescale, interval_on, lo, hi, sched,
-                  n_steps, eta_value, seconds, rand, seed_value, n_cand)  # fmt: skip
-        return respond(text, values, True, progress)
+        return on_click
+
+    on_generate, on_sweep = handler(False), handler(True)
 
     # One sampling run at a time, across both buttons.
     run.click(
