@@ -132,6 +132,7 @@ class MdtTrainConfig(ConfigBase):
     @classmethod
     def prepare(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
         """Checks the required paths and the ``model`` section before the fields are built."""
+        # Unknown keys first, so that a misspelt 'manifest' gets its hint, not "required".
         check_known_keys(values, cls, where)
         for required in ("manifest", "vae"):
             if not values.get(required):
