@@ -1,4 +1,6 @@
+import functools
 import json
+import os
 import time
 from pathlib import Path
 
@@ -6,7 +8,7 @@ import numpy as np
 import pytest
 
 from qamdt.demo.pitch import music_vs_noise, pitch_confidence, shaped_noise
-from qamdt.demo.run import choose_prompts
+from qamdt.demo.run import STAGE_NAMES, choose_prompts
 from qamdt.demo.settings import PROJECT_ROOT, DemoSettings, load_demo_settings
 from qamdt.demo.stages import STATE_NAME, Stage, run_stages
 from qamdt.demo.summary import compute_checks
@@ -46,12 +48,14 @@ def test_unknown_settings_are_named(tmp_path):
         load_demo_settings(path)
     with pytest.raises(ConfigError, match="clips"):
         DemoSettings.full().replace(clips=0)
-    with pytest.raises(ConfigError, match="mdt_max_minutes"):
-        DemoSettings.full().replace(mdt_max_minutes=0)
+    with pytest.raises(ConfigError, match="vae_max_minutes"):
+        DemoSettings.full().replace(vae_max_minutes=0)
+    with pytest.raises(ConfigError, match="stage_processes"):
+        DemoSettings.full().replace(stage_processes=0)
     # Trainers stop on their counts: no time cap unless one is asked for.
     assert all(
         getattr(DemoSettings.quick(), f"{name}_max_minutes") is None
-        for name in ("mos", "captioner", "clap", "vae", "mdt")
+        for name in ("mos", "captioner", "clap", "vae")
     )
     path.write_text("guidance_interval: [800, 0]\n")
     with pytest.raises(ConfigError, match="guidance_interval"):
@@ -217,10 +221,13 @@ def test_decoder_reference_takes_held_out_clips_of_each_level_first():
     rows = [
         ClipRecord(id=i, audio=f"{i}.wav", split=split, quality_level=level)
         for i, split, level in [
-            ("b", "test", 5), ("a", "test", 5), ("v", "valid", 1), ("t", "train", 1),
+            ("b", "test", 5),
+            ("a", "test", 5),
+            ("v", "valid", 1),
+            ("t", "train", 1),
             ("x", "train", 3),
         ]
-    ]  # fmt: skip
+    ]
     split, chosen = _clips_of_level(rows, 5)
     assert split == "test" and [r.id for r in chosen] == ["a", "b"]
     assert _clips_of_level(rows, 1)[0] == "valid"
@@ -275,15 +282,15 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     for row in reference:
         assert row["clips"] >= 1 and row["split"] in ("test", "valid", "train")
         assert np.isfinite([row["pmos_recorded"], row["pmos_resynthesised"]]).all()
-    assert set(report["stage_seconds"]) >= {"corpus", "mdt", "evaluate", "total"}
+    assert set(report["stage_seconds"]) >= {"corpus", "mdt", "evaluate", "wall clock"}
     stages = json.loads((out / STATE_NAME).read_text())["stages"]
-    assert all(entry["done"] for entry in stages.values()) and len(stages) == 13
+    assert all(entry["done"] for entry in stages.values()) and len(stages) == len(STAGE_NAMES)
     targets = {row["measure"].split(" (")[0] for row in report["long_form_and_editing"]}
     assert len(targets) == 4 and len(report["audio_to_audio_enhancement"]) >= 1
     assert {"long-form 12 s piece", "continuation to 4.0 s"} <= {
         e["name"] for e in report["examples"]
     }
-    # The baseline trains exactly the quality model's steps.
+    # Both MDTs train the settings' steps, with no time cap.
     steps = [stages[name]["result"]["train"]["steps"] for name in ("mdt", "mdt-baseline")]
     assert steps[0] == steps[1] == DemoSettings.quick().mdt_max_steps
     baseline_config = json.loads((out / "work" / "mdt-baseline" / "train_config.json").read_text())
@@ -368,3 +375,83 @@ def test_generated_files_carry_the_sidecar_format(tmp_path):
     assert sidecar["reference_id"] == "clip2"
     clips, failures = read_generated(tmp_path / "out")
     assert not failures and [c.key for c in clips] == ["clip0", "clip1", "clip2"]
+
+
+# --------------------------------------------------------------- stages side by side
+
+
+def _side_by_side(name: str, partner: str | None, fail: bool, ctx) -> dict:
+    """A concurrent stage: waits for its partner to start (proof that both run at once)."""
+    import torch
+
+    (ctx.out / f"{name}.started").write_text("x")
+    if partner is not None:
+        deadline = time.monotonic() + 60
+        while not (ctx.out / f"{partner}.started").exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{partner} never started beside {name}")
+            time.sleep(0.01)
+    if fail:
+        raise ValueError(f"{name} broke")
+    return {"pid": os.getpid(), "threads": torch.get_num_threads(), "seen": sorted(ctx.results)}
+
+
+def _concurrent_stages(fail: str = "", x_partner: str | None = "y", y_needs=("a",)):
+    return (
+        Stage("a", functools.partial(_side_by_side, "a", None, False), concurrent=True),
+        Stage(
+            "x",
+            functools.partial(_side_by_side, "x", x_partner, fail == "x"),
+            ("a",),
+            concurrent=True,
+        ),
+        Stage(
+            "y",
+            functools.partial(_side_by_side, "y", None, fail == "y"),
+            tuple(y_needs),
+            concurrent=True,
+        ),
+        Stage("z", functools.partial(_side_by_side, "z", None, False), ("x", "y")),
+    )
+
+
+def test_concurrent_stages_run_side_by_side_in_their_own_processes(tmp_path):
+    import torch
+
+    state = run_stages(_concurrent_stages(), tmp_path, DemoSettings.quick(), processes=2)
+    results = {name: state.record(name)["result"] for name in "axyz"}
+    assert all(state.done(name) for name in "axyz")
+    # a runs alone in this process (nothing to pair it with: x and y need it).
+    assert results["a"]["pid"] == os.getpid() == results["z"]["pid"]
+    assert len({results["x"]["pid"], results["y"]["pid"], os.getpid()}) == 3
+    assert (
+        results["x"]["threads"] == results["y"]["threads"] == max(1, torch.get_num_threads() // 2)
+    )
+    assert results["z"]["seen"] == ["a", "x", "y"]
+    saved = json.loads((tmp_path / STATE_NAME).read_text())
+    assert 0 < saved["wall_seconds"] <= sum(e["seconds"] for e in saved["stages"].values()) + 1
+
+
+def test_one_process_runs_concurrent_stages_in_order_here(tmp_path):
+    stages = _concurrent_stages(x_partner=None)
+    state = run_stages(stages, tmp_path, DemoSettings.quick(), processes=1)
+    assert {state.record(n)["result"]["pid"] for n in "axyz"} == {os.getpid()}
+
+
+def test_a_stage_needing_its_neighbour_waits_for_it(tmp_path):
+    stages = _concurrent_stages(x_partner=None, y_needs=("x",))
+    state = run_stages(stages, tmp_path, DemoSettings.quick(), processes=2)
+    assert "x" in state.record("y")["result"]["seen"]
+
+
+def test_a_failed_concurrent_stage_lets_its_neighbour_finish_and_resumes(tmp_path):
+    settings = DemoSettings.quick()
+    with pytest.raises(QamdtError, match="stage 'y' failed: ValueError: y broke"):
+        run_stages(_concurrent_stages(fail="y"), tmp_path, settings, processes=2)
+    stages = state_of(tmp_path)
+    assert stages["x"]["done"] and not stages["y"]["done"]
+    assert "y broke" in stages["y"]["result"]["error"]
+    assert "z" not in stages
+    state = run_stages(_concurrent_stages(x_partner=None), tmp_path, settings, processes=2)
+    assert state.done("y") and state.done("z")
+    assert state.record("x")["result"] == stages["x"]["result"]  # not run again

@@ -4,8 +4,9 @@ With the run's quality-aware pipeline, its MOS predictor and CLAP scorer, it mak
 
 * a long piece (six generated clips' length: 30 s in the full run) in windows of the
   generated clips' length, and measures the spectral flux at its window seams against
-  elsewhere (:mod:`qamdt.evaluation.seams`) and its p-MOS against the sweep's clips of
-  the same level and prompt;
+  elsewhere (:mod:`qamdt.evaluation.seams`), beside the same statistic midway between
+  the seams, and its p-MOS against fresh clips of the same prompt and level
+  (:func:`excerpt_pmos`: both scored in excerpts of the clip length);
 * a continuation of a clean held-out clip to twice its length, and an inpainting of the
   middle fifth of it;
 * audio-to-audio of degraded held-out clips at levels 1 and 5 (strength 0.5), scored by
@@ -29,6 +30,56 @@ STRENGTH = 0.5
 """Audio-to-audio strength of the enhancement."""
 TARGETS = {"seam_flux_ratio": 1.5, "pmos_gap": 0.3}
 """The issue's targets: seam flux within 1.5x of elsewhere, piece p-MOS within 0.3."""
+
+
+def excerpt_pmos(waves, seconds: float, rate: int, score) -> list[float]:
+    """p-MOS of each wave as the mean over its consecutive excerpts of ``seconds``.
+
+    A long piece and a clip must be scored alike to be compared: the MOS predictor
+    peak-normalises what it is given and averages its fixed windows, so a 30 s piece
+    scored whole is heard at the level of its loudest moment (its windows come out
+    quieter than a 5 s clip's, and the predictor rates quieter audio higher). Cut into
+    excerpts of the clip length, each excerpt is normalised and windowed exactly as a
+    clip is. A wave no longer than ``seconds`` (or a remainder shorter than half of it)
+    is not cut further.
+
+    Args:
+        waves: Mono sample arrays.
+        seconds: Excerpt length (the clips' length).
+        rate: Their sample rate.
+        score: ``score(list_of_waves) -> list_of_pmos``.
+    """
+    size = max(1, round(seconds * rate))
+    pieces, owners = [], []
+    for i, wave in enumerate(waves):
+        wave = np.asarray(wave)
+        count = max(1, len(wave) // size + (len(wave) % size >= size / 2))
+        for k in range(count):
+            stop = len(wave) if k == count - 1 else (k + 1) * size
+            pieces.append(wave[k * size : stop])
+            owners.append(i)
+    values, owners = np.asarray(score(pieces), dtype=float), np.asarray(owners)
+    return [float(values[owners == i].mean()) for i in range(len(waves))]
+
+
+def midpoints(seams):
+    """Positions midway between neighbouring seams: controls, as far from any seam as can be."""
+    return [(a + b) / 2 for a, b in zip(seams[:-1], seams[1:], strict=False)]
+
+
+def _controls(wave, controls, reference: float, spec) -> list[float]:
+    """The seam statistic at ``controls`` over the seams' reference (their median elsewhere).
+
+    The same peak flux as at a seam, at positions where no seam is, so the seams' ratios
+    can be read against what the music itself gives away from them.
+    """
+    from qamdt.evaluation.seams import seam_flux_ratios
+
+    if not controls or not np.isfinite(reference):
+        return []
+    found = seam_flux_ratios(wave, controls, spec)
+    scale = found["median_elsewhere"] / max(reference, 1e-12)
+    return [float(r * scale) for r in found["ratios"]]
 
 
 def _excerpt(record, corpus_root: Path, seconds: float, rate: int) -> np.ndarray:
@@ -81,6 +132,7 @@ def measure_modes(
     pieces: int = 1,
     clips: int = 3,
     negative_levels: dict[int, float | None] | None = None,
+    reference_clips: int = PIECE_CLIPS,
     log=print,
 ) -> dict[str, Any]:
     """Runs the long-form and editing measures and writes their audio.
@@ -94,13 +146,15 @@ def measure_modes(
         out: Output folder.
         settings: The generation settings of the sweep (``audio_length_in_s`` is the
             clip length, which is also the window here); levels are set per use.
-        sweep_folder: The sweep's generated clips (their level-5 p-MOS is the reference
-            of the long pieces), or None to skip that comparison.
+        sweep_folder: The sweep's generated clips (their level-5 p-MOS is reported beside
+            the pieces' for comparison), or None.
         prompts: Prompts of the long pieces (the first ``pieces`` are used).
         pieces: Long pieces to make.
         clips: Degraded held-out clips to enhance.
         negative_levels: Negative quality level of levels 1 and 5 (the demo mirrors
             them: 5 and 1); None keeps the settings' negative level.
+        reference_clips: Fresh clips per piece prompt, the reference of the pieces'
+            p-MOS (made with the pieces' settings; 0 skips the comparison).
         log: Progress messages.
 
     Returns:
@@ -127,22 +181,28 @@ def measure_modes(
         return [float(s["omq"]) for s in mos_model.predict(list(waves), rate)]
 
     examples: list[dict[str, Any]] = []
-    # Long pieces.
+    # Long pieces, and fresh clips of the same prompts as their reference.
     length = PIECE_CLIPS * clip_seconds
     piece_settings = level5.replace(audio_length_in_s=length)
     made = pipeline(list(prompts[:pieces]), piece_settings)
     piece_rows = []
     seams = window_seams(made.mode_facts.get("windows", []))
+    controls = midpoints(seams)
     for i, (wave, prompt) in enumerate(zip(made.audios, made.prompts, strict=True)):
         path = _save(out, f"piece_{i}", wave, rate, piece_settings, prompt, made.mode_facts)
         flux = seam_flux_ratios(wave, seams, pipeline.spec)
+        at_seams = flux["ratios"]
+        at_controls = _controls(wave, controls, flux["median_elsewhere"], pipeline.spec)
         piece_rows.append(
             {
                 "prompt": prompt,
                 "file": str(path),
                 "seams": len(seams),
-                "seam_flux_mean": flux["mean"],
-                "seam_flux_max": flux["max"],
+                "seam_flux": at_seams,
+                "seam_flux_mean": float(np.mean(at_seams)) if at_seams else float("nan"),
+                "seam_flux_max": float(np.max(at_seams)) if at_seams else float("nan"),
+                "control_flux_mean": float(np.mean(at_controls)) if at_controls else None,
+                "control_flux_max": float(np.max(at_controls)) if at_controls else None,
             }
         )
         if i == 0:
@@ -154,12 +214,21 @@ def measure_modes(
                     "prompt": prompt,
                 }
             )
-    piece_pmos = score(made.audios)
-    for row, value in zip(piece_rows, piece_pmos, strict=True):
+    piece_pmos = excerpt_pmos(made.audios, clip_seconds, rate, score)
+    for row, value, whole in zip(piece_rows, piece_pmos, score(made.audios), strict=True):
         row["pmos"] = value
+        row["pmos_whole"] = whole
+    # As many clips per prompt as a piece has excerpts, made with the pieces' settings.
+    clip_settings = level5.replace(
+        audio_length_in_s=clip_seconds, num_waveforms_per_prompt=reference_clips
+    )
+    reference = pipeline(list(made.prompts), clip_settings) if reference_clips else None
     clip_pmos = None
+    if reference is not None:
+        clip_pmos = float(np.mean(excerpt_pmos(reference.audios, clip_seconds, rate, score)))
+    sweep_pmos = None
     if sweep_folder is not None:
-        clip_pmos = _sweep_pmos(Path(sweep_folder), top, mos_model, made.prompts)
+        sweep_pmos = _sweep_pmos(Path(sweep_folder), top, mos_model, made.prompts)
     log(f"demo: long-form: {pieces} piece(s) of {length:g} s, {len(seams)} seams each")
 
     # Continuation and inpainting of a clean held-out clip.
@@ -241,6 +310,10 @@ def measure_modes(
     flux_max = max(
         (r["seam_flux_max"] for r in piece_rows if np.isfinite(r["seam_flux_max"])), default=None
     )
+    control_max = max(
+        (r["control_flux_max"] for r in piece_rows if r["control_flux_max"] is not None),
+        default=None,
+    )
     targets = [
         _target(
             "seam spectral flux / median elsewhere (max over seams)",
@@ -249,7 +322,8 @@ def measure_modes(
             flux_max is not None and flux_max <= TARGETS["seam_flux_ratio"],
         ),
         _target(
-            f"p-MOS {length:g} s pieces vs {clip_seconds:g} s clips, level {top} (gap)",
+            f"p-MOS {length:g} s pieces vs {clip_seconds:g} s clips, level {top} "
+            f"(gap; both in {clip_seconds:g} s excerpts)",
             gap,
             f"<= {TARGETS['pmos_gap']}",
             gap is not None and gap <= TARGETS["pmos_gap"],
@@ -273,7 +347,11 @@ def measure_modes(
         "window_seconds": clip_seconds,
         "pieces": piece_rows,
         "pmos_pieces": piece_mean,
+        "pmos_pieces_whole": float(np.mean([r["pmos_whole"] for r in piece_rows])),
         "pmos_clips_same_level": clip_pmos,
+        "reference_clips": reference_clips,
+        "pmos_sweep_clips": sweep_pmos,
+        "control_flux_max": control_max,
         **editing,
         "enhancement": rows,
         "enhancement_means": {key: mean(key) for key in rows[0] if key.startswith(("pmos", "clap"))}

@@ -28,19 +28,11 @@ def vae(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
-def _train_mdt(
-    ctx: StageContext, name: str, pipeline_name: str, quality: bool, steps: int | None = None
-) -> dict[str, Any]:
-    """Caches latents and trains one MDT; its pipeline goes to ``OUT/models/<pipeline>``.
-
-    ``steps`` fixes the step count with no time cap; by default the settings' steps and
-    minutes apply.
-    """
+def _mdt_config(ctx: StageContext, name: str, quality: bool):
+    """The training settings of one of the two MDTs (``name``: "mdt" or "mdt-baseline")."""
     from qamdt.config import read_yaml
-    from qamdt.training.latent_cache import build_cache
     from qamdt.training.mdt_config import load_mdt_config
     from qamdt.training.mdt_data import training_clips
-    from qamdt.training.mdt_train import PIPELINE_DIR, train_mdt
 
     s = ctx.settings
     preset = s.resolve_path(s.mdt_config)
@@ -49,37 +41,50 @@ def _train_mdt(
     model.pop("sample_size", None)
     manifest = manifest_path(ctx.out)
     usable, _ = training_clips(manifest, "train", quality, quality)
-    cache = ctx.out / "work" / f"cache-{name}"
-    config = load_mdt_config(
+    return load_mdt_config(
         preset,
         manifest=str(manifest),
         vae=str(ctx.out / "models" / "vae"),
-        cache=str(cache),
+        cache=str(ctx.out / "work" / f"cache-{name}"),
         model=model,
         conditioning={"quality_token": quality, "quality_prefix": quality},
         clip_seconds=s.mdt_clip_seconds,
         batch_size=min(s.mdt_batch_size, len(usable)),
         learning_rate=s.mdt_learning_rate,
         warmup_steps=s.mdt_warmup_steps,
-        max_steps=steps or s.mdt_max_steps,
-        max_minutes=None if steps else s.mdt_max_minutes,
+        max_steps=s.mdt_max_steps,
+        max_minutes=None,
         checkpoint_every=s.mdt_checkpoint_every,
         seed=s.seed,
     )
-    started = time.monotonic()
-    # The baseline's clips, audio and VAE are the quality model's: only captions differ.
-    shared = ctx.out / "work" / "cache-mdt" if name != "mdt" else None
-    cached = build_cache(config, cache, latents_from=shared)
-    cache_seconds = round(time.monotonic() - started, 2)
+
+
+def cache(ctx: StageContext) -> dict[str, Any]:
+    """Encodes the training clips once for both MDTs (``OUT/work/cache-*``).
+
+    The baseline's clips, audio and VAE are the quality model's: only the captions differ,
+    so its cache takes the quality model's latents.
+    """
+    from qamdt.training.latent_cache import build_cache
+
+    summary = {}
+    for name, quality in (("mdt", True), ("mdt-baseline", False)):
+        config = _mdt_config(ctx, name, quality)
+        shared = ctx.out / "work" / "cache-mdt" if name != "mdt" else None
+        started = time.monotonic()
+        summary[name] = build_cache(config, config.cache, latents_from=shared)
+        summary[name]["seconds"] = round(time.monotonic() - started, 2)
+    return summary
+
+
+def _train_mdt(ctx: StageContext, name: str, pipeline_name: str, quality: bool) -> dict[str, Any]:
+    """Trains one MDT on its cache; its pipeline goes to ``OUT/models/<pipeline>``."""
+    from qamdt.training.mdt_train import PIPELINE_DIR, train_mdt
+
     work = ctx.out / "work" / name
-    summary = train_mdt(config, work)
+    summary = train_mdt(_mdt_config(ctx, name, quality), work)
     copy_tree(work / PIPELINE_DIR, ctx.out / "models" / pipeline_name)
-    return {
-        "cache": cached,
-        "cache_seconds": cache_seconds,
-        "train": summary,
-        "pipeline": str(ctx.out / "models" / pipeline_name),
-    }
+    return {"train": summary, "pipeline": str(ctx.out / "models" / pipeline_name)}
 
 
 def mdt(ctx: StageContext) -> dict[str, Any]:
@@ -88,10 +93,5 @@ def mdt(ctx: StageContext) -> dict[str, Any]:
 
 
 def mdt_baseline(ctx: StageContext) -> dict[str, Any]:
-    """The plain MDT baseline: same model and budget, no quality conditioning.
-
-    It trains exactly as many steps as the quality model did, also where a slow machine
-    stopped that one at its time cap.
-    """
-    steps = ctx.results["mdt"]["train"]["steps"]
-    return _train_mdt(ctx, "mdt-baseline", "pipeline-mdt", quality=False, steps=steps)
+    """The plain MDT baseline: same model, steps and seed, no quality conditioning."""
+    return _train_mdt(ctx, "mdt-baseline", "pipeline-mdt", quality=False)

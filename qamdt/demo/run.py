@@ -35,7 +35,7 @@ from qamdt.demo.data_stages import (
     refine,
 )
 from qamdt.demo.editing import edit
-from qamdt.demo.model_stages import mdt, mdt_baseline, vae
+from qamdt.demo.model_stages import cache, mdt, mdt_baseline, vae
 from qamdt.demo.settings import DemoSettings
 from qamdt.demo.stages import Stage, StageContext, StageState, run_stages
 from qamdt.json_files import write_json
@@ -204,7 +204,14 @@ def report(ctx: StageContext) -> dict[str, Any]:
     decoder = json.loads((folder / "decoder_reference.json").read_text())
     seconds = {name: ctx.seconds[name] for name in STAGE_NAMES if name in ctx.seconds}
     results = demo_results(
-        evaluations, pitch, seconds, ctx.results, ctx.settings, (SWEEP, PLAIN, NEGATIVE), decoder
+        evaluations,
+        pitch,
+        seconds,
+        ctx.wall_seconds,
+        ctx.results,
+        ctx.settings,
+        (SWEEP, PLAIN, NEGATIVE),
+        decoder,
     )
     page = write_report(results, ctx.out / "report")
     return {
@@ -218,36 +225,40 @@ def report(ctx: StageContext) -> dict[str, Any]:
 
 STAGES: tuple[Stage, ...] = (
     Stage("corpus", corpus, outputs=("corpus",)),
-    Stage("mos", mos, ("corpus",), ("work/mos", "models/mos")),
+    # Four small trainings that need only the corpus, side by side (longest first).
+    Stage("vae", vae, ("corpus",), ("work/vae", "models/vae"), concurrent=True),
+    Stage("mos", mos, ("corpus",), ("work/mos", "models/mos"), concurrent=True),
+    Stage("clap", clap, ("corpus",), ("models/clap",), concurrent=True),
+    Stage("captioner", captioner, ("corpus",), ("models/captioner",), concurrent=True),
     Stage("pmos", pmos, ("mos",), reset=clear_pmos),
-    Stage("captioner", captioner, ("corpus",), ("models/captioner",)),
-    Stage("clap", clap, ("corpus",), ("models/clap",)),
     Stage("refine", refine, ("captioner", "clap"), reset=clear_captions),
-    Stage("vae", vae, ("corpus",), ("work/vae", "models/vae")),
-    Stage(
-        "mdt",
-        mdt,
-        ("pmos", "refine", "vae"),
-        ("work/mdt", "work/cache-mdt", "models/pipeline"),
-    ),
+    Stage("cache", cache, ("pmos", "refine", "vae"), ("work/cache-mdt", "work/cache-mdt-baseline")),
+    Stage("mdt", mdt, ("cache",), ("work/mdt", "models/pipeline"), concurrent=True),
     Stage(
         "mdt-baseline",
         mdt_baseline,
-        ("refine", "vae", "mdt"),
-        ("work/mdt-baseline", "work/cache-mdt-baseline", "models/pipeline-mdt"),
+        ("cache",),
+        ("work/mdt-baseline", "models/pipeline-mdt"),
+        concurrent=True,
     ),
     Stage("generate", generate, ("mdt", "mdt-baseline"), ("generated",)),
-    Stage("edit", edit, ("generate", "mos", "clap"), ("editing",)),
-    Stage("evaluate", evaluate, ("generate", "mos", "clap", "captioner"), ("evaluation",)),
+    Stage("edit", edit, ("generate", "mos", "clap"), ("editing",), concurrent=True),
+    Stage(
+        "evaluate",
+        evaluate,
+        ("generate", "mos", "clap", "captioner"),
+        ("evaluation",),
+        concurrent=True,
+    ),
     Stage("report", report, ("evaluate", "edit"), ("report",)),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
 
 def run_demo(out: str | Path, settings: DemoSettings, **options: Any) -> StageState:
-    """Runs the demo's :data:`STAGES`.
+    """Runs the demo's :data:`STAGES`, ``settings.stage_processes`` side by side.
 
     ``options`` (``only``, ``redo``, ``log``) and the return value are those of
     :func:`qamdt.demo.stages.run_stages`.
     """
-    return run_stages(STAGES, out, settings, **options)
+    return run_stages(STAGES, out, settings, processes=settings.stage_processes, **options)

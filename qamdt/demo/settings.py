@@ -88,8 +88,8 @@ class DemoSettings(ConfigBase):
         mdt_batch_size: MDT samples per step.
         mdt_learning_rate: MDT AdamW learning rate.
         mdt_warmup_steps: MDT learning-rate warm-up steps.
-        mdt_max_steps: MDT optimiser steps (each of the two models).
-        mdt_max_minutes: Cap on each MDT's training time (None: none).
+        mdt_max_steps: MDT optimiser steps (each of the two models, trained side by side
+            when ``stage_processes`` allows; no time cap, so both train the same steps).
         mdt_checkpoint_every: MDT steps between checkpoints.
         prompts: Evaluation prompts (true captions of clean test clips).
         levels: Quality levels of the sweep.
@@ -118,6 +118,10 @@ class DemoSettings(ConfigBase):
         pitch_envelope_hz: Width of the frequency smoothing that turns a clip's long-term
             spectrum into the envelope of its matched noise.
         min_pmos_gain: p-MOS that level 5 must gain over level 1 for the check to pass.
+        stage_processes: Independent stages run side by side, each in its own process
+            with an equal share of the CPU threads (1: one after the other). On two cores
+            two single-thread trainings of small models finish sooner than one after the
+            other with two threads each (docs/demo.md).
     """
 
     seed: int
@@ -150,7 +154,6 @@ class DemoSettings(ConfigBase):
     mdt_learning_rate: float
     mdt_warmup_steps: int
     mdt_max_steps: int
-    mdt_max_minutes: float | None
     mdt_checkpoint_every: int
     prompts: int
     levels: tuple[int, ...]
@@ -171,6 +174,7 @@ class DemoSettings(ConfigBase):
     pitch_fmax: float
     pitch_envelope_hz: float
     min_pmos_gain: float
+    stage_processes: int
 
     config_where = "demo settings"
     config_noun = "setting"

@@ -7,6 +7,11 @@ that starts running marks every stage that depends on it, directly or not, as ``
 not done, and started from scratch (its outputs removed, its manifest fields cleared)
 when it runs next. A stage that was stopped part-way resumes where it stopped, as the
 training functions do.
+
+Neighbouring stages marked ``concurrent`` that do not depend on each other run side by side,
+each in its own process with an equal share of the CPU threads (``processes`` at a time):
+small models use two cores poorly, so two of them with one core each finish sooner than
+one after the other. ``stages.json`` also keeps the run's wall-clock seconds.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +43,8 @@ class StageContext:
         results: Results of the stages recorded so far (name -> result).
         seconds: Seconds recorded so far per stage.
         log: Where progress messages go.
+        wall_seconds: Wall-clock seconds of the run so far (less than the sum of
+            ``seconds`` where stages ran side by side).
     """
 
     out: Path
@@ -44,6 +52,7 @@ class StageContext:
     results: dict[str, Any]
     seconds: dict[str, float]
     log: Callable[[str], None]
+    wall_seconds: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +66,8 @@ class Stage:
         outputs: Paths under the run folder removed before it starts from scratch.
         reset: Called with the run folder before it starts from scratch, to clear what
             it wrote into shared files (manifest fields).
+        concurrent: May run in its own process beside neighbouring concurrent stages
+            (``run`` must then be a module-level function).
     """
 
     name: str
@@ -64,6 +75,7 @@ class Stage:
     needs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     reset: Callable[[Path], None] | None = None
+    concurrent: bool = False
 
 
 class StageState:
@@ -73,6 +85,7 @@ class StageState:
         self.path = out / STATE_NAME
         self.settings: dict[str, Any] | None = None
         self.stages: dict[str, dict[str, Any]] = {}
+        self.wall_seconds = 0.0
         if self.path.is_file():
             try:
                 saved = json.loads(self.path.read_text(encoding="utf-8"))
@@ -80,6 +93,7 @@ class StageState:
                 raise QamdtError(f"{self.path}: not valid JSON ({error})") from None
             self.settings = saved.get("settings")
             self.stages = saved.get("stages") or {}
+            self.wall_seconds = float(saved.get("wall_seconds") or 0.0)
 
     def record(self, name: str) -> dict[str, Any]:
         """The stage's entry (empty for a stage never run)."""
@@ -98,7 +112,10 @@ class StageState:
 
     def save(self) -> None:
         """Writes ``stages.json`` (atomically)."""
-        write_json(self.path, {"settings": self.settings, "stages": self.stages})
+        write_json(
+            self.path,
+            {"settings": self.settings, "wall_seconds": self.wall_seconds, "stages": self.stages},
+        )
 
 
 def recorded_settings(out: str | os.PathLike) -> dict[str, Any] | None:
@@ -152,6 +169,7 @@ def run_stages(
     only: Sequence[str] = (),
     redo: Sequence[str] = (),
     log: Callable[[str], None] = print,
+    processes: int = 1,
 ) -> StageState:
     """Runs the stages in order, skipping finished ones.
 
@@ -161,7 +179,8 @@ def run_stages(
         settings: Settings of the run; recorded, and compared with a previous run's.
         only: Run only these stages (default: all). Their ``needs`` must be done.
         redo: Run these stages again even when done (from scratch).
-        log: Where progress messages go.
+        log: Where progress messages go (stages in their own processes print).
+        processes: How many concurrent stages run at once (1: one after the other).
 
     Returns:
         The state after the run.
@@ -169,7 +188,8 @@ def run_stages(
     Raises:
         ConfigError: On an unknown stage name.
         QamdtError: If the folder holds a run with other settings (and nothing is redone),
-            or a selected stage needs one that is not done.
+            a selected stage needs one that is not done, or a stage in its own process
+            failed (after its neighbours finished).
     """
     _check_names(stages, only, "--stage")
     _check_names(stages, redo, "--redo")
@@ -178,49 +198,193 @@ def run_stages(
     state = StageState(out)
     _check_settings(state, settings, redo)
     state.save()
-    selected = set(only) if only else {s.name for s in stages}
-    for stage in stages:
-        if stage.name not in selected:
+    selected = [s for s in stages if not only or s.name in only]
+    position = 0
+    while position < len(selected):
+        batch, taken = _next_batch(stages, selected[position:], state, redo, processes, log)
+        position += taken
+        if not batch:
             continue
-        entry = state.record(stage.name)
-        if entry.get("done") and stage.name not in redo:
-            log(f"demo: {stage.name}: done ({entry.get('seconds')} s), skipped")
-            continue
-        missing = [n for n in stage.needs if not state.done(n)]
-        if missing:
-            raise QamdtError(
-                f"stage '{stage.name}' needs {missing}, not done in {out}; "
-                "run those first (or run the demo without --stage)"
-            )
-        fresh = stage.name in redo or bool(entry.get("stale"))
-        for name in dependents(stages, stage.name):
-            if state.done(name) or name in state.stages:
-                state.update(name, done=False, stale=True)
-        if fresh:
-            for path in stage.outputs:
-                _remove(out / path)
-            if stage.reset is not None:
-                stage.reset(out)
-            # Cleared: from here on an interrupted attempt resumes.
-            state.update(stage.name, done=False, stale=False, seconds=None, result=None)
-        spent = float(state.record(stage.name).get("seconds") or 0.0)
-        log(f"demo: {stage.name}: {'resuming' if spent else 'running'}")
-        context = StageContext(
-            out=out,
-            settings=settings,
-            results={n: e.get("result") for n, e in state.stages.items()},
-            seconds={n: e["seconds"] for n, e in state.stages.items() if e.get("seconds")},
-            log=log,
-        )
+        contexts = [_prepare(stages, stage, state, out, settings, redo, log) for stage in batch]
         started = time.monotonic()
         try:
-            result = stage.run(context)
-        except BaseException as error:
-            seconds = round(spent + time.monotonic() - started, 2)
-            reason = f"{type(error).__name__}: {error}"
-            state.update(stage.name, done=False, seconds=seconds, result={"error": reason})
-            raise
-        seconds = round(spent + time.monotonic() - started, 2)
-        state.update(stage.name, done=True, stale=False, seconds=seconds, result=result)
-        log(f"demo: {stage.name}: done in {seconds:.1f} s")
+            if len(batch) == 1:
+                _run_here(batch[0], contexts[0], state, log)
+            else:
+                _run_in_processes(batch, contexts, state, processes, log)
+        finally:
+            state.wall_seconds = round(state.wall_seconds + time.monotonic() - started, 2)
+            state.save()
     return state
+
+
+def _next_batch(stages, upcoming, state, redo, processes, log) -> tuple[list[Stage], int]:
+    """The stages to run next, and how many of ``upcoming`` they account for.
+
+    Done stages are skipped (and logged). With ``processes`` above 1 a concurrent stage
+    takes along the concurrent stages after it that depend on none of the batch.
+    """
+    batch: list[Stage] = []
+    taken = 0
+    for stage in upcoming:
+        due = not state.record(stage.name).get("done") or stage.name in redo
+        together = processes > 1 and stage.concurrent
+        if batch and (not together or any(stage.name in dependents(stages, m.name) for m in batch)):
+            break
+        taken += 1
+        if not due:
+            log(f"demo: {stage.name}: done ({state.record(stage.name).get('seconds')} s), skipped")
+            continue
+        batch.append(stage)
+        if not together:
+            break
+    return batch, taken
+
+
+def _prepare(stages, stage, state, out, settings, redo, log) -> StageContext:
+    """Checks a stage's needs, marks its dependents stale, clears a fresh start."""
+    missing = [n for n in stage.needs if not state.done(n)]
+    if missing:
+        raise QamdtError(
+            f"stage '{stage.name}' needs {missing}, not done in {out}; "
+            "run those first (or run the demo without --stage)"
+        )
+    entry = state.record(stage.name)
+    fresh = stage.name in redo or bool(entry.get("stale"))
+    for name in dependents(stages, stage.name):
+        if state.done(name) or name in state.stages:
+            state.update(name, done=False, stale=True)
+    if fresh:
+        for path in stage.outputs:
+            _remove(out / path)
+        if stage.reset is not None:
+            stage.reset(out)
+        # Cleared: from here on an interrupted attempt resumes.
+        state.update(stage.name, done=False, stale=False, seconds=None, result=None)
+    spent = float(state.record(stage.name).get("seconds") or 0.0)
+    log(f"demo: {stage.name}: {'resuming' if spent else 'running'}")
+    return StageContext(
+        out=out,
+        settings=settings,
+        results={n: e.get("result") for n, e in state.stages.items()},
+        seconds={n: e["seconds"] for n, e in state.stages.items() if e.get("seconds")},
+        log=log,
+        wall_seconds=state.wall_seconds,
+    )
+
+
+def _record(state: StageState, stage: Stage, started: float, outcome: Any, log) -> None:
+    """Adds the time spent to the stage's entry, with its result or error."""
+    spent = float(state.record(stage.name).get("seconds") or 0.0)
+    seconds = round(spent + time.monotonic() - started, 2)
+    if isinstance(outcome, BaseException):
+        reason = f"{type(outcome).__name__}: {outcome}"
+        state.update(stage.name, done=False, seconds=seconds, result={"error": reason})
+        return
+    state.update(stage.name, done=True, stale=False, seconds=seconds, result=outcome)
+    log(f"demo: {stage.name}: done in {seconds:.1f} s")
+
+
+def _run_here(stage: Stage, context: StageContext, state: StageState, log) -> None:
+    started = time.monotonic()
+    try:
+        result = stage.run(context)
+    except BaseException as error:
+        _record(state, stage, started, error, log)
+        raise
+    _record(state, stage, started, result, log)
+
+
+def _run_in_processes(batch, contexts, state: StageState, processes: int, log) -> None:
+    """Runs the batch, ``processes`` stages at a time, each in a process of its own.
+
+    Every stage runs to its end even when another fails; the first failure is raised
+    afterwards. An interrupt stops them all (each resumes on the next run).
+    """
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    import torch
+
+    spawn = multiprocessing.get_context("spawn")
+    workers = min(processes, len(batch))
+    threads = max(1, torch.get_num_threads() // workers)
+    waiting = list(zip(batch, contexts, strict=True))
+    running: dict[Any, tuple[Stage, Any, float]] = {}
+    failures: list[str] = []
+    try:
+        while waiting or running:
+            while waiting and len(running) < workers:
+                stage, context = waiting.pop(0)
+                if not _picklable(context.log):
+                    context = dataclasses.replace(context, log=print)
+                receive, send = spawn.Pipe(duplex=False)
+                process = spawn.Process(
+                    target=_stage_process,
+                    args=(stage.run, context, threads, os.getpid(), send),
+                    name=f"demo-{stage.name}",
+                )
+                process.start()
+                send.close()
+                log(f"demo: {stage.name}: in process {process.pid} ({threads} thread(s))")
+                running[receive] = (stage, process, time.monotonic())
+            for receive in wait(list(running)):
+                stage, process, started = running.pop(receive)
+                try:
+                    kind, value = receive.recv()
+                except EOFError:
+                    kind, value = "error", f"its process ended with code {process.exitcode}"
+                receive.close()
+                process.join()
+                if kind == "done":
+                    _record(state, stage, started, value, log)
+                else:
+                    _record(state, stage, started, QamdtError(value), log)
+                    failures.append(f"stage '{stage.name}' failed: {value}")
+    except BaseException as error:
+        for stage, process, started in running.values():
+            process.kill()
+            process.join()
+            _record(state, stage, started, error, log)
+        raise
+    if failures:
+        raise QamdtError("; ".join(failures))
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        pickle.dumps(value)
+    except Exception:
+        return False
+    return True
+
+
+def _stage_process(run, context: StageContext, threads: int, parent: int, send) -> None:
+    """Runs one stage in a process of its own and sends back its result or error."""
+    import traceback
+
+    _die_with_parent(parent)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        result = run(context)
+    except BaseException as error:
+        traceback.print_exc()
+        send.send(("error", f"{type(error).__name__}: {error}"))
+        return
+    send.send(("done", result))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Asks Linux to kill this process when the demo's process dies (no orphan writers)."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
