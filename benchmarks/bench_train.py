@@ -3,6 +3,7 @@
 Usage: python benchmarks/bench_train.py [--config configs/mdt/embedded.yaml] [--batch 16]
        [--steps 5] [--precision no|bf16|fp16] [--torch-dtype float32|bfloat16]
        [--variants all|reference] [--compile] [--optimizer fused|foreach]
+       [--sample-size FRAMES BANDS] [--side-by-side N]
 
 Times full optimiser steps (forward, backward, AdamW, EMA update) on random latents and
 text states of the config's shapes, after one warm-up step. Each variant runs in its own
@@ -18,6 +19,11 @@ config); --torch-dtype bfloat16 keeps the weights themselves in bfloat16 (pure b
 ``compile: true`` in a training config) in its own process, printed beside the eager row
 with the ratio; the compile time (the warm-up steps) is reported separately. The
 optimiser is the training's fused AdamW (``--optimizer foreach``: PyTorch's default).
+
+--side-by-side N also runs N copies of the reference at once, each in its own process with
+1/N of the threads, as the demo trains its two MDTs (``stage_processes``); its row gives
+their summed samples/s against the reference's. --sample-size sets the latent's frames and
+bands (the demo's 2.5 s excerpts: 54 20).
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ VARIANTS = {
 
 def run_variant(queue, values, change, batch, steps, precision, text_length, options) -> None:
     torch.manual_seed(0)
+    if options.get("threads"):
+        torch.set_num_threads(options["threads"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model_values = {**values, "position_encoding": "sincos", **change.get("model", {})}
     weights = {"float32": torch.float32, "bfloat16": torch.bfloat16}[options["torch_dtype"]]
@@ -124,9 +132,14 @@ def main() -> None:
     parser.add_argument("--torch-dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--compile", action="store_true", help="also time compiled models")
     parser.add_argument("--optimizer", choices=("fused", "foreach"), default="fused")
+    parser.add_argument("--sample-size", type=int, nargs=2, metavar=("FRAMES", "BANDS"))
+    parser.add_argument("--side-by-side", type=int, default=0, metavar="N")
     args = parser.parse_args()
     values = read_model_config(args.config)
+    if args.sample_size:
+        values["sample_size"] = list(args.sample_size)
     context = multiprocessing.get_context("spawn")
+    threads = torch.get_num_threads()
     rows = []
     names = list(VARIANTS) if args.variants == "all" else list(VARIANTS)[:1]
     for name in names:
@@ -139,38 +152,44 @@ def main() -> None:
                 "torch_dtype": args.torch_dtype,
                 "optimizer": args.optimizer,
             }
-            queue = context.Queue()
-            process = context.Process(
-                target=run_variant,
-                args=(
-                    queue, values, change, args.batch, args.steps, args.precision,
-                    args.text_length, options,
-                ),
-            )  # fmt: skip
-            process.start()
-            result = queue.get()
-            process.join()
+            [result] = run_processes(context, 1, values, change, args, options)
+            result["samples_per_second"] = args.batch / result["seconds_per_step"]
             rows.append({"variant": name, "run": "compiled" if compiled else "eager", **result})
+    if args.side_by_side > 1:
+        count = args.side_by_side
+        options = {"compile": False, "torch_dtype": args.torch_dtype, "optimizer": args.optimizer,
+                   "threads": max(1, threads // count)}  # fmt: skip
+        results = run_processes(context, count, values, VARIANTS[names[0]], args, options)
+        rows.append(
+            {
+                "variant": f"reference x{count} side by side ({options['threads']} thr)",
+                "run": "eager",
+                "seconds_per_step": max(r["seconds_per_step"] for r in results),
+                "samples_per_second": sum(args.batch / r["seconds_per_step"] for r in results),
+                "peak_mib": max(r["peak_mib"] for r in results),
+                "model_flops_per_sample": results[0]["model_flops_per_sample"],
+                "warm_up_s": max(r["warm_up_s"] for r in results),
+            }
+        )
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    threads = torch.get_num_threads()
     print(
         f"MDT training step, {args.config}, batch {args.batch}, precision {args.precision}, "
         f"weights {args.torch_dtype}, {args.optimizer} AdamW, {device} ({threads} threads), "
         f"{args.steps} timed steps"
     )
-    reference = rows[0]["seconds_per_step"]
-    eager = {row["variant"]: row["seconds_per_step"] for row in rows if row["run"] == "eager"}
+    reference = rows[0]["samples_per_second"]
+    eager = {row["variant"]: row["samples_per_second"] for row in rows if row["run"] == "eager"}
     header = f"{'variant':40s} {'run':9s} {'s/step':>8s} {'samples/s':>10s} {'vs ref':>7s} "
     header += f"{'vs eager':>9s} {'warm-up s':>10s} {'peak MiB':>9s} {'TFLOP/s':>8s}"
     print(header + (" MFU" if args.peak_tflops else ""))
     for row in rows:
-        rate = args.batch / row["seconds_per_step"]
+        rate = row["samples_per_second"]
         tflops = rate * row["model_flops_per_sample"] / 1e12
         line = (
             f"{row['variant']:40s} {row['run']:9s} {row['seconds_per_step']:8.3f} {rate:10.2f} "
-            f"{reference / row['seconds_per_step']:6.2f}x "
-            f"{eager[row['variant']] / row['seconds_per_step']:8.2f}x {row['warm_up_s']:10.1f} "
+            f"{rate / reference:6.2f}x "
+            f"{rate / eager[row['variant']]:8.2f}x {row['warm_up_s']:10.1f} "
             f"{row['peak_mib']:9.0f} {tflops:8.3f}"
         )
         if args.peak_tflops:
@@ -181,6 +200,33 @@ def main() -> None:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(rows, handle, indent=1)
+
+
+def run_processes(context, count, values, change, args, options) -> list[dict]:
+    """Runs ``count`` copies of one variant at once, each in its own process."""
+    queue = context.Queue()
+    processes = [
+        context.Process(
+            target=run_variant,
+            args=(
+                queue,
+                values,
+                change,
+                args.batch,
+                args.steps,
+                args.precision,
+                args.text_length,
+                options,
+            ),
+        )  # fmt: skip
+        for _ in range(count)
+    ]
+    for process in processes:
+        process.start()
+    results = [queue.get() for _ in processes]
+    for process in processes:
+        process.join()
+    return results
 
 
 if __name__ == "__main__":
