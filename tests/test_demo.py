@@ -423,6 +423,7 @@ def test_concurrent_stages_run_side_by_side_in_their_own_processes(tmp_path):
     assert all(state.done(name) for name in "axyz")
     # a runs alone in this process (nothing to pair it with: x and y need it).
     assert results["a"]["pid"] == os.getpid() == results["z"]["pid"]
+    assert results["a"]["threads"] == torch.get_num_threads()
     assert len({results["x"]["pid"], results["y"]["pid"], os.getpid()}) == 3
     assert (
         results["x"]["threads"] == results["y"]["threads"] == max(1, torch.get_num_threads() // 2)
@@ -455,3 +456,45 @@ def test_a_failed_concurrent_stage_lets_its_neighbour_finish_and_resumes(tmp_pat
     state = run_stages(_concurrent_stages(x_partner=None), tmp_path, settings, processes=2)
     assert state.done("y") and state.done("z")
     assert state.record("x")["result"] == stages["x"]["result"]  # not run again
+
+
+def _wait_forever(name: str, ctx) -> dict:
+    (ctx.out / f"{name}.pid").write_text(str(os.getpid()))
+    time.sleep(120)
+    return {}
+
+
+def test_stages_in_processes_die_with_the_demo(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import functools, sys; sys.path.insert(0, sys.argv[1]);"
+        "from test_demo import _wait_forever;"
+        "from qamdt.demo.settings import DemoSettings;"
+        "from qamdt.demo.stages import Stage, run_stages;"
+        "stages = [Stage(n, functools.partial(_wait_forever, n), concurrent=True) for n in 'pq'];"
+        "run_stages(stages, sys.argv[2], DemoSettings.quick(), processes=2)"
+    )
+    here = str(Path(__file__).parent)
+    demo = subprocess.Popen([sys.executable, "-c", script, here, str(tmp_path)])
+    files = [tmp_path / "p.pid", tmp_path / "q.pid"]
+    deadline = time.monotonic() + 120
+    while not all(f.exists() and f.read_text() for f in files):
+        assert time.monotonic() < deadline and demo.poll() is None
+        time.sleep(0.05)
+    pids = [int(f.read_text()) for f in files]
+    demo.send_signal(signal.SIGKILL)
+    demo.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid) for pid in pids):
+        assert time.monotonic() < deadline, "a stage's process outlived the demo"
+        time.sleep(0.05)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return "Z"

@@ -225,13 +225,15 @@ def report(ctx: StageContext) -> dict[str, Any]:
 
 STAGES: tuple[Stage, ...] = (
     Stage("corpus", corpus, outputs=("corpus",)),
-    # Four small trainings that need only the corpus, side by side (longest first).
+    # Small trainings and labelling side by side, the longest first; then the two MDTs,
+    # then editing and evaluation (run_stages, stage_processes).
     Stage("vae", vae, ("corpus",), ("work/vae", "models/vae"), concurrent=True),
     Stage("mos", mos, ("corpus",), ("work/mos", "models/mos"), concurrent=True),
     Stage("clap", clap, ("corpus",), ("models/clap",), concurrent=True),
     Stage("captioner", captioner, ("corpus",), ("models/captioner",), concurrent=True),
-    Stage("pmos", pmos, ("mos",), reset=clear_pmos),
-    Stage("refine", refine, ("captioner", "clap"), reset=clear_captions),
+    Stage("pmos", pmos, ("mos",), reset=clear_pmos, concurrent=True),
+    # After pmos too: both rewrite the corpus manifest, so they must not run at once.
+    Stage("refine", refine, ("captioner", "clap", "pmos"), reset=clear_captions, concurrent=True),
     Stage("cache", cache, ("pmos", "refine", "vae"), ("work/cache-mdt", "work/cache-mdt-baseline")),
     Stage("mdt", mdt, ("cache",), ("work/mdt", "models/pipeline"), concurrent=True),
     Stage(

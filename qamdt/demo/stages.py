@@ -173,6 +173,11 @@ def run_stages(
 ) -> StageState:
     """Runs the stages in order, skipping finished ones.
 
+    A stage runs once its ``needs`` are done. With ``processes`` above 1, concurrent
+    stages run side by side, each in its own process with a share of the CPU threads, up
+    to ``processes`` at once, taken in pipeline order; any other stage, and a concurrent
+    one with nothing to run beside it, runs here, alone, with every thread.
+
     Args:
         stages: The pipeline, in order (a stage's ``needs`` come before it).
         out: The run folder (created if missing).
@@ -189,7 +194,7 @@ def run_stages(
         ConfigError: On an unknown stage name.
         QamdtError: If the folder holds a run with other settings (and nothing is redone),
             a selected stage needs one that is not done, or a stage in its own process
-            failed (after its neighbours finished).
+            failed (raised once the stages running beside it have finished).
     """
     _check_names(stages, only, "--stage")
     _check_names(stages, redo, "--redo")
@@ -198,47 +203,86 @@ def run_stages(
     state = StageState(out)
     _check_settings(state, settings, redo)
     state.save()
-    selected = [s for s in stages if not only or s.name in only]
-    position = 0
-    while position < len(selected):
-        batch, taken = _next_batch(stages, selected[position:], state, redo, processes, log)
-        position += taken
-        if not batch:
-            continue
-        contexts = [_prepare(stages, stage, state, out, settings, redo, log) for stage in batch]
-        started = time.monotonic()
-        try:
-            if len(batch) == 1:
-                _run_here(batch[0], contexts[0], state, log)
+    pending = _due_stages(stages, only, redo, state, log)
+    children = _Children(state, processes, log)
+    clock = time.monotonic()
+
+    def add_wall_time() -> None:
+        nonlocal clock
+        now = time.monotonic()
+        state.wall_seconds = round(state.wall_seconds + now - clock, 2)
+        clock = now
+
+    try:
+        while (pending and not children.failures) or children.running:
+            stage = None if children.failures else _next_ready(pending, children, processes)
+            if stage is None:
+                if children.running:
+                    children.wait()
+                    continue
+                stage = pending[0]  # its needs are not done: _prepare names them
+            pending.remove(stage)
+            add_wall_time()
+            try:
+                context = _prepare(stages, stage, state, out, settings, redo, log)
+            except QamdtError as error:
+                children.failures.append(str(error))
+                continue
+            if stage.concurrent and _has_company(stages, stage, pending, children, processes):
+                children.start(stage, context)
             else:
-                _run_in_processes(batch, contexts, state, processes, log)
-        finally:
-            state.wall_seconds = round(state.wall_seconds + time.monotonic() - started, 2)
-            state.save()
+                _run_here(stage, context, state, log)
+        if children.failures:
+            raise QamdtError("; ".join(children.failures))
+    except BaseException:
+        children.stop()
+        raise
+    finally:
+        add_wall_time()
+        state.save()
     return state
 
 
-def _next_batch(stages, upcoming, state, redo, processes, log) -> tuple[list[Stage], int]:
-    """The stages to run next, and how many of ``upcoming`` they account for.
-
-    Done stages are skipped (and logged). With ``processes`` above 1 a concurrent stage
-    takes along the concurrent stages after it that depend on none of the batch.
-    """
-    batch: list[Stage] = []
-    taken = 0
-    for stage in upcoming:
-        due = not state.record(stage.name).get("done") or stage.name in redo
-        together = processes > 1 and stage.concurrent
-        if batch and (not together or any(stage.name in dependents(stages, m.name) for m in batch)):
-            break
-        taken += 1
-        if not due:
+def _due_stages(stages, only, redo, state: StageState, log) -> list[Stage]:
+    """The selected stages to run: not done, redone, or depending on one of those."""
+    selected = [s for s in stages if not only or s.name in only]
+    due = {s.name for s in selected if not state.done(s.name) or s.name in redo}
+    for name in list(due):
+        due.update(dependents(stages, name))
+    for stage in selected:
+        if stage.name not in due:
             log(f"demo: {stage.name}: done ({state.record(stage.name).get('seconds')} s), skipped")
+    return [s for s in selected if s.name in due]
+
+
+def _has_company(stages, stage, pending, children: _Children, processes: int) -> bool:
+    """Whether another stage runs or may run beside this one (else it runs here, alone)."""
+    if processes < 2:
+        return False
+    after = set(dependents(stages, stage.name))
+    return bool(children.running) or any(
+        other.concurrent and other.name not in after for other in pending
+    )
+
+
+def _next_ready(pending: list[Stage], children: _Children, processes: int) -> Stage | None:
+    """The first pending stage that can start now, if any.
+
+    A stage waits for the pending or running stages it needs; one that runs here waits
+    until no process runs, and holds back the stages after it.
+    """
+    waiting = {s.name for s in pending} | set(children.running_names())
+    for stage in pending:
+        if waiting.intersection(stage.needs):
             continue
-        batch.append(stage)
-        if not together:
-            break
-    return batch, taken
+        if processes > 1 and stage.concurrent:
+            if len(children.running) < processes:
+                return stage
+        elif not children.running:
+            return stage
+        else:
+            return None
+    return None
 
 
 def _prepare(stages, stage, state, out, settings, redo, log) -> StageContext:
@@ -295,60 +339,66 @@ def _run_here(stage: Stage, context: StageContext, state: StageState, log) -> No
     _record(state, stage, started, result, log)
 
 
-def _run_in_processes(batch, contexts, state: StageState, processes: int, log) -> None:
-    """Runs the batch, ``processes`` stages at a time, each in a process of its own.
+class _Children:
+    """The stages running in processes of their own, ``processes`` at most."""
 
-    Every stage runs to its end even when another fails; the first failure is raised
-    afterwards. An interrupt stops them all (each resumes on the next run).
-    """
-    import multiprocessing
-    from multiprocessing.connection import wait
+    def __init__(self, state: StageState, processes: int, log):
+        self.state = state
+        self.processes = processes
+        self.log = log
+        self.running: dict[Any, tuple[Stage, Any, float]] = {}
+        self.failures: list[str] = []
 
-    import torch
+    def running_names(self) -> list[str]:
+        return [stage.name for stage, _, _ in self.running.values()]
 
-    spawn = multiprocessing.get_context("spawn")
-    workers = min(processes, len(batch))
-    threads = max(1, torch.get_num_threads() // workers)
-    waiting = list(zip(batch, contexts, strict=True))
-    running: dict[Any, tuple[Stage, Any, float]] = {}
-    failures: list[str] = []
-    try:
-        while waiting or running:
-            while waiting and len(running) < workers:
-                stage, context = waiting.pop(0)
-                if not _picklable(context.log):
-                    context = dataclasses.replace(context, log=print)
-                receive, send = spawn.Pipe(duplex=False)
-                process = spawn.Process(
-                    target=_stage_process,
-                    args=(stage.run, context, threads, os.getpid(), send),
-                    name=f"demo-{stage.name}",
-                )
-                process.start()
-                send.close()
-                log(f"demo: {stage.name}: in process {process.pid} ({threads} thread(s))")
-                running[receive] = (stage, process, time.monotonic())
-            for receive in wait(list(running)):
-                stage, process, started = running.pop(receive)
-                try:
-                    kind, value = receive.recv()
-                except EOFError:
-                    kind, value = "error", f"its process ended with code {process.exitcode}"
-                receive.close()
-                process.join()
-                if kind == "done":
-                    _record(state, stage, started, value, log)
-                else:
-                    _record(state, stage, started, QamdtError(value), log)
-                    failures.append(f"stage '{stage.name}' failed: {value}")
-    except BaseException as error:
-        for stage, process, started in running.values():
+    def start(self, stage: Stage, context: StageContext) -> None:
+        """Starts the stage in a new process with its share of the CPU threads."""
+        import multiprocessing
+
+        import torch
+
+        spawn = multiprocessing.get_context("spawn")
+        threads = max(1, torch.get_num_threads() // self.processes)
+        if not _picklable(context.log):
+            context = dataclasses.replace(context, log=print)
+        receive, send = spawn.Pipe(duplex=False)
+        process = spawn.Process(
+            target=_stage_process,
+            args=(stage.run, context, threads, os.getpid(), send),
+            name=f"demo-{stage.name}",
+        )
+        process.start()
+        send.close()
+        self.log(f"demo: {stage.name}: in process {process.pid} ({threads} thread(s))")
+        self.running[receive] = (stage, process, time.monotonic())
+
+    def wait(self) -> None:
+        """Waits for at least one stage to end and records it (a failure in ``failures``)."""
+        from multiprocessing.connection import wait
+
+        for receive in wait(list(self.running)):
+            stage, process, started = self.running.pop(receive)
+            try:
+                kind, value = receive.recv()
+            except EOFError:
+                kind, value = "error", f"its process ended with code {process.exitcode}"
+            receive.close()
+            process.join()
+            if kind == "done":
+                _record(self.state, stage, started, value, self.log)
+            else:
+                _record(self.state, stage, started, QamdtError(value), self.log)
+                self.failures.append(f"stage '{stage.name}' failed: {value}")
+
+    def stop(self) -> None:
+        """Kills the running stages (each resumes on the next run) and records their time."""
+        for receive, (stage, process, started) in list(self.running.items()):
             process.kill()
             process.join()
-            _record(state, stage, started, error, log)
-        raise
-    if failures:
-        raise QamdtError("; ".join(failures))
+            receive.close()
+            _record(self.state, stage, started, QamdtError("stopped"), self.log)
+        self.running.clear()
 
 
 def _picklable(value: Any) -> bool:
