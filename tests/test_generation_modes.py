@@ -267,3 +267,43 @@ def test_seam_flux_sees_a_jump_and_not_a_smooth_join():
     assert seam_flux_ratios(jump, [3.0])["max"] > 3 * smooth["max"]
     assert window_seams([[0, 2], [1.5, 3.5], [3, 5]]) == [2.0, 3.5]
     assert seam_flux_ratios(steady, [])["ratios"] == []
+
+
+def test_pieces_and_clips_are_scored_in_excerpts_of_the_clip_length():
+    from qamdt.demo.editing import excerpt_pmos
+
+    seen = []
+
+    def score(waves):
+        # A scorer that hears loudness (as the MOS predictor's peak normalisation makes
+        # it): the mean absolute sample of each excerpt.
+        seen.extend(len(w) for w in waves)
+        return [float(np.abs(w).mean()) for w in waves]
+
+    rate, clip = 100, 5.0
+    # A 30 s piece of six 5 s stretches at two levels; a 5 s clip; a 7.4 s and a 7.6 s one.
+    piece = np.concatenate([np.full(500, 0.2 if k % 2 else 0.4) for k in range(6)])
+    clips = [np.full(500, 0.3), np.full(740, 0.3), np.full(760, 0.3)]
+    values = excerpt_pmos([piece, *clips], clip, rate, score)
+    assert seen == [500] * 6 + [500, 740, 500, 260]  # a remainder under half joins the last
+    assert values == pytest.approx([0.3, 0.3, 0.3, 0.3])
+
+
+def test_seam_statistic_midway_between_seams_shares_the_seams_reference():
+    from qamdt.audio_spec import get_audio_spec
+    from qamdt.demo.editing import _controls, midpoints
+    from qamdt.evaluation.seams import seam_flux_ratios
+
+    assert midpoints([5.0, 9.0, 13.0]) == [7.0, 11.0] and midpoints([5.0]) == []
+    spec = get_audio_spec("embedded")
+    t = np.arange(12 * RATE) / RATE
+    wave = (0.3 * (0.6 + 0.4 * np.cos(2 * np.pi * 2 * t)) * np.sin(2 * np.pi * 330 * t)).astype(
+        np.float32
+    )
+    # A jump midway between two seams shows at the control, measured on the seams' scale.
+    wave[6 * RATE :] += 0.2 * np.random.default_rng(0).standard_normal(6 * RATE).astype(np.float32)
+    seams = [3.0, 9.0]
+    found = seam_flux_ratios(wave, seams, spec)
+    [control] = _controls(wave, midpoints(seams), found["median_elsewhere"], spec)
+    assert control > 2 * found["max"]
+    assert _controls(wave, [], found["median_elsewhere"], spec) == []

@@ -222,12 +222,12 @@ def measure_modes(
         row["pmos"] = value
         row["pmos_whole"] = whole
     # As many clips per prompt as a piece has excerpts, made with the pieces' settings.
-    clip_settings = level5.replace(
-        audio_length_in_s=clip_seconds, num_waveforms_per_prompt=reference_clips
-    )
-    reference = pipeline(list(made.prompts), clip_settings) if reference_clips else None
     clip_pmos = None
-    if reference is not None:
+    if reference_clips:
+        clip_settings = level5.replace(
+            audio_length_in_s=clip_seconds, num_waveforms_per_prompt=reference_clips
+        )
+        reference = pipeline(list(made.prompts), clip_settings)
         clip_pmos = float(np.mean(excerpt_pmos(reference.audios, clip_seconds, rate, score)))
     sweep_pmos = None
     if sweep_folder is not None:
