@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/measure_modes.py --run OUT [--pieces 3] [--clips 8]
        [--out OUT/editing-measures]
+       [--window-overlap 0.25]
        python benchmarks/measure_modes.py --run OUT [--out ...] --diagnose
 
 Needs a demo run folder whose ``mdt``, ``mos``, ``clap`` and ``generate`` stages are done
@@ -42,6 +43,9 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=8, help="degraded held-out clips")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
+        "--window-overlap", type=float, default=None, help="window_overlap of the pieces"
+    )
+    parser.add_argument(
         "--diagnose", action="store_true", help="score the pieces written to --out; no generation"
     )
     args = parser.parse_args()
@@ -75,6 +79,9 @@ def main() -> None:
     out = args.out or args.run / "editing-measures"
     from qamdt.demo.editing import measure_modes
 
+    generation = settings.generation_settings()
+    if args.window_overlap is not None:
+        generation = generation.replace(window_overlap=args.window_overlap)
     start = time.perf_counter()
     result = measure_modes(
         QAMDTPipeline.from_pretrained(models / "pipeline"),
@@ -83,7 +90,7 @@ def main() -> None:
         list(read_manifest(manifest)),
         manifest.parent,
         out,
-        settings.generation_settings(),
+        generation,
         args.run / "generated" / "qa-mdt",
         prompts,
         pieces=args.pieces,
