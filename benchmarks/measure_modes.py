@@ -113,10 +113,14 @@ def main() -> None:
           f"seams {result['control_flux_max']}")  # fmt: skip
     for key, value in result["enhancement_means"].items():
         print(f"  mean {key:14s} {value:.3f}")
+
+    def show(value):
+        return "none" if value is None else f"{value:.2f}"
+
     for row in result["pieces"]:
-        print(f"  piece seams {row['seams']}: flux ratio mean {row['seam_flux_mean']:.2f}, "
-              f"max {row['seam_flux_max']:.2f} (midway: mean {row['control_flux_mean']:.2f}, "
-              f"max {row['control_flux_max']:.2f}), p-MOS {row['pmos']:.2f} "
+        print(f"  piece seams {row['seams']}: flux ratio mean {show(row['seam_flux_mean'])}, "
+              f"max {show(row['seam_flux_max'])} (midway: mean {show(row['control_flux_mean'])}, "
+              f"max {show(row['control_flux_max'])}), p-MOS {row['pmos']:.2f} "
               f"(whole {row['pmos_whole']:.2f})")  # fmt: skip
 
 
