@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/measure_modes.py --run OUT [--pieces 3] [--clips 8]
        [--out OUT/editing-measures]
-       [--window-overlap 0.25]
+       [--window-overlap 0.25] [--repaint-resamples 1]
        python benchmarks/measure_modes.py --run OUT [--out ...] --diagnose
 
 Needs a demo run folder whose ``mdt``, ``mos``, ``clap`` and ``generate`` stages are done
@@ -46,6 +46,9 @@ def main() -> None:
         "--window-overlap", type=float, default=None, help="window_overlap of the pieces"
     )
     parser.add_argument(
+        "--repaint-resamples", type=int, default=None, help="repaint_resamples of the pieces"
+    )
+    parser.add_argument(
         "--diagnose", action="store_true", help="score the pieces written to --out; no generation"
     )
     args = parser.parse_args()
@@ -80,8 +83,9 @@ def main() -> None:
     from qamdt.demo.editing import measure_modes
 
     generation = settings.generation_settings()
-    if args.window_overlap is not None:
-        generation = generation.replace(window_overlap=args.window_overlap)
+    for name in ("window_overlap", "repaint_resamples"):
+        if getattr(args, name) is not None:
+            generation = generation.replace(**{name: getattr(args, name)})
     start = time.perf_counter()
     result = measure_modes(
         QAMDTPipeline.from_pretrained(models / "pipeline"),
