@@ -1,12 +1,17 @@
 """Real-music sources, degraded versions, grouped training with ranking, and the protocol."""
 
 import json
+import re
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import yaml
 
+from mos_predictor import real_music
 from mos_predictor.grouped import (
     GroupBatches,
     centred_difference_loss,
@@ -27,6 +32,7 @@ from qamdt.degradations import ChainSettings, reference_quality
 from qamdt.errors import ConfigError
 from qamdt.manifest import ClipRecord, write_manifest
 
+ROOT = Path(__file__).resolve().parents[1]
 SR = 22050
 DSP_KINDS = ("coloured_noise", "bandpass", "hum", "dropouts", "bit_depth")
 
@@ -75,6 +81,46 @@ def test_sources_list_audio_and_refuse_the_reserved_songs(music, tmp_path):
         MosTrainConfig.from_dict(
             {"data": "csv:x.csv", "real_sources": ["a"], "holdout_sources": ["a"]}
         )
+
+
+def test_packages_give_their_song_folders_not_their_sound_effects(tmp_path, monkeypatch):
+    """The layouts of the Debian packages configs/mos/embedded.yaml names (dpkg -L faked)."""
+    layouts = {
+        "supertux-data": ["games/supertux2/music/forest/a.ogg", "games/supertux2/sounds/b.wav"],
+        "openclonk-data": ["games/openclonk/Music.ocg/c.ogg", "games/openclonk/Sound.ocg/d.ogg"],
+        "xmoto-data": ["games/xmoto/Textures/Musics/e.ogg", "games/xmoto/Sounds/f.ogg"],
+        "marsshooter-data": [
+            "games/marsshooter/audio/music/g.ogg",
+            "games/marsshooter/audio/h.ogg",
+        ],
+        "hedgewars-data": ["games/hedgewars/Data/Music/i.ogg", "games/hedgewars/Data/Sounds/j.ogg"],
+    }
+    for paths in layouts.values():
+        for path in paths:
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).write_bytes(b"")
+
+    def fake_dpkg(args, **kwargs):
+        listing = [str(tmp_path / p) for p in layouts.get(args[-1], [])]
+        folders = sorted({str(Path(p).parent) for p in listing})
+        return subprocess.CompletedProcess(args, 0 if listing else 1, "\n".join(folders + listing))
+
+    monkeypatch.setattr(real_music.subprocess, "run", fake_dpkg)
+    monkeypatch.chdir(tmp_path)
+    for package, paths in layouts.items():
+        assert source_files(package) == [str(tmp_path / paths[0])]
+    with pytest.raises(ConfigError, match="neither a folder nor an installed Debian package"):
+        source_files("no-such-package")
+
+
+def test_default_sources_are_installed_by_setup_and_never_reserved():
+    config = yaml.safe_load((ROOT / "configs/mos/embedded.yaml").read_text())
+    setup = (ROOT / "scripts/setup.sh").read_text()
+    sources = config["real_sources"] + config["holdout_sources"]
+    assert len(set(sources)) == len(sources) >= 3
+    for source in sources:
+        check_source_allowed(source)
+        assert re.search(rf"\s{re.escape(source)}[\s;]", setup), source
 
 
 def test_excerpts_are_seeded_spread_and_skip_silence_and_broken_files(music):
