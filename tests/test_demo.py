@@ -326,6 +326,26 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert "report.html" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_quick_demo_with_stages_side_by_side(tmp_path, capfd):
+    from qamdt.cli.main import main
+
+    config = tmp_path / "side-by-side.yaml"
+    config.write_text("quick:\n  stage_processes: 2\n")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quick", "--config", str(config)]) == 0
+    printed = capfd.readouterr().out
+    for name in ("vae", "mos", "mdt", "mdt-baseline", "edit"):
+        assert f"demo: {name}: in process" in printed, name
+    saved = json.loads((out / STATE_NAME).read_text())
+    assert saved["settings"]["stage_processes"] == 2
+    assert all(entry["done"] for entry in saved["stages"].values())
+    assert len(saved["stages"]) == len(STAGE_NAMES)
+    assert saved["wall_seconds"] < sum(e["seconds"] for e in saved["stages"].values())
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["stage_seconds"]["wall clock"] < report["stage_seconds"]["sum of stages"]
+
+
 # ---------------------------------------------------------------------- sidecars
 
 
