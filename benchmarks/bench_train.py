@@ -140,6 +140,7 @@ def main() -> None:
         values["sample_size"] = list(args.sample_size)
     context = multiprocessing.get_context("spawn")
     threads = torch.get_num_threads()
+    common = {"torch_dtype": args.torch_dtype, "optimizer": args.optimizer}
     rows = []
     names = list(VARIANTS) if args.variants == "all" else list(VARIANTS)[:1]
     for name in names:
@@ -147,18 +148,13 @@ def main() -> None:
         if change.get("cuda_only") and not torch.cuda.is_available():
             continue
         for compiled in (False, True) if args.compile else (False,):
-            options = {
-                "compile": compiled,
-                "torch_dtype": args.torch_dtype,
-                "optimizer": args.optimizer,
-            }
+            options = {**common, "compile": compiled}
             [result] = run_processes(context, 1, values, change, args, options)
             result["samples_per_second"] = args.batch / result["seconds_per_step"]
             rows.append({"variant": name, "run": "compiled" if compiled else "eager", **result})
     if args.side_by_side > 1:
         count = args.side_by_side
-        options = {"compile": False, "torch_dtype": args.torch_dtype, "optimizer": args.optimizer,
-                   "threads": max(1, threads // count)}  # fmt: skip
+        options = {**common, "compile": False, "threads": max(1, threads // count)}
         results = run_processes(context, count, values, VARIANTS[names[0]], args, options)
         rows.append(
             {
