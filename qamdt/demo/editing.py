@@ -70,21 +70,6 @@ def midpoints(seams):
     return [(a + b) / 2 for a, b in zip(seams[:-1], seams[1:], strict=False)]
 
 
-def _controls(wave, controls, reference: float, spec) -> list[float]:
-    """The seam statistic at ``controls`` over the seams' reference (their median elsewhere).
-
-    The same peak flux as at a seam, at positions where no seam is, so the seams' ratios
-    can be read against what the music itself gives away from them.
-    """
-    from qamdt.evaluation.seams import seam_flux_ratios
-
-    if not controls or not np.isfinite(reference):
-        return []
-    found = seam_flux_ratios(wave, controls, spec)
-    scale = found["median_elsewhere"] / max(reference, 1e-12)
-    return [float(r * scale) for r in found["ratios"]]
-
-
 def _excerpt(record, corpus_root: Path, seconds: float, rate: int) -> np.ndarray:
     from qamdt.audio_io import load_audio
 
@@ -193,9 +178,8 @@ def measure_modes(
     controls = midpoints(seams)
     for i, (wave, prompt) in enumerate(zip(made.audios, made.prompts, strict=True)):
         path = _save(out, f"piece_{i}", wave, rate, piece_settings, prompt, made.mode_facts)
-        flux = seam_flux_ratios(wave, seams, pipeline.spec)
-        at_seams = flux["ratios"]
-        at_controls = _controls(wave, controls, flux["median_elsewhere"], pipeline.spec)
+        flux = seam_flux_ratios(wave, seams, pipeline.spec, controls=controls)
+        at_seams, at_controls = flux["ratios"], flux["control_ratios"]
         piece_rows.append(
             {
                 "prompt": prompt,

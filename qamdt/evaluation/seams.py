@@ -39,6 +39,7 @@ def seam_flux_ratios(
     seams: Sequence[float],
     spec="embedded",
     reach: float = DEFAULT_REACH,
+    controls: Sequence[float] = (),
 ) -> dict[str, float | list[float]]:
     """Peak flux near each seam over the median of the same peak away from the seams.
 
@@ -48,11 +49,13 @@ def seam_flux_ratios(
         spec: The audio preset (or its name).
         reach: Seconds either side of a position searched for its peak flux; positions
             within ``2 * reach`` of a seam are left out of the median.
+        controls: Times (seconds) where no seam is, read over the same reference: what
+            the music itself gives away from the seams.
 
     Returns:
-        ``ratios`` (one per seam), ``mean``, ``max`` and ``median_elsewhere`` (the
-        reference), or empty ratios and NaNs when there is no seam or no position away
-        from them.
+        ``ratios`` (one per seam), ``control_ratios`` (one per control), ``mean``, ``max``
+        and ``median_elsewhere`` (the reference), or empty ratios and NaNs when there is no
+        seam or no position away from them.
     """
     from qamdt.audio_spec import get_audio_spec
 
@@ -70,13 +73,23 @@ def seam_flux_ratios(
         near |= np.abs(times - seam) <= 2 * reach
     nan = float("nan")
     if not len(seams) or near.all():
-        return {"ratios": [], "mean": nan, "max": nan, "median_elsewhere": nan}
+        return {
+            "ratios": [],
+            "control_ratios": [],
+            "mean": nan,
+            "max": nan,
+            "median_elsewhere": nan,
+        }
     reference = float(np.median(peaks[~near]))
-    ratios = [
-        float(peaks[int(np.argmin(np.abs(times - seam)))] / max(reference, 1e-12)) for seam in seams
-    ]
+
+    def ratios_at(positions):
+        scale = max(reference, 1e-12)
+        return [float(peaks[int(np.argmin(np.abs(times - p)))] / scale) for p in positions]
+
+    ratios = ratios_at(seams)
     return {
         "ratios": ratios,
+        "control_ratios": ratios_at(controls),
         "mean": float(np.mean(ratios)),
         "max": float(np.max(ratios)),
         "median_elsewhere": reference,
