@@ -136,16 +136,14 @@ def diagnose(run: Path, out: Path) -> None:
     from mos_predictor.models import load_mos_model
     from qamdt.audio_io import load_audio, normalize_waveform
     from qamdt.audio_windows import padded_windows
+    from qamdt.demo.editing import excerpts
 
     mos = load_mos_model(run / "models" / "mos")
     result = json.loads((out / "measures.json").read_text())
     seconds = result["window_seconds"]
     pieces = [load_audio(row["file"], mos.config.sample_rate)[0] for row in result["pieces"]]
     rate, size = mos.config.sample_rate, mos.config.window_samples
-    step = round(seconds * rate)
-    excerpts = [
-        [piece[k : k + step] for k in range(0, len(piece) - step + 1, step)] for piece in pieces
-    ]
+    cut = [excerpts(piece, seconds, rate) for piece in pieces]
 
     def at_gain(waves, gain):
         scores = []
@@ -157,7 +155,7 @@ def diagnose(run: Path, out: Path) -> None:
                 scores.append(float(mos.eval()(batch, lengths=lengths).omq.float().mean()))
         return np.array(scores)
 
-    flat = [e for row in excerpts for e in row]
+    flat = [e for row in cut for e in row]
     whole = np.array([s["omq"] for s in mos.predict(pieces, rate)])
     parts = np.array([s["omq"] for s in mos.predict(flat, rate)]).reshape(len(pieces), -1)
     windows = [w for piece in pieces for w, _ in padded_windows(normalize_waveform(piece), size)]

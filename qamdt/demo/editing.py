@@ -52,17 +52,21 @@ def excerpt_pmos(waves, seconds: float, rate: int, score) -> list[float]:
         rate: Their sample rate.
         score: ``score(list_of_waves) -> list_of_pmos``.
     """
-    size = max(1, round(seconds * rate))
     pieces, owners = [], []
     for i, wave in enumerate(waves):
-        wave = np.asarray(wave)
-        count = max(1, len(wave) // size + (len(wave) % size >= size / 2))
-        for k in range(count):
-            stop = len(wave) if k == count - 1 else (k + 1) * size
-            pieces.append(wave[k * size : stop])
-            owners.append(i)
+        cut = excerpts(wave, seconds, rate)
+        pieces += cut
+        owners += [i] * len(cut)
     values, owners = np.asarray(score(pieces), dtype=float), np.asarray(owners)
     return [float(values[owners == i].mean()) for i in range(len(waves))]
+
+
+def excerpts(wave, seconds: float, rate: int) -> list[np.ndarray]:
+    """Consecutive excerpts of ``seconds``; a remainder under half of that joins the last."""
+    wave = np.asarray(wave)
+    size = max(1, round(seconds * rate))
+    count = max(1, len(wave) // size + (len(wave) % size >= size / 2))
+    return [wave[k * size : len(wave) if k == count - 1 else (k + 1) * size] for k in range(count)]
 
 
 def midpoints(seams):
