@@ -17,6 +17,10 @@ from qamdt.modules.conv_settings import checked_conv_settings
 MODEL_KINDS = ("embedded", "ssl", "text-aware")
 AUDIO_ENCODERS = ("embedded", "ssl")
 POOLINGS = ("mean", "stats")
+LEVEL_NORMS = ("none", "rms")
+#: RMS each window is scaled to by ``level_norm: rms`` (-20 dBFS, about a peak-normalised
+#: music window's level, so the fixed ``mel_mean``/``mel_std`` affine still fits).
+LEVEL_NORM_RMS = 0.1
 CONFIG_FORMAT_VERSION = 1
 SSL_SAMPLE_RATE = 16000
 
@@ -42,6 +46,12 @@ class MosModelConfig(ConfigBase):
         cnn_channels: Output channels of the embedded encoder's conv blocks.
         cnn_strides: ``(frequency, time)`` down-sampling of each conv block.
         embed_dim: Width of the embedded encoder's output sequence.
+        level_norm: Level of the embedded encoder's input: ``"none"`` takes each window as
+            the caller normalised it (the clip peak-normalised, so a quiet window of a
+            loud clip stays quiet); ``"rms"`` scales every window to one RMS
+            (``LEVEL_NORM_RMS``, over its valid samples) before the log-mel, so the score
+            does not depend on the window's level. One gain per window: levels inside it
+            (noise, hum against the music) are kept.
         temporal_layers: Transformer layers over the embedded encoder's sequence, for
             context longer than the convolutions see (reverb tails); 0 for none.
         pooling: ``"mean"`` or ``"stats"`` (mean and standard deviation over time);
@@ -97,6 +107,7 @@ class MosModelConfig(ConfigBase):
     cnn_channels: tuple[int, ...] = (16, 32, 64, 128)
     cnn_strides: tuple[tuple[int, int], ...] = ((2, 2), (2, 2), (2, 2), (2, 1))
     embed_dim: int = 128
+    level_norm: str = "none"
     temporal_layers: int = 0
     pooling: str | None = None
     # SSL encoder.
@@ -144,6 +155,7 @@ class MosModelConfig(ConfigBase):
         if self.head_hidden is None:
             self.head_hidden = 0 if self.kind == "ssl" else 64
         self._check_choice("pooling", POOLINGS)
+        self._check_choice("level_norm", LEVEL_NORMS)
         if self.mel_preset not in AUDIO_PRESETS:
             raise ConfigError(
                 f"mel_preset: unknown audio preset '{self.mel_preset}'; "
@@ -179,6 +191,8 @@ class MosModelConfig(ConfigBase):
                 raise ConfigError(f"{name} must be a dict, got {type(value).__name__}")
             if value is not None:
                 setattr(self, name, dict(value))
+        if self.level_norm != "none" and self.uses_ssl:
+            raise ConfigError("level_norm applies to the embedded (log-mel) encoder only")
         expected = self.encoder_sample_rate()
         if self.sample_rate is None:
             self.sample_rate = expected

@@ -167,3 +167,24 @@ def collate_rated(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "caption": [item["caption"] for item in batch],
         "index": torch.tensor([item["index"] for item in batch], dtype=torch.int64),
     }
+
+
+def random_gain(waves: torch.Tensor, max_db: float, generator: torch.Generator) -> torch.Tensor:
+    """Each row times its own gain, uniform in decibels in ``[-max_db, max_db]``.
+
+    Training's level augmentation: the inputs arrive peak-normalised, and at prediction a
+    window of a longer clip sits at any level below the clip's peak.
+
+    Args:
+        waves: ``(B, S)`` windows.
+        max_db: Largest gain or attenuation, in dB (0: ``waves`` unchanged).
+        generator: Source of the gains (CPU).
+
+    Returns:
+        ``(B, S)`` scaled windows, on ``waves``' device and in its dtype.
+    """
+    if max_db <= 0:
+        return waves
+    db = (torch.rand(waves.shape[0], generator=generator) * 2 - 1) * max_db
+    gains = torch.pow(10.0, db / 20).to(device=waves.device, dtype=waves.dtype)
+    return waves * gains[:, None]

@@ -7,7 +7,8 @@ It trains from scratch on a CPU in minutes. Design choices that matter for quali
 * The log-mel goes through a fixed affine (``mel_mean``, ``mel_std``), not per-clip
   standardisation: the level of the noise floor against the music (noise, quantisation,
   hum) is exactly what per-clip statistics would erase. The waveform itself is peak
-  normalised by the caller, as for every model here.
+  normalised by the caller, as for every model here; ``level_norm: rms`` also scales
+  each window to one RMS (one gain per window, so levels inside it survive).
 * The conv stack down-samples frequency and time, then the channels and the remaining
   frequency bins are flattened and projected per time step, so absolute frequency
   position survives (band limiting, hum at 50/60 Hz).
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from mos_predictor.base import MosModel, MosOutput, ScoreHead, register_mos_model
-from mos_predictor.config import MosModelConfig
+from mos_predictor.config import LEVEL_NORM_RMS, MosModelConfig
 from qamdt.audio_spec import get_audio_spec
 from qamdt.mel import MelFrontEnd
 from qamdt.modules.conv import conv_stack, frames_first, strided_lengths
@@ -35,8 +36,8 @@ class MelCnnEncoder(nn.Module):
     """Waveform to a ``(B, T, D)`` sequence: log-mel, fixed affine, conv blocks, projection.
 
     Args:
-        config: Uses ``mel_preset``, ``mel_mean``, ``mel_std``, ``cnn_channels``,
-            ``cnn_strides`` and ``embed_dim``.
+        config: Uses ``mel_preset``, ``mel_mean``, ``mel_std``, ``level_norm``,
+            ``cnn_channels``, ``cnn_strides`` and ``embed_dim``.
     """
 
     def __init__(self, config: MosModelConfig):
@@ -47,6 +48,7 @@ class MelCnnEncoder(nn.Module):
         self.mel = MelFrontEnd(spec)
         self.mel_mean = float(config.mel_mean)
         self.mel_std = float(config.mel_std)
+        self.level_norm = config.level_norm
         self.blocks, width = conv_stack(
             config.cnn_channels, config.cnn_strides, self.mel.spec.n_mels
         )
@@ -78,6 +80,32 @@ class MelCnnEncoder(nn.Module):
         frames = torch.div(lengths, self.mel.spec.hop_length, rounding_mode="floor").clamp_min(1)
         return strided_lengths(frames, self.time_strides)
 
+    def normalise_level(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The windows as the log-mel sees them (``level_norm``).
+
+        Args:
+            waveforms: ``(B, S)`` audio.
+            lengths: ``(B,)`` valid samples per row (the RMS ignores the padding), or
+                ``None``.
+
+        Returns:
+            ``waveforms`` unchanged for ``"none"``; for ``"rms"`` each row times one gain
+            that brings its RMS to ``LEVEL_NORM_RMS`` (rows below -100 dBFS RMS are
+            scaled as if at -100 dBFS, so silence stays near silent).
+        """
+        if self.level_norm == "none":
+            return waveforms
+        power = waveforms.square()
+        if lengths is None:
+            mean_power = power.mean(dim=1)
+        else:
+            valid = lengths_to_mask(lengths.clamp_min(1), waveforms.shape[1]).to(power.dtype)
+            mean_power = (power * valid).sum(dim=1) / valid.sum(dim=1)
+        rms = mean_power.clamp_min(1e-10).sqrt()
+        return waveforms * (LEVEL_NORM_RMS / rms)[:, None]
+
     def forward(
         self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -91,7 +119,7 @@ class MelCnnEncoder(nn.Module):
             ``(sequence, mask)``: ``(B, T, D)`` and a ``(B, T)`` validity mask (``None``
             when ``lengths`` is ``None``).
         """
-        x = (self.mel(waveforms) - self.mel_mean) / self.mel_std
+        x = (self.mel(self.normalise_level(waveforms, lengths)) - self.mel_mean) / self.mel_std
         x = self.blocks(x.unsqueeze(1))  # (B, C, F', T')
         x = self.proj(frames_first(x))  # (B, T', C * F') -> (B, T', D)
         mask = None if lengths is None else lengths_to_mask(self.frame_lengths(lengths), x.shape[1])

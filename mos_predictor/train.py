@@ -22,7 +22,7 @@ import torch
 
 from mos_predictor.config import MosModelConfig
 from mos_predictor.data import load_ratings, system_ids
-from mos_predictor.dataset import RatedClipDataset, collate_rated
+from mos_predictor.dataset import RatedClipDataset, collate_rated, random_gain
 from mos_predictor.grouped import (
     GroupBatches,
     build_real_pools,
@@ -294,12 +294,21 @@ def train_mos_model(
                    disable=not progress or not accelerator.is_main_process)  # fmt: skip
         if groups is not None:
             groups.set_epoch(epoch)
+        # Seeded by the seed and the epoch alone, so a resumed run draws the same gains.
+        gains = torch.Generator().manual_seed(config.seed * 100_003 + 17 * epoch + 5)
         for batch in bar:
-            if groups is None:
+            real = None if groups is None else groups.next()
+            if config.gain_augment_db > 0:
+                shift = functools.partial(random_gain, max_db=config.gain_augment_db,
+                                          generator=gains)  # fmt: skip
+                batch = {**batch, "wave": shift(batch["wave"])}
+                if real is not None:
+                    real = {**real, "wave": shift(real["wave"])}
+            if real is None:
                 output = model(batch["wave"], batch["caption"] if text_aware else None)
                 loss = _loss(output, batch, config.ta_weight)
             else:
-                loss = _mixed_loss(model, batch, groups.next(), config, text_aware)
+                loss = _mixed_loss(model, batch, real, config, text_aware)
             accelerator.backward(loss)
             if config.grad_clip:
                 accelerator.clip_grad_norm_(parameters, config.grad_clip)

@@ -55,6 +55,9 @@ class MosTrainConfig(ConfigBase):
         centred_weight: Weight of the squared error of scores and targets measured from
             their group's mean (:func:`~mos_predictor.grouped.centred_difference_loss`;
             0: off).
+        gain_augment_db: Level augmentation: every training window (corpus and real
+            versions) is scaled by its own gain, uniform in dB within +-this, after the
+            usual peak normalisation (:func:`~mos_predictor.dataset.random_gain`; 0: off).
         real_workers: Processes that make the degraded versions.
         seed: Seed of initialisation, shuffling and crops.
         num_workers: DataLoader workers.
@@ -88,6 +91,7 @@ class MosTrainConfig(ConfigBase):
     group_size: int = 4
     rank_weight: float = 1.0
     centred_weight: float = 0.0
+    gain_augment_db: float = 0.0
     real_workers: int = 2
     seed: int = 0
     num_workers: int = 0
@@ -106,6 +110,8 @@ class MosTrainConfig(ConfigBase):
         MosModelConfig.from_dict(self.model, "model")
         if self.epochs <= 0 or self.batch_size <= 0:
             raise ConfigError("epochs and batch_size must be > 0")
+        if not 0 <= self.gain_augment_db <= 40:
+            raise ConfigError(f"gain_augment_db must be in [0, 40], got {self.gain_augment_db}")
         if self.patience is not None and self.patience <= 0:
             raise ConfigError(f"patience must be > 0 (or null), got {self.patience}")
         check_real_settings(self)

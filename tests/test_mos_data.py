@@ -12,7 +12,7 @@ from mos_predictor.data import (
     load_ratings,
     system_ids,
 )
-from mos_predictor.dataset import RatedClipDataset, collate_rated
+from mos_predictor.dataset import RatedClipDataset, collate_rated, random_gain
 from mos_predictor.ratings import RatedClip, load_csv_ratings, load_musiceval
 from qamdt.errors import AudioError, ConfigError, ManifestError
 from qamdt.manifest import ClipRecord, write_manifest
@@ -354,3 +354,15 @@ def test_bad_audio_raises_audio_error_naming_file(tmp_path, clips):
     )
     with pytest.raises(AudioError, match=r"gone\.wav: file not found"):
         gone[0]
+
+
+def test_random_gain_draws_one_gain_per_row_within_the_range():
+    waves = torch.ones(400, 3)
+    out = random_gain(waves, 10.0, torch.Generator().manual_seed(0))
+    db = 20 * torch.log10(out[:, 0])
+    assert torch.equal(out[:, 0], out[:, 2])
+    assert float(db.min()) >= -10.0 - 1e-4 and float(db.max()) <= 10.0 + 1e-4
+    assert float(db.min()) < -9 and float(db.max()) > 9 and abs(float(db.mean())) < 1.0
+    again = random_gain(waves, 10.0, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    assert random_gain(waves, 0.0, torch.Generator()) is waves

@@ -120,6 +120,8 @@ def test_config_round_trip(tmp_path):
         ({"kind": "ssl", "sample_rate": 22050}, "sample_rate"),
         ({"kind": "text-aware", "d_model": 30, "n_heads": 4}, "d_model"),
         ({"kind": "embedded", "ot_weight": -1.0}, "ot_weight"),
+        ({"kind": "embedded", "level_norm": "peak"}, "level_norm"),
+        ({"kind": "ssl", "level_norm": "rms"}, "level_norm"),
     ],
 )
 def test_config_errors_name_the_key(values, named):
@@ -165,6 +167,29 @@ def test_embedded_encode_sequence():
     model = _model("embedded")
     seq = model.encode(torch.zeros(2, model.config.window_samples))
     assert seq.ndim == 3 and seq.shape[0] == 2 and seq.shape[2] == 32
+
+
+def test_rms_level_norm_makes_the_encoding_independent_of_the_window_level():
+    model = _model("embedded", level_norm="rms").eval()
+    size = model.config.window_samples
+    torch.manual_seed(1)
+    x = 0.3 * torch.randn(2, size)
+    x[1, size // 2 :] = 0  # padding: the RMS is taken over the valid half only
+    lengths = torch.tensor([size, size // 2])
+    with torch.no_grad():
+        base = model.encoder(x, lengths)[0]
+        for gain in (0.05, 0.3, 3.0):
+            torch.testing.assert_close(model.encoder(gain * x, lengths)[0], base,
+                                       atol=1e-4, rtol=1e-3)  # fmt: skip
+        levelled = model.encoder.normalise_level(x, lengths)
+        plain = _model("embedded").eval()
+        assert plain.encoder.normalise_level(x, lengths) is x
+        quiet, loud = plain.encoder(0.05 * x, lengths)[0], plain.encoder(x, lengths)[0]
+        assert not torch.allclose(quiet, loud, atol=1e-4, rtol=1e-3)
+    rms = levelled[0].square().mean().sqrt(), levelled[1, : size // 2].square().mean().sqrt()
+    torch.testing.assert_close(torch.stack(rms), torch.tensor([0.1, 0.1]))
+    # One gain per window: levels inside it (a quiet noise floor under music) are kept.
+    torch.testing.assert_close(levelled[0] / x[0], torch.full((size,), levelled[0, 0] / x[0, 0]))
 
 
 def test_score_scaling_uses_config():

@@ -77,6 +77,8 @@ def test_sources_list_audio_and_refuse_the_reserved_songs(music, tmp_path):
         source_files(str(tmp_path / "no-such-source"))
     with pytest.raises(ConfigError, match="reserved"):
         MosTrainConfig.from_dict({"data": "csv:x.csv", "holdout_sources": ["fretsonfire-game"]})
+    with pytest.raises(ConfigError, match="gain_augment_db"):
+        MosTrainConfig.from_dict({"data": "csv:x.csv", "gain_augment_db": -3})
     with pytest.raises(ConfigError, match="both trained on and held out"):
         MosTrainConfig.from_dict(
             {"data": "csv:x.csv", "real_sources": ["a"], "holdout_sources": ["a"]}
@@ -257,11 +259,11 @@ def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp
     config = tmp_path / "tiny.yaml"
     config.write_text(
         "model:\n  kind: embedded\n  window_seconds: 2.0\n  cnn_channels: [8, 8]\n"
-        "  cnn_strides: [[4, 4], [4, 4]]\n  embed_dim: 16\n  head_hidden: 8\n"
+        "  cnn_strides: [[4, 4], [4, 4]]\n  embed_dim: 16\n  head_hidden: 8\n  level_norm: rms\n"
         "epochs: 2\nbatch_size: 4\nwarmup_steps: 1\nreal_workers: 1\nreal_valid_every: 3\n"
         f"real_sources: ['{music / 'band-a'}']\nholdout_sources: ['{music / 'band-b'}']\n"
         "holdout_families: [hum]\nreal_excerpts_per_file: 2\nreal_versions: 3\ngroup_size: 2\n"
-        "centred_weight: 0.5\n"
+        "centred_weight: 0.5\ngain_augment_db: 6.0\n"
     )
     out = tmp_path / "run"
     data = f"corpus:{corpus / 'manifest.jsonl'}"
@@ -273,6 +275,7 @@ def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp
     assert len(log) == 2 and {"srcc", "within_srcc", "clean_mean"} <= set(log[0]["valid_real"])
     saved = json.loads((out / "model" / "train_config.json").read_text())
     assert saved["holdout_families"] == ["hum"] and saved["centred_weight"] == 0.5
+    assert saved["gain_augment_db"] == 6.0 and saved["model"]["level_norm"] == "rms"
     assert saved["holdout_sources"] == [str(music / "band-b")]
 
     report = tmp_path / "protocol.json"
