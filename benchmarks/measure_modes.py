@@ -30,7 +30,6 @@ normalisation (how much the predictor's score depends on the level alone).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -65,17 +64,7 @@ def main() -> None:
     from qamdt.manifest import read_manifest
 
     state = json.loads((args.run / STATE_NAME).read_text())
-    # A run made by another version may lack settings this one has (they take the full
-    # demo's values) or hold some it no longer has (left out).
-    full = dataclasses.asdict(DemoSettings.full())
-    given = state["settings"]
-    for what, names in (
-        ("not known here", set(given) - set(full)),
-        ("missing", set(full) - set(given)),
-    ):
-        if names:
-            print(f"settings of the run {what}: {', '.join(sorted(names))}")
-    settings = DemoSettings.from_dict({**full, **{k: v for k, v in given.items() if k in full}})
+    settings = DemoSettings.from_recorded(state["settings"])
     prompts = [c["prompt"] for c in state["stages"]["generate"]["result"]["prompts"]]
     models = args.run / "models"
     manifest = args.run / "corpus" / "manifest.jsonl"

@@ -1,3 +1,4 @@
+import dataclasses
 import functools
 import json
 import os
@@ -213,6 +214,23 @@ def test_prompts_prefer_clean_test_clips_and_fall_back():
     chosen = choose_prompts(rows, 3)
     assert [p["reference_id"] for p in chosen] == ["c1", "d1", "t1"]
     assert [p["clean_test"] for p in chosen] == [True, False, False]
+    chosen = choose_prompts(rows + [record("v1", "valid", [], "clean valid piece")], 2, "valid")
+    assert [p["reference_id"] for p in chosen] == ["v1", "t1"]  # then in manifest order
+    assert [p["clean_test"] for p in chosen] == [True, False]
+
+
+def test_recorded_settings_of_another_version_are_read_with_the_full_values():
+    given = dataclasses.asdict(DemoSettings.full())
+    del given["prompts"]
+    given.update(clips=123, retired_setting=1)
+    said = []
+    settings = DemoSettings.from_recorded(given, log=said.append)
+    assert settings.clips == 123
+    assert settings.prompts == DemoSettings.full().prompts
+    assert said == [
+        "settings of the run not known here: retired_setting",
+        "settings of the run missing: prompts",
+    ]
 
 
 def test_decoder_reference_takes_held_out_clips_of_each_level_first():

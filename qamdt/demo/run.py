@@ -48,23 +48,24 @@ NEGATIVE = "mdt-negative-prompt"
 # ------------------------------------------------------------------------------ stages
 
 
-def choose_prompts(records, count: int) -> list[dict[str, Any]]:
-    """The evaluation prompts: true captions of clean test clips, then of other clips.
+def choose_prompts(records, count: int, split: str = "test") -> list[dict[str, Any]]:
+    """The evaluation prompts: true captions of clean clips of ``split``, then of others.
 
-    Clean test clips come first; a corpus too small to hold ``count`` of them lends test
-    clips with degradations, then clips of other splits.
+    Clean clips of the split come first; a corpus too small to hold ``count`` of them
+    lends the split's clips with degradations, then clips of other splits.
 
     Returns:
-        ``{"reference_id", "prompt", "clean_test"}`` per prompt.
+        ``{"reference_id", "prompt", "clean_test"}`` per prompt (``clean_test``: the clip
+        is a clean one of ``split``).
     """
     ranked = sorted(
-        records, key=lambda r: (not (r.split == "test" and is_clean(r)), r.split != "test")
+        records, key=lambda r: (not (r.split == split and is_clean(r)), r.split != split)
     )
     chosen = []
     for record in ranked:
         prompt = record.meta.get("true_caption") or record.final_caption
         if prompt and prompt not in {c["prompt"] for c in chosen}:
-            clean_test = record.split == "test" and is_clean(record)
+            clean_test = record.split == split and is_clean(record)
             chosen.append({"reference_id": record.id, "prompt": prompt, "clean_test": clean_test})
         if len(chosen) == count:
             break
@@ -225,8 +226,10 @@ def report(ctx: StageContext) -> dict[str, Any]:
 
 STAGES: tuple[Stage, ...] = (
     Stage("corpus", corpus, outputs=("corpus",)),
-    # Small trainings and labelling side by side, the longest first; then the two MDTs,
-    # then editing and evaluation (run_stages, stage_processes).
+    # Small trainings and labelling side by side, the longest first; then the two MDTs
+    # (run_stages, stage_processes). Generation, editing and evaluation run alone on every
+    # thread: their convolutions and batched sampling use two threads well, and on one
+    # thread beside each other they took longer than one after the other (docs/demo.md).
     Stage("vae", vae, ("corpus",), ("work/vae", "models/vae"), concurrent=True),
     Stage("mos", mos, ("corpus",), ("work/mos", "models/mos"), concurrent=True),
     Stage("clap", clap, ("corpus",), ("models/clap",), concurrent=True),
@@ -244,14 +247,8 @@ STAGES: tuple[Stage, ...] = (
         concurrent=True,
     ),
     Stage("generate", generate, ("mdt", "mdt-baseline"), ("generated",)),
-    Stage("edit", edit, ("generate", "mos", "clap"), ("editing",), concurrent=True),
-    Stage(
-        "evaluate",
-        evaluate,
-        ("generate", "mos", "clap", "captioner"),
-        ("evaluation",),
-        concurrent=True,
-    ),
+    Stage("edit", edit, ("generate", "mos", "clap"), ("editing",)),
+    Stage("evaluate", evaluate, ("generate", "mos", "clap", "captioner"), ("evaluation",)),
     Stage("report", report, ("evaluate", "edit"), ("report",)),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)

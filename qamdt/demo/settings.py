@@ -228,6 +228,22 @@ class DemoSettings(ConfigBase):
         """The ``--quick`` settings: every stage on a few dozen clips for a few steps."""
         return load_demo_settings(None, quick=True)
 
+    @classmethod
+    def from_recorded(cls, given: Mapping[str, Any], log=print) -> DemoSettings:
+        """The settings a run recorded in its ``stages.json``, as this version reads them.
+
+        A run made by another version may lack settings this one has (they take the full
+        run's values) or hold some it no longer has (left out); ``log`` names both.
+        """
+        full = dataclasses.asdict(cls.full())
+        for what, names in (
+            ("not known here", set(given) - set(full)),
+            ("missing", set(full) - set(given)),
+        ):
+            if names:
+                log(f"settings of the run {what}: {', '.join(sorted(names))}")
+        return cls.from_dict({**full, **{k: v for k, v in given.items() if k in full}})
+
     def generation_settings(self) -> GenerationSettings:
         """The generation settings every demo call shares (levels and guidance per call).
 
