@@ -353,8 +353,11 @@ def test_quick_demo_with_stages_side_by_side(tmp_path, capfd):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick", "--config", str(config)]) == 0
     printed = capfd.readouterr().out
-    for name in ("vae", "mos", "mdt", "mdt-baseline", "edit"):
+    for name in ("vae", "mos", "mdt", "mdt-baseline"):
         assert f"demo: {name}: in process" in printed, name
+    for name in ("generate", "edit", "evaluate"):  # alone, on every thread
+        assert f"demo: {name}: running" in printed, name
+        assert f"demo: {name}: in process" not in printed, name
     saved = json.loads((out / STATE_NAME).read_text())
     assert saved["settings"]["stage_processes"] == 2
     assert all(entry["done"] for entry in saved["stages"].values())
