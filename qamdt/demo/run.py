@@ -229,7 +229,7 @@ STAGES: tuple[Stage, ...] = (
     # Small trainings and labelling side by side, the longest first; then the two MDTs
     # (run_stages, stage_processes). Generation, editing and evaluation run alone on every
     # thread: their convolutions and batched sampling use two threads well, and on one
-    # thread beside each other they took longer than one after the other (docs/demo.md).
+    # thread beside each other they took longer than one after the other (docs/speed.md).
     Stage("vae", vae, ("corpus",), ("work/vae", "models/vae"), concurrent=True),
     Stage("mos", mos, ("corpus",), ("work/mos", "models/mos"), concurrent=True),
     Stage("clap", clap, ("corpus",), ("models/clap",), concurrent=True),
