@@ -50,24 +50,15 @@ def main() -> None:
     plain = QAMDTPipeline.from_pretrained(models / "pipeline-mdt")
     scorers = {"mos_model": load_mos_model(models / "mos"), "clap": load_clap(models / "clap")}
     out = args.out or args.run / "guidance-measures"
-    common = settings.generation_settings()
     top, bottom = max(settings.levels), min(settings.levels)
     rows = []
     print(f"{'scale':>6s} {'generated':>10s} {'p-MOS':>6s} {'Frechet':>8s} {'seconds':>8s}")
     for scale in args.scales:
+        scaled = settings.replace(guidance_scale=scale)
         runs = [
-            (f"level {level}", quality, common.replace(
-                guidance_scale=scale,
-                quality_level=level,
-                negative_quality_level=settings.negative_level_for(level),
-            ))
-            for level in (top, bottom)
-        ] + [
-            ("mdt", plain, common.replace(
-                guidance_scale=scale, quality_level=None, negative_prompt="",
-                guidance="negative-prompt",
-            )),
-        ]  # fmt: skip
+            (f"level {level}", quality, scaled.level_settings(level)) for level in (top, bottom)
+        ]
+        runs.append(("mdt", plain, scaled.baseline_settings("")))
         for name, pipeline, generation in runs:
             folder = out / f"scale-{scale:g}" / name.replace(" ", "")
             start = time.perf_counter()

@@ -296,11 +296,10 @@ def train_mos_model(
             groups.set_epoch(epoch)
         # Seeded by the seed and the epoch alone, so a resumed run draws the same gains.
         gains = torch.Generator().manual_seed(config.seed * 100_003 + 17 * epoch + 5)
+        shift = functools.partial(random_gain, max_db=config.gain_augment_db, generator=gains)
         for batch in bar:
             real = None if groups is None else groups.next()
             if config.gain_augment_db > 0:
-                shift = functools.partial(random_gain, max_db=config.gain_augment_db,
-                                          generator=gains)  # fmt: skip
                 batch = {**batch, "wave": shift(batch["wave"])}
                 if real is not None:
                     real = {**real, "wave": shift(real["wave"])}

@@ -82,18 +82,9 @@ def generate(ctx: StageContext) -> dict[str, Any]:
     prompts = [c["prompt"] for c in chosen]
     extra = [{"reference_id": c["reference_id"]} for c in chosen]
     folder = ctx.out / "generated"
-    common = s.generation_settings()
-    runs = []
-    for level in s.levels:
-        settings = common.replace(
-            quality_level=level, negative_quality_level=s.negative_level_for(level)
-        )
-        runs.append(("pipeline", SWEEP, settings, f"level{level}_"))
+    runs = [("pipeline", SWEEP, s.level_settings(level), f"level{level}_") for level in s.levels]
     for name, negative in ((PLAIN, ""), (NEGATIVE, s.negative_prompt)):
-        settings = common.replace(
-            quality_level=None, negative_prompt=negative, guidance="negative-prompt"
-        )
-        runs.append(("pipeline-mdt", name, settings, ""))
+        runs.append(("pipeline-mdt", name, s.baseline_settings(negative), ""))
     pipelines: dict[str, Any] = {}
     counts: dict[str, int] = {}
     for model_name, name, settings, prefix in runs:

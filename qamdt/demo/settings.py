@@ -254,6 +254,18 @@ class DemoSettings(ConfigBase):
             **{name: getattr(self, key) for key, name in SAMPLING_SETTINGS.items()}
         )
 
+    def level_settings(self, level: int) -> GenerationSettings:
+        """The quality-aware MDT's settings at ``level`` (its negative level per the setting)."""
+        return self.generation_settings().replace(
+            quality_level=level, negative_quality_level=self.negative_level_for(level)
+        )
+
+    def baseline_settings(self, negative_prompt: str) -> GenerationSettings:
+        """The plain MDT's settings: no level, guided away from ``negative_prompt``."""
+        return self.generation_settings().replace(
+            quality_level=None, negative_prompt=negative_prompt, guidance="negative-prompt"
+        )
+
     def negative_level_for(self, level: int) -> float:
         """The negative branch's quality level when generating ``level``."""
         if self.negative_quality_level == MIRROR:
