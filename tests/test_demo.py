@@ -255,17 +255,29 @@ def test_decoder_reference_takes_held_out_clips_of_each_level_first():
 
 def test_checks_pass_and_fail_on_the_figures():
     low = {"level": 1, "pmos_mean": 2.0, "frechet": 10.0}
-    high = {"level": 5, "pmos_mean": 3.5, "frechet": 6.0}
-    baselines = {"mdt": {"pmos_mean": 3.0, "frechet": 7.0}, "neg": {"pmos_mean": 3.6}}
+    high = {"level": 5, "pmos_mean": 3.5, "frechet": 6.0, "frechet_se": 0.3}
+    baselines = {
+        # 0.5 further than mdt: within 2 x hypot(0.3, 0.4) = 1.0
+        "mdt": {"pmos_mean": 3.0, "frechet": 5.5, "frechet_se": 0.4},
+        # 1.0 further than tight: beyond 2 x hypot(0.3, 0.1) = 0.63
+        "tight": {"pmos_mean": 3.0, "frechet": 5.0, "frechet_se": 0.1},
+        "neg": {"pmos_mean": 3.6, "frechet": 7.0},  # no standard error: fails
+    }
     checks = compute_checks(
-        low, high, {"matched": 0.3, "shuffled": 0.1}, baselines, {"level5": 0.7}, 1.0
+        low, high, {"matched": 0.3, "shuffled": 0.1}, baselines, {"level5": 0.7}, 1.0, 2.0
     )
     passed = {c["check"]: c["passed"] for c in checks}
+    values = {c["check"]: c["values"] for c in checks}
     assert passed["quality control (p-MOS)"] and passed["quality control (Frechet)"]
     assert passed["text control (CLAP)"] and passed["beats mdt (p-MOS)"]
-    assert not passed["beats neg (p-MOS)"] and not passed["beats neg (Frechet)"]
+    assert passed["as close to clean audio as mdt (Frechet)"]
+    assert values["as close to clean audio as mdt (Frechet)"] == "6 vs 5.5 (allowance 1)"
+    assert not passed["as close to clean audio as tight (Frechet)"]
+    assert not passed["beats neg (p-MOS)"]
+    assert not passed["as close to clean audio as neg (Frechet)"]
+    assert values["as close to clean audio as neg (Frechet)"] == "missing"
     assert not passed["music, not noise (pitch confidence)"]  # noise figure missing
-    assert len(checks) == 8
+    assert len(checks) == 10
 
 
 # ---------------------------------------------------------------------- end to end

@@ -15,6 +15,7 @@ from captioning.embedded_captioner import EmbeddedCaptioner
 from captioning.embedded_clap import EmbeddedClapScorer
 from captioning.tagger_model import EmbeddedCaptionerConfig
 from mos_predictor.models import build_mos_model
+from qamdt.audio_io import prepare_clips
 from qamdt.cli.evaluate_commands import format_table
 from qamdt.cli.main import main
 from qamdt.errors import ConfigError, QamdtError
@@ -26,6 +27,7 @@ from qamdt.evaluation.metrics import (
     embedding_statistics,
     frechet_distance,
     frechet_distance_of,
+    frechet_jackknife,
     inception_score,
     kl_divergence_paired,
 )
@@ -131,6 +133,21 @@ def test_frechet_shift_and_rank_deficient_sets():
     few = np.random.default_rng(3).normal(size=(3, 8))  # covariance of rank 2 in 8-D
     value = frechet_distance_of(few, few[::-1] + 0.1)
     assert np.isfinite(value) and value > -1e-6
+
+
+def test_frechet_jackknife_hand_computed():
+    rng = np.random.default_rng(3)
+    clips = [rng.normal(size=(4, 2)) + i for i in range(4)]
+    reference = rng.normal(size=(30, 2))
+    value, error = frechet_jackknife(clips, reference)
+    assert value == pytest.approx(frechet_distance_of(np.concatenate(clips), reference))
+    left_out = [frechet_distance_of(np.concatenate(clips[:i] + clips[i + 1 :]), reference)
+                for i in range(4)]  # fmt: skip
+    assert error == pytest.approx(np.sqrt(3 / 4 * np.sum((left_out - np.mean(left_out)) ** 2)))
+    same = [clips[0]] * 3  # every draw is the same set
+    assert frechet_jackknife(same, reference)[1] == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="at least 3 clips"):
+        frechet_jackknife(clips[:2], reference)
 
 
 def test_frechet_errors_and_statistics():
@@ -259,12 +276,30 @@ def test_clap_shuffled_control_averages_derangements():
 def test_embedders_shapes(models):
     _, clap, captioner = models
     waves, rates = [tone(220), tone(440, seconds=1.3)], [SR, 16000]
-    pooled = ClapAudioEmbedder(clap).embed(waves, rates)
+    pooled = ClapAudioEmbedder(clap, features="pooled").embed(waves, rates)
     assert pooled.shape == (2, 2 * TINY_CLAP["audio_width"]) and "not VGGish" in (
         ClapAudioEmbedder(clap).description
     )
     projected = ClapAudioEmbedder(clap, features="projected").embed(waves, rates)
     np.testing.assert_allclose(projected, clap.embed_audio(waves, rates), atol=1e-6)
+    # The default takes every frame; a one-window clip's pooled vector is their mean and
+    # (population) standard deviation.
+    frames = ClapAudioEmbedder(clap).samples(waves, rates)
+    assert ClapAudioEmbedder(clap).features == "frames"
+    assert [f.shape[1] for f in frames] == [TINY_CLAP["audio_width"]] * 2
+    assert frames[1].shape[0] > frames[0].shape[0] > 1
+    short = [tone(330, seconds=0.45)]  # under one 0.5 s window: encoded whole
+    (window,) = clap.mel_windows(clap.log_mel(prepare_clips(short, SR, clap.sample_rate)[0]))
+    (short_frames,) = ClapAudioEmbedder(clap).samples(short, SR)
+    expected = np.concatenate([short_frames.mean(0), short_frames.std(0)])
+    short_pooled = ClapAudioEmbedder(clap, features="pooled").embed(short, SR)[0]
+    np.testing.assert_allclose(short_pooled, expected, rtol=1e-4, atol=1e-5)
+    per_clip = ClapAudioEmbedder(clap, features="pooled").samples(waves, rates)
+    assert [p.shape for p in per_clip] == [(1, pooled.shape[1])] * 2
+    with pytest.raises(ConfigError, match="no vector per clip"):
+        ClapAudioEmbedder(clap).embed(waves, rates)
+    with pytest.raises(ConfigError, match="Frechet features must be one of"):
+        ClapAudioEmbedder(clap, features="vggish")
     tagger = TaggerClassifier(captioner)
     assert tagger.class_head == "ensemble" and "not PANNs" in tagger.description
     per_head = tagger.head_probabilities(waves, rates)
@@ -314,6 +349,7 @@ def test_evaluate_end_to_end_and_report(dataset, models, tmp_path):
     results = evaluate_generated(
         gen, ref, mos, clap, captioner, out=out, progress=False, examples_per_level=1
     )
+    level_5 = sorted(gen.glob("p*_q5.wav"))
     assert results["backend"].startswith("embedded") and "not VGGish/PANNs" in results["backend"]
     failed = sorted(os.path.basename(f["file"]) for f in results["failures"])
     assert failed == ["broken.wav", "orphan.wav"]
@@ -321,7 +357,7 @@ def test_evaluate_end_to_end_and_report(dataset, models, tmp_path):
     sweep = results["quality_sweep"]
     assert [s["level"] for s in sweep] == [1, 5] and [s["count"] for s in sweep] == [3, 3]
     for group in [results["overall"], *sweep]:
-        for key in ("pmos_mean", "frechet", "kl", "kl_sigmoid", "is", "clap", "clap_shuffled"):
+        for key in ("pmos_mean", "frechet", "frechet_se", "kl", "kl_sigmoid", "is", "clap"):
             assert isinstance(group[key], float), key
         assert group["kl_pairs"] == group["count"]
     assert 1.0 <= results["overall"]["is"] <= 3.0
@@ -329,6 +365,16 @@ def test_evaluate_end_to_end_and_report(dataset, models, tmp_path):
     assert clap_result["matched"] != clap_result["shuffled"]
     assert results["reference"]["pmos_mean"] is not None
     assert [e["level"] for e in results["examples"]] == [1, 5]
+    # The Frechet distance pools every frame of a set's clips.
+    embedder = ClapAudioEmbedder(clap)
+    gen_frames = embedder.samples(
+        *zip(*[sf.read(f, dtype="float32") for f in level_5], strict=True)
+    )
+    ref_frames = embedder.samples(
+        *zip(*[sf.read(f, dtype="float32") for f in sorted(ref.glob("*.wav"))], strict=True)
+    )
+    expected = frechet_distance_of(np.concatenate(gen_frames), np.concatenate(ref_frames))
+    assert sweep[1]["frechet"] == pytest.approx(expected, rel=1e-6)
 
     saved = json.loads((out / "report.json").read_text())
     assert saved["quality_sweep"][1]["count"] == 3

@@ -12,6 +12,7 @@ TABLE_COLUMNS = (
     ("count", "n", "{}"),
     ("pmos_mean", "p-MOS", "{:.3f}"),
     ("frechet", "FD", "{:.3f}"),
+    ("frechet_se", "FD se", "{:.3f}"),
     ("kl", "KL", "{:.3f}"),
     ("is", "IS", "{:.3f}"),
     ("clap", "CLAP", "{:.3f}"),
@@ -44,6 +45,13 @@ def register(groups: argparse._SubParsersAction) -> None:
     parser.add_argument("--clap", default=None, help="CLAP model folder or name")
     parser.add_argument("--captioner", default=None, help="embedded captioner (KL, IS)")
     parser.add_argument("--backend", default="embedded", choices=["embedded", "audioldm-eval"])
+    parser.add_argument(
+        "--frechet-features",
+        default=None,
+        help="embedded backend's Frechet features: frames (every clip's CLAP frame "
+        "features, the default for the embedded CLAP), pooled (one vector per clip) or "
+        "projected (the joint-space embedding, the default for other CLAP kinds)",
+    )
     parser.add_argument(
         "--audioldm-eval-ckpt",
         type=Path,
@@ -98,6 +106,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         clap=clap,
         captioner=captioner,
         out=args.out,
+        frechet_features=args.frechet_features,
         split=args.split,
         reference_filter=args.reference_filter,
         backend=args.backend,

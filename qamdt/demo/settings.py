@@ -118,6 +118,9 @@ class DemoSettings(ConfigBase):
         pitch_envelope_hz: Width of the frequency smoothing that turns a clip's long-term
             spectrum into the envelope of its matched noise.
         min_pmos_gain: p-MOS that level 5 must gain over level 1 for the check to pass.
+        frechet_tolerance_se: Standard errors of the difference (jackknife over prompts)
+            by which level 5's Frechet distance may exceed a baseline's and still pass the
+            "as close to clean audio" checks.
         stage_processes: Independent stages run side by side, each in its own process
             with an equal share of the CPU threads (1: one after the other). On two cores
             two single-thread trainings of small models finish sooner than one after the
@@ -174,6 +177,7 @@ class DemoSettings(ConfigBase):
     pitch_fmax: float
     pitch_envelope_hz: float
     min_pmos_gain: float
+    frechet_tolerance_se: float
     stage_processes: int
 
     config_where = "demo settings"

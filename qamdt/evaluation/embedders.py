@@ -21,46 +21,53 @@ import torch
 from qamdt.audio_io import prepare_clips
 from qamdt.errors import ConfigError
 
-FEATURE_KINDS = ("pooled", "projected")
+FEATURE_KINDS = ("frames", "pooled", "projected")
+# Kinds that give one sample per clip; "frames" gives one per audio-tower time step.
+CLIP_FEATURE_KINDS = ("pooled", "projected")
 # Single-label heads to take for the softmax KL and the inception score, first present wins.
 CLASS_HEAD_ORDER = ("ensemble", "style", "metre", "tempo", "mode")
 MULTI_LABEL_HEAD = "instruments"
 
 
 class ClapAudioEmbedder:
-    """Clip embeddings from a CLAP scorer's audio tower (not VGGish).
+    """Frechet-distance samples from a CLAP scorer's audio tower (not VGGish).
 
-    For the embedded CLAP model the default is ``"pooled"``: the audio tower's statistics
-    pooling (mean and standard deviation over time of the per-frame features, ``2 x
-    audio_width`` values), averaged over the clip's 5 s windows, before the projection
-    into the shared text-audio space. The projection is a linear map trained only to
-    agree with captions, so it can only drop information (quality, timbre detail that
-    captions never mention); the pooled features keep all of it, which is what a Frechet
-    distance should see. ``"projected"`` gives the normalised joint-space embeddings of
+    For the embedded CLAP model the default is ``"frames"``: the audio tower's per-time-step
+    features (``audio_width`` values, one per 16 mel hops, 0.16 s), the input of its
+    statistics pooling, before the projection into the shared text-audio space. Like FAD,
+    which pools VGGish's 0.96 s frame embeddings of every clip, a set's statistics come from
+    all the frames of its clips: a 5 s clip gives 31 samples, so 20 clips estimate a
+    covariance of ``audio_width`` dimensions from 620 samples instead of from 20 clip
+    vectors (docs/evaluation.md measures how much steadier the distance is).
+    ``"pooled"`` gives one vector per clip: the statistics pooling (mean and standard
+    deviation over time of the frame features, ``2 x audio_width`` values) averaged over
+    the clip's 5 s windows. The projection is a linear map trained only to agree with
+    captions, so it can only drop information (quality, timbre detail that captions never
+    mention); ``"projected"`` gives the normalised joint-space embeddings of
     :meth:`ClapScorer.embed_audio`, the only choice for other CLAP kinds.
 
     Args:
         clap_scorer: Any :class:`captioning.base.ClapScorer`.
-        features: ``"pooled"`` (embedded kind only), ``"projected"``, or ``None`` for
-            pooled where available and projected otherwise.
+        features: ``"frames"`` or ``"pooled"`` (embedded kind only), ``"projected"``, or
+            ``None`` for frames where available and projected otherwise.
         batch_size: Windows per forward pass.
 
     Raises:
-        ConfigError: On an unknown feature kind, or ``"pooled"`` for a scorer that is
-            not the embedded kind.
+        ConfigError: On an unknown feature kind, or ``"frames"`` / ``"pooled"`` for a
+            scorer that is not the embedded kind.
     """
 
     def __init__(self, clap_scorer, features: str | None = None, batch_size: int = 8):
         from captioning.embedded_clap import EmbeddedClapScorer
 
-        pooled_ok = isinstance(clap_scorer, EmbeddedClapScorer)
+        tower_ok = isinstance(clap_scorer, EmbeddedClapScorer)
         if features is None:
-            features = "pooled" if pooled_ok else "projected"
+            features = "frames" if tower_ok else "projected"
         if features not in FEATURE_KINDS:
-            raise ConfigError(f"features must be one of {FEATURE_KINDS}, got {features!r}")
-        if features == "pooled" and not pooled_ok:
+            raise ConfigError(f"Frechet features must be one of {FEATURE_KINDS}, got {features!r}")
+        if features != "projected" and not tower_ok:
             raise ConfigError(
-                f"pooled CLAP features need the embedded CLAP scorer, got kind "
+                f"{features} CLAP features need the embedded CLAP scorer, got kind "
                 f"{getattr(clap_scorer, 'kind', type(clap_scorer).__name__)!r}; "
                 "use features='projected'"
             )
@@ -72,12 +79,28 @@ class ClapAudioEmbedder:
     def description(self) -> str:
         """One line saying what the embedding is, for reports."""
         kind = getattr(self.scorer, "kind", type(self.scorer).__name__)
-        where = (
-            "audio-tower statistics pooling before the projection"
-            if self.features == "pooled"
-            else "projected, L2-normalised joint-space embedding"
-        )
+        where = {
+            "frames": "audio-tower frame features (0.16 s each) before the pooling",
+            "pooled": "audio-tower statistics pooling before the projection, one per clip",
+            "projected": "projected, L2-normalised joint-space embedding, one per clip",
+        }[self.features]
         return f"CLAP ({kind}) audio embedding, {where}; project-trained, not VGGish"
+
+    def samples(
+        self, waves: Sequence[np.ndarray], sample_rates: int | Sequence[int]
+    ) -> list[np.ndarray]:
+        """The Frechet distance's samples of each clip (any rate, any length).
+
+        Args:
+            waves: Mono or ``(channels, samples)`` float arrays.
+            sample_rates: One rate for all clips or one per clip.
+
+        Returns:
+            One ``(n_i, D)`` float32 array per clip: its frames, or its one clip vector.
+        """
+        if self.features == "frames":
+            return self._tower_features(list(waves), _rates(sample_rates), frames=True)
+        return list(self.embed(waves, sample_rates)[:, None, :])
 
     def embed(self, waves: Sequence[np.ndarray], sample_rates: int | Sequence[int]) -> np.ndarray:
         """Embeds a batch of clips (any rate, any length).
@@ -88,13 +111,22 @@ class ClapAudioEmbedder:
 
         Returns:
             ``(N, D)`` float32 embeddings.
+
+        Raises:
+            ConfigError: For ``"frames"``, which has no single vector per clip
+                (:meth:`samples` gives its frames).
         """
         if self.features == "projected":
             return self.scorer.embed_audio(list(waves), _rates(sample_rates), self.batch_size)
-        return self._pooled(list(waves), _rates(sample_rates))
+        if self.features == "frames":
+            raise ConfigError("frame features have no vector per clip; use samples()")
+        return np.stack(self._tower_features(list(waves), _rates(sample_rates), frames=False))
 
     @torch.no_grad()
-    def _pooled(self, waves: list[np.ndarray], rates: int | list[int]) -> np.ndarray:
+    def _tower_features(
+        self, waves: list[np.ndarray], rates: int | list[int], frames: bool
+    ) -> list[np.ndarray]:
+        """Each clip's frame features (all its windows' frames) or its mean pooled vector."""
         scorer = self.scorer
         tower = scorer.heads.audio
         prepared = prepare_clips(waves, rates, scorer.sample_rate)
@@ -102,31 +134,32 @@ class ClapAudioEmbedder:
         for owner, wave in enumerate(prepared):
             for window in scorer.mel_windows(scorer.log_mel(wave)):
                 windows.setdefault(window.shape[1], []).append((owner, window))
+        per_clip: list[list[torch.Tensor]] = [[] for _ in prepared]
         captured: list[torch.Tensor] = []
-        # The input of the tower's head is the pooled vector; a hook reads it without
-        # repeating the tower's internals here.
-        handle = tower.head.register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+        # Hooks read the frame features (the projection's output) or the pooled vector
+        # (the head's input) without repeating the tower's internals here.
+        if frames:
+            handle = tower.frame_proj.register_forward_hook(
+                lambda _, args, output: captured.append(output)
+            )
+        else:
+            handle = tower.head.register_forward_pre_hook(lambda _, args: captured.append(args[0]))
         was_training = tower.training
         tower.eval()
-        sums: torch.Tensor | None = None
-        counts = torch.zeros(len(prepared))
         try:
             for group in windows.values():
                 for start in range(0, len(group), self.batch_size):
                     part = group[start : start + self.batch_size]
                     captured.clear()
                     tower(torch.stack([w for _, w in part]))
-                    pooled = captured[0].float().cpu()
-                    if sums is None:
-                        sums = torch.zeros((len(prepared), pooled.shape[1]))
-                    owners = torch.tensor([o for o, _ in part])
-                    sums.index_add_(0, owners, pooled)
-                    counts.index_add_(0, owners, torch.ones(len(part)))
+                    for (owner, _), features in zip(part, captured[0].float().cpu(), strict=True):
+                        per_clip[owner].append(features)
         finally:
             handle.remove()
             tower.train(was_training)
-        assert sums is not None  # every clip has at least one window
-        return (sums / counts[:, None]).numpy().astype(np.float32)
+        if frames:
+            return [torch.cat(parts).numpy().astype(np.float32) for parts in per_clip]
+        return [torch.stack(parts).mean(0).numpy().astype(np.float32) for parts in per_clip]
 
 
 class TaggerClassifier:

@@ -7,7 +7,9 @@ Fig. 3):
 
 * ``frechet``: Frechet distance of the generated set to the reference set
   (:mod:`qamdt.evaluation.metrics`) on the CLAP audio features of
-  :class:`~qamdt.evaluation.embedders.ClapAudioEmbedder`;
+  :class:`~qamdt.evaluation.embedders.ClapAudioEmbedder` (by default every clip's frame
+  features, as FAD pools VGGish frames), and ``frechet_se``, its jackknife standard error
+  over the set's clips (sets of 3 clips or more);
 * ``kl`` (softmax form, on the tagger's single-label head) and ``kl_sigmoid``
   (audioldm_eval's sigmoid form, on the multi-label instrument head), paired clips only;
   ``is`` / ``is_std``: inception score of the single-label head, over ``is_splits``
@@ -42,7 +44,12 @@ from qamdt.evaluation.inputs import (
     read_generated,
     read_reference,
 )
-from qamdt.evaluation.metrics import frechet_distance_of, inception_score, kl_divergence_paired
+from qamdt.evaluation.metrics import (
+    frechet_distance_of,
+    frechet_jackknife,
+    inception_score,
+    kl_divergence_paired,
+)
 
 BACKENDS = ("embedded", "audioldm-eval")
 EMBEDDED_BACKEND = "embedded (project-trained CLAP audio tower and tagger; not VGGish/PANNs)"
@@ -57,14 +64,24 @@ LOAD_CHUNK = 16
 class _Models:
     """The optional models and the features each clip gets from them."""
 
-    def __init__(self, mos_model, clap, captioner, batch_size: int, embedded: bool):
+    def __init__(
+        self,
+        mos_model,
+        clap,
+        captioner,
+        batch_size: int,
+        embedded: bool,
+        frechet_features: str | None,
+    ):
         from qamdt.evaluation.embedders import ClapAudioEmbedder, TaggerClassifier
 
         self.mos = mos_model
         self.clap = clap
         self.batch_size = batch_size
         self.embedder = (
-            ClapAudioEmbedder(clap, batch_size=batch_size) if clap and embedded else None
+            ClapAudioEmbedder(clap, features=frechet_features, batch_size=batch_size)
+            if clap and embedded
+            else None
         )
         self.tagger = (
             TaggerClassifier(captioner, batch_size=batch_size) if captioner and embedded else None
@@ -75,7 +92,7 @@ class _Models:
     ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.embedder is not None:
-            out["embedding"] = self.embedder.embed(waves, rates)
+            out["frechet_samples"] = self.embedder.samples(waves, rates)
         if self.tagger is not None:
             out["probs"] = self.tagger.head_probabilities(waves, rates)
         if clap and self.clap is not None:
@@ -150,7 +167,9 @@ def _stack(parts: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {}
     for key in parts[0]:
-        if key == "probs":
+        if isinstance(parts[0][key], list):  # one array per clip, of any length
+            out[key] = [clip for p in parts for clip in p[key]]
+        elif key == "probs":
             out[key] = {h: np.concatenate([p[key][h] for p in parts]) for h in parts[0][key]}
         else:
             out[key] = np.concatenate([p[key] for p in parts])
@@ -212,10 +231,14 @@ def _group_metrics(
     pmos = gen.get("pmos")
     out["pmos_mean"] = _mean(pmos[idx]) if pmos is not None else None
     out["pmos_std"] = float(np.std(pmos[idx])) if pmos is not None and len(idx) else None
-    out["frechet"] = None
-    if "embedding" in gen and "embedding" in ref:
-        if len(idx) >= 2 and len(ref["embedding"]) >= 2:
-            out["frechet"] = frechet_distance_of(gen["embedding"][idx], ref["embedding"])
+    out["frechet"] = out["frechet_se"] = None
+    if "frechet_samples" in gen and "frechet_samples" in ref:
+        samples = [gen["frechet_samples"][i] for i in idx]
+        reference = np.concatenate(ref["frechet_samples"])
+        if len(idx) >= 3 and len(ref["frechet_samples"]) >= 2:
+            out["frechet"], out["frechet_se"] = frechet_jackknife(samples, reference)
+        elif len(idx) >= 2 and len(ref["frechet_samples"]) >= 2:
+            out["frechet"] = frechet_distance_of(np.concatenate(samples), reference)
         else:
             notes.append(f"{label}: Frechet distance needs at least 2 clips on each side")
     out.update({"kl": None, "kl_sigmoid": None, "kl_pairs": 0, "is": None, "is_std": None})
@@ -287,6 +310,7 @@ def evaluate_generated(
     split: str = "test",
     reference_filter: str = "all",
     backend: str = "embedded",
+    frechet_features: str | None = None,
     audioldm_eval_ckpt: str | os.PathLike | None = None,
     batch_size: int = 8,
     seed: int = 0,
@@ -306,6 +330,9 @@ def evaluate_generated(
         split: Manifest split of the reference, or ``"all"``.
         reference_filter: ``"all"``, ``"clean"`` or ``"quality>=K"``.
         backend: ``"embedded"`` or ``"audioldm-eval"`` (FAD/KL/IS from audioldm_eval).
+        frechet_features: The embedded backend's Frechet features, a kind of
+            :class:`~qamdt.evaluation.embedders.ClapAudioEmbedder` (``"frames"``,
+            ``"pooled"``, ``"projected"``); ``None`` takes its default.
         audioldm_eval_ckpt: Checkpoint folder of the audioldm-eval backend.
         batch_size: Clips or windows per forward pass.
         seed: Seed of the shuffled-prompt control (its derangements use ``seed`` to
@@ -330,7 +357,9 @@ def evaluate_generated(
         from qamdt.evaluation.audioldm_eval_backend import AudioldmEvalBackend
 
         aeval = AudioldmEvalBackend(audioldm_eval_ckpt)
-    models = _Models(mos_model, clap, captioner, batch_size, embedded=aeval is None)
+    models = _Models(
+        mos_model, clap, captioner, batch_size, aeval is None, frechet_features=frechet_features
+    )
     clips, failures = read_generated(generated_dir)
     refs, ref_description = read_reference(reference, split, reference_filter)
     notes: list[str] = []
