@@ -33,12 +33,12 @@ class ClapAudioEmbedder:
     """Frechet-distance samples from a CLAP scorer's audio tower (not VGGish).
 
     For the embedded CLAP model the default is ``"frames"``: the audio tower's per-time-step
-    features (``audio_width`` values, one per 16 mel hops, 0.16 s), the input of its
+    features (``audio_width`` values, one per 16 mel hops, 0.19 s), the input of its
     statistics pooling, before the projection into the shared text-audio space. Like FAD,
     which pools VGGish's 0.96 s frame embeddings of every clip, a set's statistics come from
-    all the frames of its clips: a 5 s clip gives 31 samples, so 20 clips estimate a
-    covariance of ``audio_width`` dimensions from 620 samples instead of from 20 clip
-    vectors (docs/evaluation.md measures how much steadier the distance is).
+    all the frames of its clips: a 5 s clip gives 27 samples, so 20 clips estimate a
+    covariance of ``audio_width`` dimensions from 540 samples instead of from 20 clip
+    vectors (docs/evaluation.md compares the two on the demo's models).
     ``"pooled"`` gives one vector per clip: the statistics pooling (mean and standard
     deviation over time of the frame features, ``2 x audio_width`` values) averaged over
     the clip's 5 s windows. The projection is a linear map trained only to agree with
@@ -80,7 +80,7 @@ class ClapAudioEmbedder:
         """One line saying what the embedding is, for reports."""
         kind = getattr(self.scorer, "kind", type(self.scorer).__name__)
         where = {
-            "frames": "audio-tower frame features (0.16 s each) before the pooling",
+            "frames": "audio-tower frame features (16 mel hops each) before the pooling",
             "pooled": "audio-tower statistics pooling before the projection, one per clip",
             "projected": "projected, L2-normalised joint-space embedding, one per clip",
         }[self.features]
