@@ -3,7 +3,7 @@
 Usage: python benchmarks/measure_frechet.py --run OUT --generated NAME=DIR [NAME=DIR ...]
        [--split valid] [--features frames pooled] [--resamples 200] [--seed 0]
 
-The demo's "beats the baseline" checks compare Frechet distances of 20 generated clips a
+The demo's checks against the baselines compare Frechet distances of 20 generated clips a
 side to the clean held-out clips. This measures how much such a comparison can tell. For
 each feature kind of :class:`qamdt.evaluation.embedders.ClapAudioEmbedder` it prints the
 distance of every generated set (folders written by ``measure_guidance.py`` or ``qamdt

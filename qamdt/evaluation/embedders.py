@@ -22,8 +22,6 @@ from qamdt.audio_io import prepare_clips
 from qamdt.errors import ConfigError
 
 FEATURE_KINDS = ("frames", "pooled", "projected")
-# Kinds that give one sample per clip; "frames" gives one per audio-tower time step.
-CLIP_FEATURE_KINDS = ("pooled", "projected")
 # Single-label heads to take for the softmax KL and the inception score, first present wins.
 CLASS_HEAD_ORDER = ("ensemble", "style", "metre", "tempo", "mode")
 MULTI_LABEL_HEAD = "instruments"
