@@ -7,9 +7,10 @@ Needs a demo run folder whose ``mdt``, ``mdt-baseline``, ``mos`` and ``clap`` st
 done (``qamdt demo --out OUT``). For each guidance scale it generates, with the run's other
 sampling settings, the true captions of ``--prompts`` clean clips of ``--split`` (not the
 test split the demo's checks use) at level 5, at level 1 and with the plain MDT, and
-prints their p-MOS and Frechet distance to those clean clips: the level-1 to level-5
-p-MOS gap the demo's check asks for against how far level 5 and the baseline are from
-clean audio. Choosing generation settings here keeps the test split for the checks.
+prints their p-MOS and Frechet distance to those clean clips, with its standard error:
+the level-1 to level-5 p-MOS gap the demo's check asks for against how far level 5 and the
+baseline are from clean audio. Choosing generation settings here keeps the test split for
+the checks.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def main() -> None:
     out = args.out or args.run / "guidance-measures"
     top, bottom = max(settings.levels), min(settings.levels)
     rows = []
-    print(f"{'scale':>6s} {'generated':>10s} {'p-MOS':>6s} {'Frechet':>8s} {'seconds':>8s}")
+    print(
+        f"{'scale':>6s} {'generated':>10s} {'p-MOS':>6s} {'Frechet':>8s} {'se':>5s} {'seconds':>8s}"
+    )
     for scale in args.scales:
         scaled = settings.replace(guidance_scale=scale)
         runs = [
@@ -85,11 +88,12 @@ def main() -> None:
                 "generated": name,
                 "pmos_mean": overall["pmos_mean"],
                 "frechet": overall["frechet"],
+                "frechet_se": overall["frechet_se"],
                 "seconds": round(time.perf_counter() - start, 1),
             }
             rows.append(row)
             print(f"{scale:6g} {name:>10s} {row['pmos_mean']:6.3f} {row['frechet']:8.2f} "
-                  f"{row['seconds']:8.1f}")  # fmt: skip
+                  f"{row['frechet_se']:5.2f} {row['seconds']:8.1f}")  # fmt: skip
     write_json(out / "guidance.json", {"split": args.split, "prompts": chosen, "rows": rows})
 
 
