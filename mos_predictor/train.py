@@ -273,7 +273,8 @@ def train_mos_model(
         first_epoch, best = saved["next_epoch"], saved["best"]
     if accelerator.is_main_process:
         _trim_log(out / LOG_NAME, first_epoch)
-        accelerator.print(f"resuming at epoch {first_epoch + 1}")
+        if saved:
+            accelerator.print(f"resuming at epoch {first_epoch + 1}")
     (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1))
 
     text_aware = model_config.kind == "text-aware"

@@ -86,9 +86,10 @@ def test_training_resumes_and_finishes_at_once(trained, rated_set, capsys):
     assert main([*args, "--quiet"]) == 0
     lines = (trained / "train_log.jsonl").read_text().splitlines()
     assert len(lines) == 3  # nothing retrained
+    assert "resuming at epoch 4" in capsys.readouterr().out
 
 
-def test_patience_stops_when_validation_stops_improving(rated_set, tmp_path):
+def test_patience_stops_when_validation_stops_improving(rated_set, tmp_path, capsys):
     """With a zero learning rate no epoch beats the first, so patience 2 stops after 3."""
     data = f"corpus:{rated_set / 'manifest.jsonl'}"
     config = tmp_path / "flat.yaml"
@@ -99,6 +100,7 @@ def test_patience_stops_when_validation_stops_improving(rated_set, tmp_path):
     out = tmp_path / "run"
     args = ["mos", "train", "--config", str(config), "--data", data, "--out", str(out)]
     assert main([*args, "--patience", "2", "--quiet"]) == 0
+    assert "resuming" not in capsys.readouterr().out  # a fresh run folder
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [entry["epoch"] for entry in log] == [1, 2, 3]
     metrics = json.loads((out / "metrics.json").read_text())
