@@ -195,8 +195,9 @@ def check_real_settings(config, where: str | None = None) -> None:
         )
     if config.real_files_per_source is not None and config.real_files_per_source < 1:
         raise ConfigError(f"{at}real_files_per_source must be >= 1 (or null)")
-    if config.rank_weight < 0 or config.centred_weight < 0 or config.real_valid_every < 0:
-        raise ConfigError(f"{at}rank_weight, centred_weight and real_valid_every must be >= 0")
+    for name in ("rank_weight", "centred_weight", "real_valid_every", "real_refresh_epochs"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{at}{name} must be >= 0, got {getattr(config, name)}")
 
 
 def build_real_pools(config, model_config, progress: bool):
@@ -250,3 +251,38 @@ def build_real_pools(config, model_config, progress: bool):
         raise QamdtError(f"real_sources {list(config.real_sources)}: every file went to "
                          "validation; lower real_valid_every")  # fmt: skip
     return pools[0], pools[1]
+
+
+def refresh_train_pool(pool: VersionPool, config, model_config, epoch: int, progress: bool):
+    """The training pool for ``epoch``: its excerpts with the versions of their draw.
+
+    With ``real_refresh_epochs`` ``R > 0``, epochs ``[kR, (k + 1)R)`` train on draw ``k``
+    of degraded versions; draw 0 is the pool :func:`build_real_pools` made.
+
+    Args:
+        pool: The current training pool.
+        config: The ``MosTrainConfig``.
+        model_config: The model's ``MosModelConfig``.
+        epoch: The epoch about to start (0-based).
+        progress: Show a progress bar.
+
+    Returns:
+        ``pool`` itself when its draw is the epoch's, else a new pool of the same excerpts.
+    """
+    if config.real_refresh_epochs <= 0:
+        return pool
+    draw = epoch // config.real_refresh_epochs
+    if draw == pool.draw:
+        return pool
+    fresh = build_version_pool(
+        pool.excerpts,
+        model_config.sample_rate,
+        config.real_versions,
+        ChainSettings(kinds=config.training_kinds()),
+        config.seed,
+        config.real_workers,
+        progress,
+        draw=draw,
+    )
+    fresh.failures[:0] = pool.failures
+    return fresh

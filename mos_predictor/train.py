@@ -29,6 +29,7 @@ from mos_predictor.grouped import (
     centred_difference_loss,
     pairwise_rank_loss,
     pool_metrics,
+    refresh_train_pool,
     score_pool,
 )
 from mos_predictor.metrics import evaluate_predictions
@@ -294,6 +295,11 @@ def train_mos_model(
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=not progress or not accelerator.is_main_process)  # fmt: skip
         if groups is not None:
+            fresh = refresh_train_pool(groups.pool, config, model_config, epoch, progress)
+            if fresh is not groups.pool:
+                groups = GroupBatches(
+                    fresh, config.groups_per_batch, config.group_size, config.seed
+                )
             groups.set_epoch(epoch)
         # Seeded by the seed and the epoch alone, so a resumed run draws the same gains.
         gains = torch.Generator().manual_seed(config.seed * 100_003 + 17 * epoch + 5)

@@ -48,6 +48,10 @@ class MosTrainConfig(ConfigBase):
         real_versions: Versions per excerpt: the clean one and ``real_versions - 1``
             degraded ones.
         real_valid_every: One real file in this many goes to validation (by name hash).
+        real_refresh_epochs: Draw fresh degraded versions of the training excerpts every
+            this many epochs (the clean version and the validation pool stay; each draw
+            depends only on the seed and the epoch, so a resumed run draws the same);
+            0: one set of versions for the whole run.
         groups_per_batch: Real excerpts per training step, each as a group of versions.
         group_size: Versions per group.
         rank_weight: Weight of the pairwise ranking term within groups (0: regression
@@ -87,6 +91,7 @@ class MosTrainConfig(ConfigBase):
     real_files_per_source: int | None = None
     real_versions: int = 6
     real_valid_every: int = 8
+    real_refresh_epochs: int = 0
     groups_per_batch: int = 2
     group_size: int = 4
     rank_weight: float = 1.0

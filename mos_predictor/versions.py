@@ -41,6 +41,7 @@ class VersionPool:
         targets: ``(N, V)`` simulated reference quality.
         chains: ``chains[n][v]``: the degradations applied to version ``v``.
         failures: ``"excerpt id: reason"`` for each excerpt that could not be used.
+        draw: Which draw of degradation chains the versions are (0: the first).
     """
 
     excerpts: list[Excerpt]
@@ -48,6 +49,7 @@ class VersionPool:
     targets: np.ndarray
     chains: list[list[list[dict]]]
     failures: list[str]
+    draw: int = 0
 
     def __len__(self) -> int:
         return len(self.excerpts)
@@ -65,12 +67,12 @@ def check_codec_tools(kinds: Sequence[str]) -> None:
 
 
 def _versions_task(task: tuple) -> tuple:
-    excerpt, index, sample_rate, versions, settings, seed = task
+    excerpt, index, sample_rate, versions, settings, seed, draw = task
     try:
         clean = read_excerpt(excerpt, sample_rate)
         if clean is None:
             return index, None, None, None, "near silence"
-        rng = np.random.default_rng([seed, index])
+        rng = np.random.default_rng([seed, index] + ([draw] if draw else []))
         waves = [normalize_waveform(clean)]
         targets, chains = [5.0], [[]]
         for _ in range(versions - 1):
@@ -131,6 +133,7 @@ def build_version_pool(
     seed: int,
     workers: int = 1,
     progress: bool = False,
+    draw: int = 0,
 ) -> VersionPool:
     """Reads the excerpts and makes ``versions`` versions of each (the first clean).
 
@@ -142,6 +145,7 @@ def build_version_pool(
         seed: Seed of the chains.
         workers: Processes.
         progress: Show a progress bar.
+        draw: Another draw of chains for the same excerpts and seed (0: the first).
 
     Returns:
         The pool. Excerpts that are near silence or fail (a codec error, an unreadable
@@ -154,7 +158,7 @@ def build_version_pool(
     if versions < 2:
         raise ValueError(f"versions must be >= 2 (clean and degraded), got {versions}")
     check_codec_tools([k for k in settings.kinds if k in CODEC_KINDS])
-    tasks = [(e, i, sample_rate, versions, settings, seed) for i, e in enumerate(excerpts)]
+    tasks = [(e, i, sample_rate, versions, settings, seed, draw) for i, e in enumerate(excerpts)]
     kept, waves, targets, chains, failures = [], [], [], [], []
     for index, wave, target, chain, error in run_tasks(
         _versions_task, tasks, workers, progress, "degraded versions"
@@ -177,6 +181,7 @@ def build_version_pool(
         targets=np.asarray(targets, dtype=np.float32),
         chains=chains,
         failures=failures,
+        draw=draw,
     )
 
 

@@ -1,5 +1,6 @@
 """Real-music sources, degraded versions, grouped training with ranking, and the protocol."""
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -12,11 +13,13 @@ import torch
 import yaml
 
 from mos_predictor import real_music
+from mos_predictor.config import MosModelConfig
 from mos_predictor.grouped import (
     GroupBatches,
     centred_difference_loss,
     pairwise_rank_loss,
     pool_metrics,
+    refresh_train_pool,
 )
 from mos_predictor.real_music import (
     check_source_allowed,
@@ -28,7 +31,7 @@ from mos_predictor.real_music import (
 from mos_predictor.train_config import MosTrainConfig
 from mos_predictor.versions import build_version_pool
 from qamdt.cli.main import main
-from qamdt.degradations import ChainSettings, reference_quality
+from qamdt.degradations import KINDS, ChainSettings, reference_quality
 from qamdt.errors import ConfigError
 from qamdt.manifest import ClipRecord, write_manifest
 
@@ -178,6 +181,28 @@ def test_version_pool_does_not_depend_on_the_number_of_processes(music, pool):
     assert np.array_equal(other.targets, pool.targets)
 
 
+def test_refreshed_pools_draw_new_chains_for_the_same_clean_excerpts(music, pool):
+    config = MosTrainConfig.from_dict(
+        {"data": "corpus:x", "seed": 5, "real_versions": 4, "real_refresh_epochs": 2,
+         "real_workers": 1, "holdout_families": [k for k in KINDS if k not in DSP_KINDS]},
+        "test",
+    )  # fmt: skip
+    model = MosModelConfig.from_dict({"kind": "embedded", "window_seconds": 2.0})
+    assert refresh_train_pool(pool, config, model, epoch=1, progress=False) is pool
+    fresh = refresh_train_pool(pool, config, model, epoch=2, progress=False)
+    assert fresh.draw == 1 and fresh.excerpts == pool.excerpts
+    assert np.array_equal(fresh.waves[:, 0], pool.waves[:, 0])
+    assert not np.array_equal(fresh.waves[:, 1:], pool.waves[:, 1:])
+    assert fresh.chains != pool.chains and np.all(fresh.targets[:, 0] == 5.0)
+    assert refresh_train_pool(fresh, config, model, epoch=3, progress=False) is fresh
+    again = refresh_train_pool(pool, config, model, epoch=3, progress=False)
+    assert np.array_equal(again.waves, fresh.waves) and again.chains == fresh.chains
+    once = dataclasses.replace(config, real_refresh_epochs=0)
+    assert refresh_train_pool(pool, once, model, epoch=7, progress=False) is pool
+    with pytest.raises(ConfigError, match="real_refresh_epochs"):
+        MosTrainConfig.from_dict({"data": "corpus:x", "real_refresh_epochs": -1}, "test")
+
+
 def test_group_batches_hold_versions_of_one_excerpt_and_replay_per_epoch(pool):
     batches = GroupBatches(pool, groups_per_batch=2, group_size=3, seed=1)
     first = batches.next()
@@ -263,7 +288,7 @@ def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp
         "epochs: 2\nbatch_size: 4\nwarmup_steps: 1\nreal_workers: 1\nreal_valid_every: 3\n"
         f"real_sources: ['{music / 'band-a'}']\nholdout_sources: ['{music / 'band-b'}']\n"
         "holdout_families: [hum]\nreal_excerpts_per_file: 2\nreal_versions: 3\ngroup_size: 2\n"
-        "centred_weight: 0.5\ngain_augment_db: 6.0\n"
+        "centred_weight: 0.5\ngain_augment_db: 6.0\nreal_refresh_epochs: 1\n"
     )
     out = tmp_path / "run"
     data = f"corpus:{corpus / 'manifest.jsonl'}"
@@ -276,6 +301,7 @@ def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp
     saved = json.loads((out / "model" / "train_config.json").read_text())
     assert saved["holdout_families"] == ["hum"] and saved["centred_weight"] == 0.5
     assert saved["gain_augment_db"] == 6.0 and saved["model"]["level_norm"] == "rms"
+    assert saved["real_refresh_epochs"] == 1
     assert saved["holdout_sources"] == [str(music / "band-b")]
 
     report = tmp_path / "protocol.json"
