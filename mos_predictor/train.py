@@ -42,6 +42,7 @@ from qamdt.audio_io import load_audio
 from qamdt.checkpoint_folders import CheckpointFolders, GeneratorState, replace_folder
 from qamdt.errors import QamdtError
 from qamdt.json_files import write_text_atomic
+from qamdt.training.ema import averaged_weights
 
 STATE_DIR = "checkpoint"
 MODEL_DIR = "model"
@@ -260,6 +261,12 @@ def train_mos_model(
         optimizer, min(config.warmup_steps, total_steps // 10), total_steps
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    ema = None
+    if config.ema_decay is not None:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(parameters, decay=config.ema_decay, use_ema_warmup=True, power=0.75)
+        accelerator.register_for_checkpointing(ema)
 
     # The shuffle order of the next epoch comes from the generator's state: saved with
     # the rest, so a resumed run shuffles as an uninterrupted one.
@@ -321,38 +328,44 @@ def train_mos_model(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
+            if ema is not None:
+                ema.step(parameters)
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.eval()
-        metrics = evaluate_model(unwrapped, valid_clips, config.batch_size, config.system_rule)
-        srcc = metrics["omq"]["utterance"]["srcc"]
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": float(np.mean(losses)) if losses else None,
-            "valid": metrics,
-            "seconds": round(time.time() - started, 1),
-        }
-        if real_valid is not None:
-            # Model selection weighs the corpus and real music equally.
-            real = pool_metrics(score_pool(unwrapped, real_valid, config.batch_size),
-                                real_valid.targets)  # fmt: skip
-            record["valid_real"] = real
-            metrics = {**metrics, "real": real}
-            srcc = 0.5 * (srcc + real["srcc"])
-        # Every process evaluates the whole validation set, so all agree on the best epoch.
-        improved = bool(np.isfinite(srcc) and srcc > best["srcc"])
-        if improved:
-            best = {"srcc": float(srcc), "epoch": epoch + 1, "valid": metrics}
-        if accelerator.is_main_process:
-            with open(out / LOG_NAME, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+        # Validated and saved with the averaged weights; trained and checkpointed live.
+        with averaged_weights(ema, parameters):
+            unwrapped = accelerator.unwrap_model(model)
+            unwrapped.eval()
+            metrics = evaluate_model(unwrapped, valid_clips, config.batch_size, config.system_rule)
+            srcc = metrics["omq"]["utterance"]["srcc"]
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(losses)) if losses else None,
+                "valid": metrics,
+                "seconds": round(time.time() - started, 1),
+            }
+            if real_valid is not None:
+                # Model selection weighs the corpus and real music equally.
+                real = pool_metrics(score_pool(unwrapped, real_valid, config.batch_size),
+                                    real_valid.targets)  # fmt: skip
+                record["valid_real"] = real
+                metrics = {**metrics, "real": real}
+                srcc = 0.5 * (srcc + real["srcc"])
+            # Every process evaluates the whole validation set, so all agree on the best epoch.
+            improved = bool(np.isfinite(srcc) and srcc > best["srcc"])
             if improved:
-                replace_folder(out / MODEL_DIR, functools.partial(_save_model, unwrapped, config))
-            accelerator.print(
-                f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, valid score {srcc:.4f}, "
-                f"LCC {metrics['omq']['utterance']['lcc']:.4f}"
-            )
+                best = {"srcc": float(srcc), "epoch": epoch + 1, "valid": metrics}
+            if accelerator.is_main_process:
+                with open(out / LOG_NAME, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                if improved:
+                    replace_folder(
+                        out / MODEL_DIR, functools.partial(_save_model, unwrapped, config)
+                    )
+                accelerator.print(
+                    f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, valid score {srcc:.4f}, "
+                    f"LCC {metrics['omq']['utterance']['lcc']:.4f}"
+                )
         folders.save(
             lambda path: accelerator.save_state(str(path)), {"next_epoch": epoch + 1, "best": best}
         )

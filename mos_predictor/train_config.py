@@ -63,6 +63,9 @@ class MosTrainConfig(ConfigBase):
             versions) is scaled by its own gain, uniform in dB within +-this, after the
             usual peak normalisation (:func:`~mos_predictor.dataset.random_gain`; 0: off).
         real_workers: Processes that make the degraded versions.
+        ema_decay: Validate and keep an exponential moving average of the weights, its
+            decay ramped up to at most this as ``1 - (1 + step) ** -0.75`` (diffusers'
+            ``EMAModel`` warm-up, as the MDT trainer's); None: the raw weights.
         seed: Seed of initialisation, shuffling and crops.
         num_workers: DataLoader workers.
         mixed_precision: Accelerate precision ("no", "fp16", "bf16").
@@ -98,6 +101,7 @@ class MosTrainConfig(ConfigBase):
     centred_weight: float = 0.0
     gain_augment_db: float = 0.0
     real_workers: int = 2
+    ema_decay: float | None = None
     seed: int = 0
     num_workers: int = 0
     mixed_precision: str = "no"
@@ -117,6 +121,8 @@ class MosTrainConfig(ConfigBase):
             raise ConfigError("epochs and batch_size must be > 0")
         if not 0 <= self.gain_augment_db <= 40:
             raise ConfigError(f"gain_augment_db must be in [0, 40], got {self.gain_augment_db}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be within (0, 1) (or null), got {self.ema_decay}")
         if self.patience is not None and self.patience <= 0:
             raise ConfigError(f"patience must be > 0 (or null), got {self.patience}")
         check_real_settings(self)

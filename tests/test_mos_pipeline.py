@@ -237,3 +237,48 @@ def test_unknown_training_key_is_named(tmp_path):
     path.write_text("data: csv:x.csv\nmodel:\n  kind: embedded\n  channels: 3\n")
     with pytest.raises(ConfigError, match="channels"):
         load_train_config(path)
+
+
+def test_weight_average_is_validated_saved_and_resumed(rated_set, tmp_path):
+    """EMA weights are what is validated and saved, and an interrupted run resumes them."""
+    from safetensors.numpy import load_file
+
+    from mos_predictor.train_config import MosTrainConfig
+    from qamdt.errors import ConfigError
+
+    data = f"corpus:{rated_set / 'manifest.jsonl'}"
+    base = (
+        "model:\n  kind: embedded\n  window_seconds: 2.0\n  cnn_channels: [8, 8]\n"
+        "  cnn_strides: [[4, 4], [4, 4]]\n  embed_dim: 16\n"
+        "epochs: 3\nbatch_size: 8\nlearning_rate: 0.003\nwarmup_steps: 1\n"
+    )
+
+    def train(name, extra):
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(base + extra)
+        out = tmp_path / name
+        args = ["mos", "train", "--config", str(config), "--data", data, "--out", str(out)]
+        assert main([*args, "--quiet"]) == 0
+        return out
+
+    def results(out):
+        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        weights = load_file(out / "model" / "model.safetensors")
+        return [entry["valid"] for entry in log], weights
+
+    raw_log, raw = results(train("raw", ""))
+    # A decay this small copies the live weights (to rounding): the run without EMA.
+    tiny_log, tiny = results(train("tiny", "ema_decay: 1.0e-9\n"))
+    assert all(np.allclose(tiny[k], raw[k], rtol=0, atol=1e-6) for k in raw)
+    lcc = [[entry["omq"]["utterance"]["lcc"] for entry in log] for log in (tiny_log, raw_log)]
+    np.testing.assert_allclose(lcc[0], lcc[1], atol=1e-5)
+    ema_log, ema = results(train("ema", "ema_decay: 0.9\n"))
+    assert ema_log != raw_log and any(not np.array_equal(ema[k], raw[k]) for k in raw)
+
+    cut = train("cut", "ema_decay: 0.9\nmax_minutes: 1.0e-9\n")
+    assert len((cut / "train_log.jsonl").read_text().splitlines()) == 1
+    assert train("cut", "ema_decay: 0.9\n") == cut  # resumes at epoch 2
+    cut_log, resumed = results(cut)
+    assert cut_log == ema_log and all(np.array_equal(resumed[k], ema[k]) for k in ema)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        MosTrainConfig.from_dict({"data": "csv:x.csv", "ema_decay": 1.0})

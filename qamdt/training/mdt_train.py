@@ -31,6 +31,7 @@ from qamdt.diffusion.schedule import build_train_scheduler
 from qamdt.errors import ConfigError
 from qamdt.json_files import write_json
 from qamdt.models.transformer import QualityMDTTransformer
+from qamdt.training.ema import averaged_weights
 from qamdt.training.mdt_batches import (
     BatchInputs,
     EpochPermutation,
@@ -103,15 +104,8 @@ def _truncate_log(out: Path, step: int) -> None:
 
 def export_model(model: QualityMDTTransformer, ema, path: Path) -> None:
     """Saves the EMA weights (or the raw ones without EMA) with ``save_pretrained``."""
-    if ema is None:
+    with averaged_weights(ema, model.parameters()):
         model.save_pretrained(path)
-        return
-    ema.store(model.parameters())
-    ema.copy_to(model.parameters())
-    try:
-        model.save_pretrained(path)
-    finally:
-        ema.restore(model.parameters())
 
 
 def train_mdt(

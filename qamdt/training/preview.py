@@ -87,11 +87,9 @@ def sample_preview(
     """
     from qamdt.diffusion.schedule import build_train_scheduler
     from qamdt.generation.pipeline import QAMDTPipeline
+    from qamdt.training.ema import averaged_weights
 
-    if ema is not None:
-        ema.store(model.parameters())
-        ema.copy_to(model.parameters())
-    try:
+    with averaged_weights(ema, model.parameters()):
         pipeline = QAMDTPipeline(
             model,
             vae,
@@ -114,6 +112,3 @@ def sample_preview(
         )
         mel = output.mels[0].cpu()
         save_preview(mel, config.audio, out / "samples" / f"step_{step:07d}", config.vocoder)
-    finally:
-        if ema is not None:
-            ema.restore(model.parameters())
