@@ -195,12 +195,14 @@ def check_real_settings(config, where: str | None = None) -> None:
         )
     if config.real_files_per_source is not None and config.real_files_per_source < 1:
         raise ConfigError(f"{at}real_files_per_source must be >= 1 (or null)")
+    if config.real_min_kbps_per_channel is not None and config.real_min_kbps_per_channel < 0:
+        raise ConfigError(f"{at}real_min_kbps_per_channel must be >= 0 (or null)")
     for name in ("rank_weight", "centred_weight", "real_valid_every", "real_refresh_epochs"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{at}{name} must be >= 0, got {getattr(config, name)}")
 
 
-def build_real_pools(config, model_config, progress: bool):
+def build_real_pools(config, model_config, progress: bool, skipped: list[str] | None = None):
     """Degraded versions of the real-music excerpts: a training pool and a validation pool.
 
     Files go to validation by name hash (one in ``real_valid_every``); both pools draw
@@ -210,6 +212,7 @@ def build_real_pools(config, model_config, progress: bool):
         config: A ``MosTrainConfig`` with ``real_sources``.
         model_config: The model's ``MosModelConfig`` (rate and window length).
         progress: Show a progress bar.
+        skipped: When given, the files below ``real_min_kbps_per_channel`` are appended.
 
     Returns:
         ``(train_pool, valid_pool)``; the validation pool is None without validation files.
@@ -225,6 +228,8 @@ def build_real_pools(config, model_config, progress: bool):
         config.seed,
         config.real_files_per_source,
         failures=unreadable,
+        min_kbps_per_channel=config.real_min_kbps_per_channel,
+        skipped=skipped,
     )
     settings = ChainSettings(kinds=config.training_kinds())
     rate = model_config.sample_rate

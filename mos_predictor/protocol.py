@@ -49,6 +49,8 @@ class ProtocolSettings:
         excerpts_per_file: Excerpts per file of the held-out sources.
         seed: Seed of the excerpt positions and the kinds' random choices.
         workers: Processes that apply the degradations.
+        min_kbps_per_channel: Files coded below this bitrate per channel are not clean
+            recordings and are left out (None: all files).
     """
 
     sources: tuple[str, ...]
@@ -57,6 +59,7 @@ class ProtocolSettings:
     excerpts_per_file: int = 1
     seed: int = 1234
     workers: int = 2
+    min_kbps_per_channel: float | None = None
 
     def __post_init__(self):
         if not self.sources:
@@ -68,21 +71,26 @@ class ProtocolSettings:
             raise ConfigError("protocol: excerpts_per_file must be >= 1")
 
 
-def recorded_holdouts(model_dir: str | Path) -> dict[str, list[str]]:
+def recorded_holdouts(model_dir: str | Path) -> dict[str, Any]:
     """The hold-outs a model was trained with, from its folder's ``train_config.json``.
 
     Returns:
-        ``{"holdout_sources": [...], "holdout_families": [...]}``; empty lists when the
+        ``{"holdout_sources": [...], "holdout_families": [...],
+        "real_min_kbps_per_channel": float or None}``; empty lists and None when the
         folder has no training config.
     """
     path = Path(model_dir) / TRAIN_CONFIG_NAME
-    if not path.is_file():
-        return {"holdout_sources": [], "holdout_families": []}
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path}: not valid JSON ({error})") from None
-    return {k: list(saved.get(k) or []) for k in ("holdout_sources", "holdout_families")}
+    saved = {}
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    recorded: dict[str, Any] = {
+        k: list(saved.get(k) or []) for k in ("holdout_sources", "holdout_families")
+    }
+    recorded["real_min_kbps_per_channel"] = saved.get("real_min_kbps_per_channel")
+    return recorded
 
 
 def _kind_seed(seed: int, index: int, kind: str) -> int:
@@ -108,18 +116,22 @@ def run_protocol(
         progress: Show progress bars.
 
     Returns:
-        ``{"clean": {"mean", "count"}, "kinds": {kind: {...}}, "summary": {...}}``; each
+        ``{"clean": {"mean", "count"}, "unreadable", "skipped" (files below the bitrate
+        floor), "kinds": {kind: {...}}, "summary": {...}}``; each
         kind has ``held_out``, ``srcc`` (pooled, sign flipped), ``within_srcc`` (mean per
         excerpt), ``mean_by_severity`` and ``failures``.
     """
     rate = model.config.sample_rate
     unreadable: list[str] = []
+    skipped: list[str] = []
     planned = plan_excerpts(
         settings.sources,
         settings.excerpts_per_file,
         model.config.window_seconds,
         settings.seed,
         failures=unreadable,
+        min_kbps_per_channel=settings.min_kbps_per_channel,
+        skipped=skipped,
     )
     clean = []
     for excerpt in planned:
@@ -177,6 +189,7 @@ def run_protocol(
         "settings": dataclasses.asdict(settings),
         "clean": {"mean": float(clean_scores.mean()), "count": len(clean)},
         "unreadable": unreadable,
+        "skipped": skipped,
         "kinds": per_kind,
         "summary": summarise(per_kind, float(clean_scores.mean()), settings.severities),
     }
@@ -222,9 +235,11 @@ def format_protocol(result: dict) -> str:
         cells = [r[0].ljust(widths[0]), *rest]
         lines.append("  ".join(cells))
     s = result["summary"]
+    left_out = len(result.get("skipped", []))
+    below = f"; {left_out} files below the bitrate floor left out" if left_out else ""
     lines += [
         f"clean held-out recordings: mean p-MOS {s['clean_mean']:.3f} "
-        f"({result['clean']['count']} excerpts)",
+        f"({result['clean']['count']} excerpts{below})",
         f"held-out families: within-kind SRCC {s['heldout_families_srcc']:.3f} "
         f"(per excerpt {s['heldout_families_within_srcc']:.3f})",
         f"trained families on held-out sources: within-kind SRCC "

@@ -8,6 +8,9 @@ for evaluation elsewhere and are refused here.
 
 Excerpts are fixed-length mono windows read at seeded positions spread over each file
 (soundfile seeks, so long tracks are not decoded whole) and resampled to the model's rate.
+A file taken as a clean recording (reference quality 5) should be one: a floor on its
+coded bitrate per channel leaves out low-bitrate encodes, whose codec artefacts would
+otherwise be taught as clean.
 """
 
 from __future__ import annotations
@@ -127,6 +130,16 @@ def is_validation_file(path: str, every: int) -> bool:
     return int.from_bytes(digest[:4], "big") % every == 0
 
 
+def coded_kbps_per_channel(path: str) -> float:
+    """A file's average coded bitrate per channel in kbit/s: its size over its duration.
+
+    Raises:
+        RuntimeError: (soundfile's) if the header cannot be read.
+    """
+    info = sf.info(path)
+    return os.path.getsize(path) * 8 / 1000 / max(info.duration, 1e-9) / max(info.channels, 1)
+
+
 def plan_excerpts(
     sources: Sequence[str],
     per_file: int,
@@ -134,6 +147,8 @@ def plan_excerpts(
     seed: int,
     files_per_source: int | None = None,
     failures: list[str] | None = None,
+    min_kbps_per_channel: float | None = None,
+    skipped: list[str] | None = None,
 ) -> list[Excerpt]:
     """Excerpt positions: ``per_file`` windows per file, in seeded, evenly spread slots.
 
@@ -149,6 +164,10 @@ def plan_excerpts(
             its sorted list (None: all).
         failures: When given, a file whose header cannot be read is appended to it
             (``"path: reason"``) and skipped; otherwise it raises.
+        min_kbps_per_channel: Leave out files coded below this bitrate per channel
+            (:func:`coded_kbps_per_channel`; None: keep all).
+        skipped: When given, each file left out by ``min_kbps_per_channel`` is appended
+            (``"path: reason"``).
 
     Returns:
         The excerpts, source by source, file by file.
@@ -175,6 +194,15 @@ def plan_excerpts(
                 continue
             if duration < seconds:
                 continue
+            if min_kbps_per_channel is not None:
+                kbps = coded_kbps_per_channel(path)
+                if kbps < min_kbps_per_channel:
+                    if skipped is not None:
+                        skipped.append(
+                            f"{path}: coded at {kbps:.0f} kbit/s per channel, below "
+                            f"{min_kbps_per_channel:g}"
+                        )
+                    continue
             digest = hashlib.sha1(f"{seed}:{Path(path).name}".encode()).digest()
             rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
             lo, hi = 0.05 * duration, 0.95 * duration - seconds

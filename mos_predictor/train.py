@@ -222,7 +222,8 @@ def train_mos_model(
     if config.real_sources:
         base_model = MosModelConfig.from_dict(config.model or {})
         pool_started = time.time()
-        real_train, real_valid = build_real_pools(config, base_model, progress)
+        real_skipped: list[str] = []
+        real_train, real_valid = build_real_pools(config, base_model, progress, real_skipped)
         pool_seconds = round(time.time() - pool_started, 1)
         targets = np.concatenate([targets, real_train.targets.ravel()])
     model_config = MosModelConfig.from_dict(
@@ -396,6 +397,7 @@ def train_mos_model(
         summary["real_versions"] = config.real_versions
         summary["real_pool_seconds"] = pool_seconds
         summary["real_failures"] = real_train.failures + (real_valid.failures if real_valid else [])
+        summary["real_skipped"] = real_skipped
     if accelerator.is_main_process:
         (out / METRICS_NAME).write_text(json.dumps({**summary, "valid": best.get("valid")},
                                                    indent=1))  # fmt: skip

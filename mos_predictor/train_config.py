@@ -45,6 +45,10 @@ class MosTrainConfig(ConfigBase):
         real_excerpts_per_file: Excerpts (of the model's window length) per real file.
         real_files_per_source: Use at most this many files of each real source (None:
             all; small runs use a few).
+        real_min_kbps_per_channel: Leave out real files coded below this bitrate per
+            channel (size over duration): low-bitrate encodes are not clean recordings.
+            Recorded with the model, so ``qamdt mos eval --protocol`` takes the same
+            held-out files as clean. None: every file.
         real_versions: Versions per excerpt: the clean one and ``real_versions - 1``
             degraded ones.
         real_valid_every: One real file in this many goes to validation (by name hash).
@@ -92,6 +96,7 @@ class MosTrainConfig(ConfigBase):
     holdout_families: tuple[str, ...] = ()
     real_excerpts_per_file: int = 4
     real_files_per_source: int | None = None
+    real_min_kbps_per_channel: float | None = None
     real_versions: int = 6
     real_valid_every: int = 8
     real_refresh_epochs: int = 0

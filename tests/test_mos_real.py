@@ -23,6 +23,7 @@ from mos_predictor.grouped import (
 )
 from mos_predictor.real_music import (
     check_source_allowed,
+    coded_kbps_per_channel,
     is_validation_file,
     plan_excerpts,
     read_excerpt,
@@ -148,6 +149,25 @@ def test_excerpts_are_seeded_spread_and_skip_silence_and_broken_files(music):
     # The first and last file of each source; band-b's first is the broken one.
     assert [e.path.rsplit("/", 1)[1] for e in few] == ["silence.wav", "track3.ogg", "track2.ogg"]
     assert len(failures) == 1
+
+
+def test_a_bitrate_floor_leaves_out_low_bitrate_encodes(music):
+    silence = str(music / "band-a" / "music" / "silence.wav")  # 16-bit PCM, 44.1 kHz, mono
+    info = sf.info(silence)
+    by_hand = Path(silence).stat().st_size * 8 / 1000 / info.duration
+    assert coded_kbps_per_channel(silence) == pytest.approx(by_hand)
+    assert by_hand == pytest.approx(705.6, rel=0.01)
+    tracks = sorted((music / "band-a" / "music").glob("track*.ogg"))
+    rates = [coded_kbps_per_channel(str(t)) for t in tracks]
+    floor = float(np.median(rates))
+    skipped = []
+    kept = plan_excerpts(
+        [str(music / "band-a")], 1, 2.0, seed=0, min_kbps_per_channel=floor, skipped=skipped
+    )
+    expected = {str(t.resolve()) for t, r in zip(tracks, rates, strict=True) if r >= floor}
+    assert {e.path for e in kept} == expected | {str(Path(silence).resolve())}
+    assert len(skipped) == sum(r < floor for r in rates) > 0
+    assert all("kbit/s per channel, below" in line for line in skipped)
 
 
 def test_validation_files_are_a_stable_share():
@@ -289,6 +309,7 @@ def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp
         f"real_sources: ['{music / 'band-a'}']\nholdout_sources: ['{music / 'band-b'}']\n"
         "holdout_families: [hum]\nreal_excerpts_per_file: 2\nreal_versions: 3\ngroup_size: 2\n"
         "centred_weight: 0.5\ngain_augment_db: 6.0\nreal_refresh_epochs: 1\n"
+        "real_min_kbps_per_channel: 1.0\n"
     )
     out = tmp_path / "run"
     data = f"corpus:{corpus / 'manifest.jsonl'}"
@@ -301,7 +322,7 @@ def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp
     saved = json.loads((out / "model" / "train_config.json").read_text())
     assert saved["holdout_families"] == ["hum"] and saved["centred_weight"] == 0.5
     assert saved["gain_augment_db"] == 6.0 and saved["model"]["level_norm"] == "rms"
-    assert saved["real_refresh_epochs"] == 1
+    assert saved["real_refresh_epochs"] == 1 and summary["real_skipped"] == []
     assert saved["holdout_sources"] == [str(music / "band-b")]
 
     report = tmp_path / "protocol.json"
@@ -311,7 +332,8 @@ def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp
     assert "held-out families: within-kind SRCC" in printed and "hum" in printed
     result = json.loads(report.read_text())
     protocol = result["protocol"]
-    assert protocol["clean"]["count"] == 3
+    assert protocol["clean"]["count"] == 3 and protocol["skipped"] == []
+    assert protocol["settings"]["min_kbps_per_channel"] == 1.0  # as the model was trained
     assert any("broken.ogg" in line for line in protocol["unreadable"])
     assert protocol["kinds"]["hum"]["held_out"] and not protocol["kinds"]["bandpass"]["held_out"]
     assert set(protocol["kinds"]["hum"]["mean_by_severity"]) == {"0.2", "0.4", "0.6", "0.8", "1.0"}

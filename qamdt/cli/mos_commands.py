@@ -262,6 +262,7 @@ def _run_protocol(args: argparse.Namespace, model) -> dict:
         holdout_families=tuple(families),
         excerpts_per_file=args.excerpts_per_file,
         workers=args.workers,
+        min_kbps_per_channel=recorded.get("real_min_kbps_per_channel"),
     )
     protocol = run_protocol(model, settings, args.batch_size, progress=not args.json)
     if not args.json:
