@@ -69,6 +69,8 @@ class ProtocolSettings:
             raise ConfigError("protocol: give at least two severities in (0, 1]")
         if self.excerpts_per_file < 1:
             raise ConfigError("protocol: excerpts_per_file must be >= 1")
+        if self.min_kbps_per_channel is not None and self.min_kbps_per_channel < 0:
+            raise ConfigError("protocol: --min-kbps-per-channel must be >= 0")
 
 
 def recorded_holdouts(model_dir: str | Path) -> dict[str, Any]:

@@ -334,6 +334,8 @@ def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp
     protocol = result["protocol"]
     assert protocol["clean"]["count"] == 3 and protocol["skipped"] == []
     assert protocol["settings"]["min_kbps_per_channel"] == 1.0  # as the model was trained
+    assert main([*args, "--min-kbps-per-channel", "-1"]) == 2
+    assert "--min-kbps-per-channel must be >= 0" in capsys.readouterr().err
     assert any("broken.ogg" in line for line in protocol["unreadable"])
     assert protocol["kinds"]["hum"]["held_out"] and not protocol["kinds"]["bandpass"]["held_out"]
     assert set(protocol["kinds"]["hum"]["mean_by_severity"]) == {"0.2", "0.4", "0.6", "0.8", "1.0"}

@@ -90,6 +90,13 @@ def register(groups: argparse._SubParsersAction) -> None:
         help="degradation kinds held out of training (default: as the model recorded)",
     )
     evaluate.add_argument(
+        "--min-kbps-per-channel",
+        type=float,
+        default=None,
+        help="leave held-out files coded below this bitrate per channel out of the clean "
+        "recordings (default: the model's real_min_kbps_per_channel)",
+    )
+    evaluate.add_argument(
         "--excerpts-per-file",
         type=positive_int,
         default=1,
@@ -262,7 +269,11 @@ def _run_protocol(args: argparse.Namespace, model) -> dict:
         holdout_families=tuple(families),
         excerpts_per_file=args.excerpts_per_file,
         workers=args.workers,
-        min_kbps_per_channel=recorded.get("real_min_kbps_per_channel"),
+        min_kbps_per_channel=(
+            args.min_kbps_per_channel
+            if args.min_kbps_per_channel is not None
+            else recorded.get("real_min_kbps_per_channel")
+        ),
     )
     protocol = run_protocol(model, settings, args.batch_size, progress=not args.json)
     if not args.json:
