@@ -238,7 +238,8 @@ def format_protocol(result: dict) -> str:
         lines.append("  ".join(cells))
     s = result["summary"]
     left_out = len(result.get("skipped", []))
-    below = f"; {left_out} files below the bitrate floor left out" if left_out else ""
+    files = "file" if left_out == 1 else "files"
+    below = f"; {left_out} {files} below the bitrate floor left out" if left_out else ""
     lines += [
         f"clean held-out recordings: mean p-MOS {s['clean_mean']:.3f} "
         f"({result['clean']['count']} excerpts{below})",
