@@ -11,9 +11,11 @@ packages=()
 command -v fluidsynth >/dev/null 2>&1 || packages+=(fluidsynth)
 [ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || packages+=(fluid-soundfont-gm)
 # The MOS model's real-music training data and codecs (configs/mos/embedded.yaml):
-# freely licensed game soundtracks (GPL-2+; about 385 MB to download) and the MP3, Vorbis
-# and Opus encoders. The fretsonfire-* song packages are kept for evaluation elsewhere.
-for package in lame vorbis-tools opus-tools wesnoth-1.16-music warzone2100-music hedgewars-data; do
+# freely licensed game soundtracks (GPL-2+, CC-BY-SA-3.0, CC-BY-3.0; about 715 MB to
+# download) and the MP3, Vorbis and Opus encoders. The fretsonfire-* song packages are kept
+# for evaluation elsewhere.
+for package in lame vorbis-tools opus-tools wesnoth-1.16-music hedgewars-data supertux-data \
+  marsshooter-data extremetuxracer-data xmoto-data openclonk-data; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
     || packages+=("$package")
 done
