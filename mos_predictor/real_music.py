@@ -130,13 +130,17 @@ def is_validation_file(path: str, every: int) -> bool:
     return int.from_bytes(digest[:4], "big") % every == 0
 
 
-def coded_kbps_per_channel(path: str) -> float:
+def coded_kbps_per_channel(path: str, info=None) -> float:
     """A file's average coded bitrate per channel in kbit/s: its size over its duration.
+
+    Args:
+        path: The file.
+        info: Its ``soundfile.info``, when already read.
 
     Raises:
         RuntimeError: (soundfile's) if the header cannot be read.
     """
-    info = sf.info(path)
+    info = sf.info(path) if info is None else info
     return os.path.getsize(path) * 8 / 1000 / max(info.duration, 1e-9) / max(info.channels, 1)
 
 
@@ -185,17 +189,18 @@ def plan_excerpts(
             files = [files[i] for i in picks]
         for path in files:
             try:
-                duration = sf.info(path).duration
+                info = sf.info(path)
             except (RuntimeError, sf.LibsndfileError) as error:
                 problem = AudioError(path, f"cannot read the audio header ({error})")
                 if failures is None:
                     raise problem from None
                 failures.append(str(problem))
                 continue
+            duration = info.duration
             if duration < seconds:
                 continue
             if min_kbps_per_channel is not None:
-                kbps = coded_kbps_per_channel(path)
+                kbps = coded_kbps_per_channel(path, info)
                 if kbps < min_kbps_per_channel:
                     if skipped is not None:
                         skipped.append(
