@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_generate.py [--config configs/mdt/embedded.yaml]
        [--vae-config configs/vae/embedded.yaml] [--batch 1]
-       [--torch-dtype float32|bfloat16|float16] [--compile] [--ddim-steps 200]
+       [--torch-dtype float32|bfloat16|float16|vocoder=bfloat16] [--compile] [--ddim-steps 200]
        [--dpm-steps 25] [--seconds 10] [--vae-chunk FRAMES] [--cpu-offload]
        [--repeats N] [--vocoder-clips N]
 
@@ -15,7 +15,8 @@ sampler (DDIM, 200 steps, the reference row) and DPM-Solver++ with 25 steps, spl
 sampling, VAE decoding and vocoding. Peak memory: CPU resident set size (for the whole
 process, so the largest of the rows so far) or peak CUDA allocation.
 
-The whole pipeline runs in --torch-dtype (transformer, VAE, vocoder, text encoder). With
+The whole pipeline runs in --torch-dtype (transformer, VAE, vocoder, text encoder), or the
+models it names (`--torch-dtype vocoder=bfloat16`: the vocoder alone in bfloat16). With
 --compile the same rows run on a compiled twin of the pipeline (``pipeline.compile()``,
 CUDA graphs on CUDA), alternating with the eager one, side by side; the cold compile time
 (the first calls) and the largest difference between eager and compiled latents of the
@@ -184,7 +185,11 @@ def main() -> None:
     parser.add_argument("--config", default="configs/mdt/embedded.yaml")
     parser.add_argument("--vae-config", default="configs/vae/embedded.yaml")
     parser.add_argument("--batch", type=int, default=1, help="prompts per call")
-    parser.add_argument("--torch-dtype", default="float32", help="float32, bfloat16, float16")
+    parser.add_argument(
+        "--torch-dtype",
+        default="float32",
+        help="float32, bfloat16, float16, or per model: vocoder=bfloat16",
+    )
     parser.add_argument("--compile", action="store_true", help="also time the compiled pipeline")
     parser.add_argument("--compile-mode", default="auto", help="torch.compile mode")
     parser.add_argument("--ddim-steps", type=int, default=200, help="steps of the reference row")

@@ -53,6 +53,10 @@ def test_unknown_settings_are_named(tmp_path):
         DemoSettings.full().replace(vae_max_minutes=0)
     with pytest.raises(ConfigError, match="stage_processes"):
         DemoSettings.full().replace(stage_processes=0)
+    with pytest.raises(
+        ConfigError, match=r"demo settings: torch_dtype: unknown model\(s\) \['voc'\]"
+    ):
+        DemoSettings.full().replace(torch_dtype="voc=bfloat16")
     # Trainers stop on their counts: no time cap unless one is asked for.
     assert all(
         getattr(DemoSettings.quick(), f"{name}_max_minutes") is None

@@ -57,6 +57,47 @@ def test_bfloat16_pipeline_runs_in_one_dtype_and_returns_float32_near_float32(tm
         QAMDTPipeline.from_pretrained(tmp_path / "pipe", torch_dtype="half")
 
 
+def test_dtype_per_model_in_diffusers_and_command_line_forms():
+    from qamdt.generation.acceleration import MODEL_COMPONENTS, parse_dtype
+
+    bf16, f32 = torch.bfloat16, torch.float32
+    assert parse_dtype(None) is None
+    assert parse_dtype("bfloat16") == dict.fromkeys(MODEL_COMPONENTS, bf16)
+    assert parse_dtype({"vocoder": "bfloat16"}) == {"vocoder": bf16}
+    assert parse_dtype("vocoder=bfloat16") == {"vocoder": bf16}
+    every = parse_dtype("bfloat16, vocoder=float32")
+    assert every == {**dict.fromkeys(MODEL_COMPONENTS, bf16), "vocoder": f32}
+    assert parse_dtype({"default": bf16, "vocoder": f32}) == every
+    with pytest.raises(
+        ConfigError, match=r"--torch-dtype: unknown model\(s\) \['vocder'\].*vocoder"
+    ):
+        parse_dtype("vocder=bfloat16", "--torch-dtype")
+    with pytest.raises(ConfigError, match="torch_dtype: unknown dtype 'half'"):
+        parse_dtype({"vae": "half"})
+
+
+def test_one_model_in_bfloat16_is_recorded_in_the_sidecar(tmp_path):
+    import json
+
+    pipeline = tiny_pipeline()
+    reference = call(pipeline)
+    pipeline.save_pretrained(tmp_path / "pipe")
+    loaded = QAMDTPipeline.from_pretrained(tmp_path / "pipe", torch_dtype={"vae": "bfloat16"})
+    assert loaded.dtypes["vae"] == torch.bfloat16 and loaded.dtype == torch.float32
+    assert {d for name, d in loaded.dtypes.items() if name != "vae"} == {torch.float32}
+    half = call(loaded)
+    assert torch.equal(half.latents, reference.latents)
+    assert not torch.equal(half.mels, reference.mels)
+    assert (half.mels - reference.mels).abs().max() <= 0.1
+    argv = ["generate", "x", "--model", str(tmp_path / "pipe"), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--torch-dtype", "vae=bfloat16", "--steps", "1", "--quiet"]) == 0
+    sidecar = json.loads(next((tmp_path / "o").glob("*.json")).read_text())
+    # The Griffin-Lim vocoder has no weights and no dtype.
+    assert sidecar["torch_dtype"] == {
+        "text_encoder": "float32", "transformer": "float32", "vae": "bfloat16"
+    }  # fmt: skip
+
+
 def test_bad_torch_dtype_flag_is_named_before_loading(tmp_path, capsys):
     tiny_pipeline().save_pretrained(tmp_path / "pipe")
     argv = ["generate", "x", "--model", str(tmp_path / "pipe"), "--out", str(tmp_path / "o")]

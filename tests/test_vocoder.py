@@ -264,3 +264,37 @@ def test_griffin_lim(front, clip, tmp_path):
 def test_griffin_lim_single_frame():
     out = Vocoder.griffin_lim("paper", n_iter=2)(torch.full((1, 64), -5.0))
     assert out.shape == (160,) and torch.isfinite(out).all()
+
+
+def test_bfloat16_convolutions_keep_the_input_convolution_and_residual_sums_float32(
+    embedded, front, clip
+):
+    import copy
+
+    _, mel = clip
+    reference = embedded(mel)
+    vocoder = copy.deepcopy(embedded).set_dtype(torch.bfloat16)
+    assert vocoder.dtype == torch.bfloat16 and embedded.dtype == torch.float32
+    assert vocoder.model.conv_pre.weight.dtype == torch.float32
+    assert vocoder.model.upsampler[0].weight.dtype == torch.bfloat16
+    seen = []
+    vocoder.model.resblocks[0].register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    mixed = vocoder(mel)
+    assert mixed.dtype == torch.float32 and seen == [torch.float32]
+
+    def snr(wave):
+        return 10 * torch.log10(reference.square().sum() / (wave - reference).square().sum())
+
+    # Measured 37.8 dB here (36.7 on recorded music); with the input convolution in
+    # bfloat16 as well 28.9 dB (26.8 on recorded music).
+    assert snr(mixed) > 34
+    assert (front(mixed) - front(reference)).abs().mean() < 0.02
+    everything = copy.deepcopy(vocoder)
+    everything.model.conv_pre.to(torch.bfloat16)
+    assert snr(everything(mel)) < snr(mixed) - 3
+    assert torch.equal(copy.deepcopy(embedded).set_dtype(torch.float32)(mel), reference)
+
+
+def test_griffin_lim_ignores_dtype():
+    vocoder = Vocoder.griffin_lim(TINY_SPEC)
+    assert vocoder.set_dtype(torch.bfloat16) is vocoder and vocoder.dtype == torch.float32

@@ -148,7 +148,9 @@ def register(groups: argparse._SubParsersAction) -> None:
         "--torch-dtype",
         default=None,
         metavar="DTYPE",
-        help="run every model in float32 (default), bfloat16 or float16",
+        help="run every model in float32 (default), bfloat16 or float16; or some of them: "
+        "'vocoder=bfloat16', 'bfloat16,vocoder=float32' (models: text_encoder, transformer, "
+        "vae, vocoder)",
     )
     speed.add_argument(
         "--compile",

@@ -25,6 +25,7 @@ from typing import Any
 
 from qamdt.config import ConfigBase, read_yaml
 from qamdt.errors import ConfigError, check_known_keys
+from qamdt.generation.acceleration import parse_dtype
 from qamdt.generation.settings import GenerationSettings, SettingsError
 
 QUICK_SECTION = "quick"
@@ -108,6 +109,10 @@ class DemoSettings(ConfigBase):
             level 5 against level 1 as in the paper's eq. 7, level 1 against level 5.
         audio_seconds: Length of each generated clip.
         generate_batch_size: Prompts per sampler call.
+        torch_dtype: The generation pipelines' dtypes, as ``qamdt generate --torch-dtype``
+            takes them: ``float32``, or ``vocoder=bfloat16`` for the vocoder's
+            convolutions in bfloat16 (as good as float32 to the MOS model, and faster on
+            CPUs with bfloat16 instructions; docs/speed.md).
         negative_prompt: Negative text of the paper's eq. 11 baseline.
         eval_batch_size: Clips per forward pass in evaluation.
         examples_per_level: Clips per level shown (with spectrograms) in the report.
@@ -169,6 +174,7 @@ class DemoSettings(ConfigBase):
     negative_quality_level: float | str
     audio_seconds: float
     generate_batch_size: int
+    torch_dtype: str
     negative_prompt: str
     eval_batch_size: int
     examples_per_level: int
@@ -219,6 +225,7 @@ class DemoSettings(ConfigBase):
                 f"demo settings: negative_quality_level must be a level 0-5 or "
                 f"'{MIRROR}', got {negative!r}"
             )
+        parse_dtype(self.torch_dtype, "demo settings: torch_dtype")
         if not 0 < self.pitch_fmin < self.pitch_fmax:
             raise ConfigError("demo settings: need 0 < pitch_fmin < pitch_fmax")
 

@@ -10,7 +10,7 @@ These are load-time choices of :class:`~qamdt.generation.pipeline.QAMDTPipeline`
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -27,34 +27,68 @@ COMPILE_COMPONENTS = ("transformer", "vae", "vocoder")
 MODEL_COMPONENTS = ("text_encoder", "transformer", "vae", "vocoder")
 
 
-def parse_dtype(value: str | torch.dtype | None, where: str = "torch_dtype") -> torch.dtype | None:
-    """A pipeline dtype from its name (or a ``torch.dtype``); None stays None.
+def parse_dtype(
+    value: str | torch.dtype | Mapping[str, str | torch.dtype] | None, where: str = "torch_dtype"
+) -> dict[str, torch.dtype] | None:
+    """The dtype of each model, from one dtype or one per model; None stays None.
+
+    Args:
+        value: A dtype or its name, for every model; a mapping of model names
+            (:data:`MODEL_COMPONENTS`) and ``"default"`` to dtypes or names, as diffusers'
+            pipelines take it; or the command line's comma-separated entries, each a name
+            (the default) or ``model=name``: ``"vocoder=bfloat16"``,
+            ``"float32,vocoder=bfloat16"``.
+        where: The argument's name in errors.
+
+    Returns:
+        ``{model: dtype}`` for the models it sets (a default sets every model), or None.
 
     Raises:
-        ConfigError: Naming ``where`` and the known names.
+        ConfigError: On an unknown dtype or model, naming ``where`` and the known names.
     """
-    if value is None or isinstance(value, torch.dtype) and value in TORCH_DTYPES.values():
+    if value is None:
+        return None
+    if isinstance(value, str) and ("=" in value or "," in value):
+        entries = [entry.strip() for entry in value.split(",")]
+        value = dict(e.split("=", 1) if "=" in e else ("default", e) for e in entries)
+    if not isinstance(value, Mapping):
+        return dict.fromkeys(MODEL_COMPONENTS, _one_dtype(value, where))
+    unknown = sorted(set(value) - {*MODEL_COMPONENTS, "default"})
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown model(s) {unknown}; known: {[*MODEL_COMPONENTS, 'default']}"
+        )
+    default = value.get("default")
+    return {
+        name: _one_dtype(value.get(name, default), where)
+        for name in MODEL_COMPONENTS
+        if value.get(name, default) is not None
+    }
+
+
+def _one_dtype(value: str | torch.dtype, where: str) -> torch.dtype:
+    if isinstance(value, torch.dtype) and value in TORCH_DTYPES.values():
         return value
-    if isinstance(value, str) and value in TORCH_DTYPES:
-        return TORCH_DTYPES[value]
+    if isinstance(value, str) and value.strip() in TORCH_DTYPES:
+        return TORCH_DTYPES[value.strip()]
     raise ConfigError(f"{where}: unknown dtype {value!r}; known: {list(TORCH_DTYPES)}")
 
 
-def cast_components(pipeline, dtype: torch.dtype) -> None:
-    """Puts every model of a pipeline in ``dtype``.
+def cast_components(pipeline, dtypes: Mapping[str, torch.dtype]) -> None:
+    """Puts each model of a pipeline in its dtype (:func:`parse_dtype`'s mapping).
 
     The sampler's latents, its scheduler maths and the returned audio stay float32 (the
     pipeline converts at each model's input and output); PyTorch's layer and group norms
-    accumulate their statistics in float32 for 16-bit inputs. The vocoder's own buffers
-    (the Griffin-Lim mel basis and window) stay float32.
+    accumulate their statistics in float32 for 16-bit inputs. The vocoder keeps its first
+    convolution and its residual sums in float32 (:meth:`~qamdt.models.vocoder.Vocoder.set_dtype`)
+    and its own buffers (the Griffin-Lim mel basis and window) stay float32.
     """
-    for name in MODEL_COMPONENTS:
+    for name, dtype in dtypes.items():
         module = getattr(pipeline, name)
         if module is None:
             continue
         if name == "vocoder":
-            if module.model is not None:
-                module.model.to(dtype)
+            module.set_dtype(dtype)
         else:
             module.to(dtype)
 
@@ -153,16 +187,18 @@ class PipelineHardware:
     def to(
         self,
         device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
+        dtype: str | torch.dtype | Mapping[str, str | torch.dtype] | None = None,
     ) -> PipelineHardware:
         """Moves every model to ``device`` and/or casts it to ``dtype``.
 
         In bfloat16 or float16 the transformer, VAE, vocoder and text encoder all run in
         that dtype; latents between steps, the scheduler's maths and the returned audio
-        stay float32 (:func:`~qamdt.generation.acceleration.cast_components`).
+        stay float32 (:func:`~qamdt.generation.acceleration.cast_components`). ``dtype``
+        may also name one per model, ``{"vocoder": torch.bfloat16}`` or with a
+        ``"default"`` (:func:`~qamdt.generation.acceleration.parse_dtype`).
 
         Raises:
-            ConfigError: On an unknown dtype.
+            ConfigError: On an unknown dtype or model.
         """
         if isinstance(device, torch.dtype):
             device, dtype = None, device
@@ -187,6 +223,23 @@ class PipelineHardware:
     def dtype(self) -> torch.dtype:
         """The transformer's dtype."""
         return next(self.transformer.parameters()).dtype
+
+    @property
+    def dtypes(self) -> dict[str, torch.dtype]:
+        """Each model's dtype.
+
+        A HiFi-GAN vocoder's is that of its convolutions after the first; a Griffin-Lim
+        vocoder has no weights and is left out.
+        """
+        found = {}
+        for name in MODEL_COMPONENTS:
+            module = getattr(self, name)
+            if name == "vocoder":
+                if module is not None and module.kind == "hifigan":
+                    found[name] = module.dtype
+            elif module is not None:
+                found[name] = next(module.parameters()).dtype
+        return found
 
     def compile(self, mode: str | None = "auto", components=COMPILE_COMPONENTS):
         """Compiles the models with ``torch.compile``; returns the pipeline.

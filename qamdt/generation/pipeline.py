@@ -158,7 +158,7 @@ class QAMDTPipeline(PipelineHardware):
         cls,
         path: str | os.PathLike,
         device: str | torch.device | None = None,
-        torch_dtype: str | torch.dtype | None = None,
+        torch_dtype: str | torch.dtype | Mapping[str, str | torch.dtype] | None = None,
     ) -> QAMDTPipeline:
         """Loads a pipeline folder (see :mod:`qamdt.generation.folder`).
 
@@ -166,7 +166,9 @@ class QAMDTPipeline(PipelineHardware):
             path: The folder.
             device: Where the models go (default: the CPU).
             torch_dtype: Run every model in this dtype: ``torch.float32`` (default),
-                ``torch.bfloat16``, ``torch.float16`` or their names; see :meth:`to`.
+                ``torch.bfloat16``, ``torch.float16`` or their names; or one per model,
+                ``{"vocoder": torch.bfloat16}`` (others float32) or with a ``"default"``;
+                see :meth:`to`.
 
         Raises:
             ConfigError: If the folder or one of its parts is missing, or the dtype is

@@ -108,12 +108,14 @@ def generate_to_folder(
 
 def _hardware_facts(pipeline) -> dict[str, Any]:
     """Load-time options that change the samples' rounding, when not the defaults."""
-    import torch
-
     facts: dict[str, Any] = {}
-    dtype = getattr(pipeline, "dtype", torch.float32)
-    if dtype != torch.float32:
-        facts["torch_dtype"] = str(dtype).removeprefix("torch.")
+    dtypes = {
+        name: str(dtype).removeprefix("torch.")
+        for name, dtype in getattr(pipeline, "dtypes", {}).items()
+    }
+    if set(dtypes.values()) - {"float32"}:
+        one = set(dtypes.values())
+        facts["torch_dtype"] = one.pop() if len(one) == 1 else dtypes
     if getattr(pipeline, "vae_chunking", None) is not None:
         facts["vae_chunking"] = list(pipeline.vae_chunking)
     return facts
