@@ -51,6 +51,13 @@ class GroupBatches:
         self.seed = seed
         self.set_epoch(0)
 
+    @classmethod
+    def for_config(cls, pool: VersionPool, config) -> GroupBatches:
+        """The batches a ``MosTrainConfig`` asks for: its group counts, seed and clean share."""
+        return cls(
+            pool, config.groups_per_batch, config.group_size, config.seed, config.real_clean_share
+        )
+
     def set_epoch(self, epoch: int) -> None:
         """Restarts the draws from a state set by the seed and ``epoch`` alone.
 
@@ -195,6 +202,8 @@ def check_real_settings(config, where: str | None = None) -> None:
         )
     if config.real_files_per_source is not None and config.real_files_per_source < 1:
         raise ConfigError(f"{at}real_files_per_source must be >= 1 (or null)")
+    if not 0 <= config.real_clean_share <= 1:
+        raise ConfigError(f"{at}real_clean_share must be in [0, 1], got {config.real_clean_share}")
     if config.real_min_kbps_per_channel is not None and config.real_min_kbps_per_channel < 0:
         raise ConfigError(f"{at}real_min_kbps_per_channel must be >= 0 (or null)")
     for name in ("rank_weight", "centred_weight", "real_valid_every", "real_refresh_epochs"):

@@ -289,7 +289,7 @@ def train_mos_model(
     text_aware = model_config.kind == "text-aware"
     groups = None
     if real_train is not None:
-        groups = GroupBatches(real_train, config.groups_per_batch, config.group_size, config.seed)
+        groups = GroupBatches.for_config(real_train, config)
     started = time.time()
     epochs_done, stopped_by = first_epoch, "epochs"
     for epoch in range(first_epoch, config.epochs):
@@ -305,9 +305,7 @@ def train_mos_model(
         if groups is not None:
             fresh = refresh_train_pool(groups.pool, config, model_config, epoch, progress)
             if fresh is not groups.pool:
-                groups = GroupBatches(
-                    fresh, config.groups_per_batch, config.group_size, config.seed
-                )
+                groups = GroupBatches.for_config(fresh, config)
             groups.set_epoch(epoch)
         # Seeded by the seed and the epoch alone, so a resumed run draws the same gains.
         gains = torch.Generator().manual_seed(config.seed * 100_003 + 17 * epoch + 5)

@@ -57,6 +57,8 @@ class MosTrainConfig(ConfigBase):
             depends only on the seed and the epoch, so a resumed run draws the same);
             0: one set of versions for the whole run.
         groups_per_batch: Real excerpts per training step, each as a group of versions.
+        real_clean_share: Share of the groups that hold the clean recording beside degraded
+            versions (the others hold degraded versions only).
         group_size: Versions per group.
         rank_weight: Weight of the pairwise ranking term within groups (0: regression
             only).
@@ -101,6 +103,7 @@ class MosTrainConfig(ConfigBase):
     real_valid_every: int = 8
     real_refresh_epochs: int = 0
     groups_per_batch: int = 2
+    real_clean_share: float = 0.5
     group_size: int = 4
     rank_weight: float = 1.0
     centred_weight: float = 0.0

@@ -245,6 +245,24 @@ def test_group_batches_hold_versions_of_one_excerpt_and_replay_per_epoch(pool):
         GroupBatches(pool, 2, 5, seed=1)
 
 
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_clean_share_sets_which_groups_hold_the_clean_recording(pool, share):
+    config = MosTrainConfig.from_dict(
+        {"data": "corpus:x", "groups_per_batch": 2, "group_size": 3, "real_versions": 4,
+         "real_clean_share": share}, "test",
+    )  # fmt: skip
+    batches = GroupBatches.for_config(pool, config)
+    clean = {tuple(pool.waves[n, 0].astype(np.float32)[:50]) for n in range(len(pool))}
+    for _ in range(4):
+        batch = batches.next()
+        for g in range(2):
+            rows = batch["wave"][batch["group"] == g].numpy()
+            holds_clean = any(tuple(row[:50]) in clean for row in rows)
+            assert holds_clean == (share == 1.0)
+    with pytest.raises(ConfigError, match=r"real_clean_share must be in \[0, 1\], got 1.5"):
+        MosTrainConfig.from_dict({"data": "corpus:x", "real_clean_share": 1.5}, "test")
+
+
 def test_pairwise_rank_loss_matches_ranknet_by_hand():
     pred = torch.tensor([1.0, 0.0, 3.0, 2.5])
     target = torch.tensor([5.0, 1.0, 2.0, 2.05])
