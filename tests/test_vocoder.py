@@ -266,17 +266,16 @@ def test_griffin_lim_single_frame():
     assert out.shape == (160,) and torch.isfinite(out).all()
 
 
-def test_bfloat16_convolutions_keep_the_input_convolution_and_residual_sums_float32(
-    embedded, front, clip
-):
+def test_bfloat16_residual_blocks_keep_the_rest_float32_and_near_float32(embedded, front, clip):
     import copy
 
     _, mel = clip
     reference = embedded(mel)
     vocoder = copy.deepcopy(embedded).set_dtype(torch.bfloat16)
     assert vocoder.dtype == torch.bfloat16 and embedded.dtype == torch.float32
-    assert vocoder.model.conv_pre.weight.dtype == torch.float32
-    assert vocoder.model.upsampler[0].weight.dtype == torch.bfloat16
+    assert {p.dtype for p in vocoder.model.resblocks.parameters()} == {torch.bfloat16}
+    rest = [vocoder.model.conv_pre, vocoder.model.upsampler, vocoder.model.conv_post]
+    assert {p.dtype for module in rest for p in module.parameters()} == {torch.float32}
     seen = []
     vocoder.model.resblocks[0].register_forward_hook(lambda m, a, out: seen.append(out.dtype))
     mixed = vocoder(mel)
@@ -285,13 +284,13 @@ def test_bfloat16_convolutions_keep_the_input_convolution_and_residual_sums_floa
     def snr(wave):
         return 10 * torch.log10(reference.square().sum() / (wave - reference).square().sum())
 
-    # Measured 37.8 dB here (36.7 on recorded music); with the input convolution in
-    # bfloat16 as well 28.9 dB (26.8 on recorded music).
-    assert snr(mixed) > 34
+    # Measured 43.9 dB here (35.8 on generated music); with the first transposed
+    # convolution in bfloat16 as well 39.1 dB (27.0 on generated music).
+    assert snr(mixed) > 40
     assert (front(mixed) - front(reference)).abs().mean() < 0.02
-    everything = copy.deepcopy(vocoder)
-    everything.model.conv_pre.to(torch.bfloat16)
-    assert snr(everything(mel)) < snr(mixed) - 3
+    worse = copy.deepcopy(vocoder)
+    worse.model.upsampler[0].to(torch.bfloat16)
+    assert snr(worse(mel)) < snr(mixed) - 3
     assert torch.equal(copy.deepcopy(embedded).set_dtype(torch.float32)(mel), reference)
 
 

@@ -79,9 +79,10 @@ def cast_components(pipeline, dtypes: Mapping[str, torch.dtype]) -> None:
 
     The sampler's latents, its scheduler maths and the returned audio stay float32 (the
     pipeline converts at each model's input and output); PyTorch's layer and group norms
-    accumulate their statistics in float32 for 16-bit inputs. The vocoder keeps its first
-    convolution and its residual sums in float32 (:meth:`~qamdt.models.vocoder.Vocoder.set_dtype`)
-    and its own buffers (the Griffin-Lim mel basis and window) stay float32.
+    accumulate their statistics in float32 for 16-bit inputs. A HiFi-GAN vocoder runs only
+    its residual blocks in a 16-bit dtype (:meth:`~qamdt.models.vocoder.Vocoder.set_dtype`);
+    the Griffin-Lim vocoder's buffers (mel basis and window) stay float32. A model already
+    in its dtype is left alone.
     """
     for name, dtype in dtypes.items():
         module = getattr(pipeline, name)
@@ -89,7 +90,7 @@ def cast_components(pipeline, dtypes: Mapping[str, torch.dtype]) -> None:
             continue
         if name == "vocoder":
             module.set_dtype(dtype)
-        else:
+        elif next(module.parameters()).dtype != dtype:
             module.to(dtype)
 
 
