@@ -57,13 +57,16 @@ def generated_mels(run: Path, clips: int, seconds: float) -> list[torch.Tensor]:
 def compare_precisions(args, vocoder: Vocoder, frames: int) -> None:
     """Seconds per clip and (with --run) the p-MOS of float32, mixed and bfloat16 vocoders."""
     mixed = copy.deepcopy(vocoder).set_dtype(torch.bfloat16)
-    whole = copy.deepcopy(vocoder)
-    for module in whole.model.modules():  # no float32 boundaries: 16-bit residual sums
+    whole = copy.deepcopy(vocoder.model)
+    for module in whole.modules():  # no float32 boundaries: 16-bit sums between layers
         module._forward_pre_hooks.clear()
         module._forward_hooks.clear()
-    whole.model.to(torch.bfloat16)
-    rows = {"float32 (reference)": vocoder, "bfloat16 residual blocks": mixed,
-            "bfloat16 throughout": whole}  # fmt: skip
+    whole.to(torch.bfloat16)
+    rows = {
+        "float32 (reference)": vocoder,
+        "bfloat16 residual blocks": mixed,
+        "bfloat16 throughout": lambda mel: whole(mel.to(torch.bfloat16)).float(),
+    }
     if args.run is None:
         mels = list(torch.randn(args.clips, 1, frames, vocoder.n_mels) - 5.0)
         scores = None
