@@ -262,11 +262,23 @@ def test_command_names_what_it_cannot_load(folders, tmp_path, capsys, monkeypatc
 
     assert main(["app", "--model", str(folders / "pipe"), "--port", "0"]) == 2
     assert "--port: must be within 1..65535" in capsys.readouterr().err
+    assert main(["app", "--model", str(folders / "pipe"), "--torch-dtype", "vocder=bfloat16"]) == 2
+    assert "--torch-dtype: unknown model(s) ['vocder']" in capsys.readouterr().err
     assert main(["app", "--model", str(tmp_path / "none")]) == 2
     assert str(tmp_path / "none") in capsys.readouterr().err
     missing = tmp_path / "rows.jsonl"
     assert main(["app", "--model", str(folders / "pipe"), "--manifest", str(missing)]) == 2
     assert f"--manifest {missing}: no such file" in capsys.readouterr().err
+
+
+def test_models_load_in_the_dtypes_asked_for(folders):
+    import torch
+
+    from qamdt.app.models import AppModels
+
+    models = AppModels.load(folders / "pipe", torch_dtype={"vae": torch.bfloat16})
+    assert models.pipeline.dtypes["vae"] == torch.bfloat16
+    assert models.pipeline.dtypes["transformer"] == torch.float32
 
 
 # ------------------------------------------------------------------------------ the server

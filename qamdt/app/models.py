@@ -52,6 +52,7 @@ class AppModels:
         clap: str | os.PathLike | None = None,
         captioner: str | os.PathLike | None = None,
         manifest: str | os.PathLike | None = None,
+        torch_dtype=None,
     ) -> AppModels:
         """Loads every model once.
 
@@ -61,6 +62,7 @@ class AppModels:
             clap: CLAP scorer folder (``qamdt captions score --model``).
             captioner: Captioner folder (``qamdt captions caption --model``).
             manifest: A manifest (JSONL) for the Dataset tab.
+            torch_dtype: The pipeline's dtypes (``QAMDTPipeline.from_pretrained``).
 
         Raises:
             QamdtError: Naming the folder or file that cannot be loaded.
@@ -72,7 +74,7 @@ class AppModels:
             manifest_path = Path(manifest)
             if not manifest_path.is_file():
                 raise ConfigError(f"--manifest {manifest_path}: no such file")
-        pipeline = QAMDTPipeline.from_pretrained(model)
+        pipeline = QAMDTPipeline.from_pretrained(model, torch_dtype=torch_dtype)
         mos_model = clap_model = captioner_model = None
         if mos is not None:
             from mos_predictor.models import load_mos_model

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from qamdt.cli.arguments import add_torch_dtype_argument
+
 # Set before gradio is imported: no telemetry, no version check, no hub access.
 OFFLINE_ENVIRONMENT = {
     "GRADIO_ANALYTICS_ENABLED": "False",
@@ -29,15 +31,18 @@ def register(groups: argparse._SubParsersAction) -> None:
     parser.add_argument("--manifest", default=None, help="manifest (JSONL) for the Dataset tab")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    add_torch_dtype_argument(parser)
     parser.set_defaults(run=run_app)
 
 
 def run_app(args: argparse.Namespace) -> int:
     """Runs ``qamdt app`` until interrupted."""
     from qamdt.errors import ConfigError
+    from qamdt.generation.acceleration import parse_dtype
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port: must be within 1..65535, got {args.port}")
+    dtype = parse_dtype(args.torch_dtype, "--torch-dtype")
     for key, value in OFFLINE_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     try:
@@ -51,7 +56,12 @@ def run_app(args: argparse.Namespace) -> int:
     from qamdt.app.ui import build_app
 
     models = AppModels.load(
-        args.model, mos=args.mos, clap=args.clap, captioner=args.captioner, manifest=args.manifest
+        args.model,
+        mos=args.mos,
+        clap=args.clap,
+        captioner=args.captioner,
+        manifest=args.manifest,
+        torch_dtype=dtype,
     )
     app = build_app(models)
     print(f"qamdt app: serving on http://{args.host}:{args.port}", flush=True)

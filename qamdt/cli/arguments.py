@@ -86,3 +86,16 @@ def device_name(text: str) -> str:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise argparse.ArgumentTypeError(f"{text}: MPS is not available on this machine")
     return text
+
+
+def add_torch_dtype_argument(parser) -> None:
+    """Adds ``--torch-dtype`` (checked with ``parse_dtype`` before anything loads)."""
+    parser.add_argument(
+        "--torch-dtype",
+        default=None,
+        metavar="DTYPE",
+        help="run every model in float32 (default), bfloat16 or float16; or some of them: "
+        "'vocoder=bfloat16' (its residual blocks: faster on CPUs with bfloat16 instructions, "
+        "same p-MOS), 'bfloat16,vocoder=float32' (models: text_encoder, transformer, vae, "
+        "vocoder; docs/speed.md)",
+    )

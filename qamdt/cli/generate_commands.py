@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from qamdt.cli.arguments import device_name, positive_int
+from qamdt.cli.arguments import add_torch_dtype_argument, device_name, positive_int
 from qamdt.generation.settings import GUIDANCE_MODES
 
 # Command-line option (argparse dest) -> generation setting. An option left out takes the
@@ -144,14 +144,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", type=device_name, default=None)
     speed = parser.add_argument_group("speed and memory", "see docs/speed.md")
-    speed.add_argument(
-        "--torch-dtype",
-        default=None,
-        metavar="DTYPE",
-        help="run every model in float32 (default), bfloat16 or float16; or some of them: "
-        "'vocoder=bfloat16', 'bfloat16,vocoder=float32' (models: text_encoder, transformer, "
-        "vae, vocoder)",
-    )
+    add_torch_dtype_argument(speed)
     speed.add_argument(
         "--compile",
         action="store_true",
