@@ -229,8 +229,8 @@ class PipelineHardware:
     def dtypes(self) -> dict[str, torch.dtype]:
         """Each model's dtype.
 
-        A HiFi-GAN vocoder's is that of its convolutions after the first; a Griffin-Lim
-        vocoder has no weights and is left out.
+        A HiFi-GAN vocoder's is that of its residual blocks; a Griffin-Lim vocoder has no
+        weights and is left out.
         """
         found = {}
         for name in MODEL_COMPONENTS:
