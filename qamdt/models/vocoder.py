@@ -282,7 +282,7 @@ class Vocoder(nn.Module):
         CPU alone they bring the output to within 27 dB of float32's), the output
         convolution, and the activations and sums between convolutions. The whole
         HiFi-GAN in bfloat16 adds noise that the MOS model hears; this mix does not, and
-        runs about 1.5x faster on a CPU with bfloat16 instructions (docs/speed.md).
+        runs 1.6-1.7x faster on a CPU with bfloat16 instructions (docs/speed.md).
         Griffin-Lim runs in float32.
 
         Args:
