@@ -9,6 +9,7 @@ from pathlib import Path
 
 from qamdt.cli.arguments import nonnegative_int, positive_float, positive_int
 from qamdt.cli.manifest_commands import part_argument
+from qamdt.training.precision import MIXED_PRECISIONS
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +48,12 @@ def register(groups: argparse._SubParsersAction) -> None:
         "--max-minutes", type=positive_float, default=None, help="training time budget"
     )
     train.add_argument("--batch-size", type=positive_int, default=None)
-    train.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None)
+    train.add_argument(
+        "--mixed-precision",
+        choices=MIXED_PRECISIONS,
+        default=None,
+        help="auto: bfloat16 autocast where the hardware computes it natively",
+    )
     train.set_defaults(run=run_train)
 
     cache = groups.add_parser(

@@ -67,6 +67,15 @@ def attend(
         )
         return out.transpose(1, 2)
     mask = None if key_mask is None else key_mask[:, None, None, :]
+    if query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
+        # PyTorch's CPU attention kernels are slower in 16 bits than in float32 (the
+        # backward pass seven times, docs/speed.md), unlike its matrix products; autocast
+        # would cast float32 inputs back down, so it is off here.
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(
+                query.float(), key.float(), value.float(), attn_mask=mask
+            )
+        return out.to(query.dtype)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
 
 

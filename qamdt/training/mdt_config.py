@@ -9,8 +9,7 @@ from typing import Any
 from qamdt.config import ConfigBase
 from qamdt.diffusion.schedule import DiffusionConfig
 from qamdt.errors import ConfigError, check_known_keys
-
-MIXED_PRECISIONS = ("no", "fp16", "bf16")
+from qamdt.training.precision import MIXED_PRECISIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +62,10 @@ class MdtTrainConfig(ConfigBase):
         ema_warmup: Ramp the EMA decay up as ``1 - (1 + step / inv_gamma) ** -power``
             (short runs need it; the released code uses a fixed 0.9999).
         ema_power: Power of the ramp.
-        mixed_precision: "no", "fp16" or "bf16".
+        mixed_precision: "no", "bf16" (autocast in bfloat16), "fp16" (Accelerate's, with
+            loss scaling), or "auto": bfloat16 where the hardware computes it natively
+            (a GPU that supports it, a CPU with AVX-512 BF16 or AMX), float32 elsewhere.
+            Weights, optimiser and loss stay float32 (``qamdt.training.precision``).
         gradient_checkpointing: Recompute block activations in the backward pass.
         compile: ``torch.compile`` the transformer (faster steps on a GPU after a compile
             of about a minute; slower on the CPU, see benchmarks/README.md).

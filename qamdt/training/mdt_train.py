@@ -39,6 +39,7 @@ from qamdt.training.mdt_batches import (
     step_generator,
 )
 from qamdt.training.mdt_config import MdtTrainConfig
+from qamdt.training.precision import use_bfloat16
 
 STATE_DIR = "checkpoint"
 PIPELINE_DIR = "pipeline"
@@ -134,8 +135,9 @@ def train_mdt(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # bfloat16 is autocast here; float16's loss scaling is left to Accelerate.
     accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
+        mixed_precision="fp16" if config.mixed_precision == "fp16" else "no",
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
@@ -144,6 +146,7 @@ def train_mdt(
     )
     set_seed(config.seed)
     device = accelerator.device
+    bfloat16 = use_bfloat16(config.mixed_precision, device)
     vae = LatentVAE.from_pretrained(config.vae).to(device).eval().requires_grad_(False)
     text_encoder = TextEncoder.from_pretrained(config.text_encoder).to(device)
     dataset, collate, null_text, cached, latent_frames, latent_bands = load_training_data(
@@ -283,12 +286,15 @@ def train_mdt(
             )
             with accelerator.accumulate(model):
                 mask_ratio = unwrapped.sample_mask_ratio(generator)
-                prediction = model(*arguments, mask_ratio=mask_ratio, generator=generator)
+                with torch.autocast(device.type, torch.bfloat16, enabled=bfloat16):
+                    prediction = model(*arguments, mask_ratio=mask_ratio, generator=generator)
+                    unmasked = None
+                    if config.diffusion.loss_mode == "two_pass":
+                        unmasked = model(*arguments)
                 loss = diffusion_loss(
                     prediction, target, timesteps, scheduler, config.diffusion.min_snr_gamma
                 )
-                if config.diffusion.loss_mode == "two_pass":
-                    unmasked = model(*arguments)
+                if unmasked is not None:
                     loss = loss + diffusion_loss(
                         unmasked, target, timesteps, scheduler, config.diffusion.min_snr_gamma
                     )
@@ -361,6 +367,7 @@ def train_mdt(
         "seconds": round(elapsed, 1),
         "samples_per_second": round(samples_seen / max(elapsed, 1e-9), 3),
         "parameters": sum(p.numel() for p in unwrapped.parameters()),
+        "mixed_precision": accelerator.mixed_precision if not bfloat16 else "bf16",
         "clips": len(dataset),
         "model": str(out / MODEL_DIR),
         "pipeline": str(out / PIPELINE_DIR),

@@ -44,6 +44,7 @@ from qamdt.checkpoint_folders import CheckpointFolders, replace_folder
 from qamdt.errors import ConfigError
 from qamdt.json_files import write_text_atomic
 from qamdt.models.vae import LatentVAE
+from qamdt.training.precision import use_bfloat16
 
 # The settings and the data live in their own modules; their names are imported from here
 # by the CLI, the demo and the tests (which patch crop_batch in this module).
@@ -123,18 +124,6 @@ def reconstruction_error(vae: LatentVAE, mels: torch.Tensor, batch_size: int = 8
         error = (recon - part).abs().double().sum()
         total += torch.stack([error, torch.tensor(part.numel(), dtype=torch.float64)])
     return total
-
-
-def use_bfloat16(mixed_precision: str, device: torch.device) -> bool:
-    """Whether training autocasts to bfloat16 on ``device`` (see ``mixed_precision``)."""
-    if mixed_precision != "auto":
-        return mixed_precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-    return False
 
 
 @torch.no_grad()
@@ -228,9 +217,7 @@ def train_vae(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # cpu=True lets processes started by torchrun on a machine without GPUs form a group.
-    # Precision is applied here with torch.autocast rather than through Accelerate, whose
-    # process-wide state refuses a second Accelerator with another precision (as when one
-    # process trains the MOS model in float32 and then this VAE in bfloat16).
+    # Precision is torch.autocast's, not Accelerate's (qamdt.training.precision).
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     bfloat16 = use_bfloat16(config.mixed_precision, accelerator.device)
     show = progress and accelerator.is_main_process

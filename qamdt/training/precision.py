@@ -1,0 +1,47 @@
+"""Mixed precision of the trainers: when a run autocasts to bfloat16.
+
+Both trainers keep float32 weights, optimiser states and losses; ``bf16`` computes the
+model's forward (and so its backward) under ``torch.autocast`` in bfloat16. ``auto`` does
+so only where the hardware computes bfloat16 natively: emulated, it is slower than
+float32. Autocast is applied by the trainers themselves rather than through Accelerate,
+whose process-wide state refuses a second ``Accelerator`` of another precision (as when
+one process trains the MOS model in float32 and then the VAE in bfloat16).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+# What a trainer's ``mixed_precision`` may be; the command line offers the same names.
+MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively.
+
+    A GPU that supports it, or a CPU with AVX-512 BF16 or AMX instructions.
+    """
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return False
+
+
+def use_bfloat16(mixed_precision: str, device: torch.device) -> bool:
+    """Whether training autocasts to bfloat16 on ``device``.
+
+    Args:
+        mixed_precision: A config's ``mixed_precision``: "bf16", "auto" (bfloat16 where
+            :func:`native_bfloat16`), or anything else for no bfloat16.
+        device: The training device.
+    """
+    if mixed_precision == "auto":
+        return native_bfloat16(device)
+    return mixed_precision == "bf16"
