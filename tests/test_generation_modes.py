@@ -12,6 +12,7 @@ from test_pipeline import tiny_pipeline
 from qamdt.cli.main import main
 from qamdt.diffusion.inpainting import repaint_schedule, truncated_start
 from qamdt.errors import ConfigError
+from qamdt.generation.modes import evenly_spaced_frames
 from qamdt.generation.settings import GenerationSettings
 from qamdt.generation.sidecar import read_sidecar
 from qamdt.generation.writer import generate_to_folder
@@ -72,15 +73,31 @@ def test_windows_and_crossfade_helpers():
     assert truncated_start(10, 0.5) == 5
 
 
+def test_windows_keep_one_spacing_to_the_end():
+    assert evenly_spaced_frames(33, 0, 11, 3) == 35
+    assert evenly_spaced_frames(27, 0, 11, 3) == 27  # 11 + 2 x 8: an exact fit
+    assert evenly_spaced_frames(11, 0, 11, 3) == 11 and evenly_spaced_frames(9, 0, 11, 3) == 9
+    # A continuation's first window starts `overlap` frames before the first new frame.
+    assert evenly_spaced_frames(30, 5, 11, 3) == 32
+    for frames in range(12, 60):
+        sampled = evenly_spaced_frames(frames, 0, 11, 3)
+        starts = window_starts(sampled, 11, 3)
+        assert sampled - 8 < frames <= sampled and set(np.diff(starts)) == {8}
+
+
 def test_long_form_lengths_seeds_and_windows(pipeline):
     a = call(pipeline, audio_length_in_s=1.5)
     assert a.audios.shape == (1, round(1.5 * RATE))
     assert a.latents.shape[2] == -(-round(1.5 * RATE) // BLOCK) == 33
     facts = a.mode_facts
     assert facts["mode"] == "long-form" and len(facts["windows"]) == 4
-    assert facts["windows"][0][0] == 0 and facts["windows"][-1][1] == pytest.approx(
-        33 * BLOCK / RATE, abs=1e-4
+    # Windows of 11 frames, each repeating 3 of the one before: starts 0, 8, 16, 24. The
+    # last runs 2 frames past the 33 wanted, which are sampled and cut.
+    frame = BLOCK / RATE
+    assert [w[0] for w in facts["windows"]] == pytest.approx(
+        [0, 8 * frame, 16 * frame, 24 * frame], abs=1e-4
     )
+    assert facts["windows"][-1][1] == pytest.approx(35 * frame, abs=1e-4)
     assert torch.equal(
         call(pipeline, audio_length_in_s=1.5, output_type="latent").latents, a.latents
     )

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from qamdt.errors import ConfigError
+from qamdt.models.attention import attend
 from qamdt.models.model_info import describe_model, read_model_config
 from qamdt.models.patchify import Patcher
 from qamdt.models.positions import apply_rope, rope_2d, sincos_2d
@@ -86,6 +87,26 @@ def test_sincos_positions_are_distinct_and_fixed():
     assert table.shape == (15, 16)
     assert torch.cdist(table, table).add(torch.eye(15)).min() > 0.1
     assert torch.equal(table, sincos_2d(16, (3, 5)))
+
+
+def test_cpu_attention_in_16_bits_computes_in_float32():
+    torch.manual_seed(0)
+    query, key, value = (torch.randn(2, 3, 7, 8).bfloat16() for _ in range(3))
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    for key_mask in (None, mask):
+        rows = None if key_mask is None else key_mask[:, None, None, :]
+        exact = torch.nn.functional.scaled_dot_product_attention(
+            query.float(), key.float(), value.float(), attn_mask=rows
+        )
+        out = attend(query, key, value, key_mask=key_mask)
+        assert out.dtype == torch.bfloat16
+        assert torch.equal(out, exact.bfloat16())
+        # Autocast would round float32 inputs back to bfloat16; inside it the same holds.
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(attend(query, key, value, key_mask=key_mask), out)
+    leaves = [t.clone().requires_grad_() for t in (query, key, value)]
+    attend(*leaves).float().sum().backward()
+    assert all(t.grad.dtype == torch.bfloat16 and t.grad.abs().sum() > 0 for t in leaves)
 
 
 def test_rope_attention_depends_only_on_relative_position():

@@ -13,6 +13,7 @@ from qamdt.training.latent_cache import LatentCacheDataset, build_cache, cache_i
 from qamdt.training.mdt_config import MdtTrainConfig, load_mdt_config
 from qamdt.training.mdt_data import training_clips
 from qamdt.training.mdt_train import loss_curve, train_mdt
+from qamdt.training.precision import native_bfloat16, use_bfloat16
 
 PREFIXES = ["low quality", "low quality", "medium quality", "high quality", "high quality"]
 
@@ -235,6 +236,59 @@ def test_resumed_training_continues_the_same_loss_curve(data, tmp_path):
     assert model.config.in_channels == 4 and model.config.text_dim == 384
     # 0.4 s -> 34 mel frames -> 32 (a multiple of the VAE factor 4) -> 8 latent frames.
     assert model.config.sample_size == [8, 20]
+
+
+def test_precision_names_and_auto(monkeypatch):
+    cpu = torch.device("cpu")
+    assert use_bfloat16("bf16", cpu) and not use_bfloat16("no", cpu)
+    assert not use_bfloat16("fp16", cpu)
+    assert use_bfloat16("auto", cpu) == native_bfloat16(cpu)
+    for native in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda n=native: n)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert use_bfloat16("auto", cpu) is native
+    with pytest.raises(ConfigError, match="mixed_precision: unknown 'bf32'.*'auto'"):
+        MdtTrainConfig.from_dict({"manifest": "m", "vae": "v", "mixed_precision": "bf32"})
+
+
+def test_bfloat16_training_autocasts_the_model_only(data, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    # A float32 Accelerator in the same process (as a MOS training before it) is no obstacle.
+    Accelerator(cpu=True)
+    seen = []
+    forward = QualityMDTTransformer.forward
+
+    def recording(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        seen.append((torch.is_autocast_enabled("cpu"), out.dtype))
+        return out
+
+    monkeypatch.setattr(QualityMDTTransformer, "forward", recording)
+    cache = str(tmp_path / "cache")
+    runs = {}
+    for precision in ("bf16", "no", "auto"):
+        if precision == "auto":
+            monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+            monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        seen.clear()
+        summary = train_mdt(
+            config(data, cache=cache, max_steps=2, mixed_precision=precision),
+            tmp_path / precision,
+            progress=False,
+        )
+        runs[precision] = (summary, [r["loss"] for r in loss_curve(tmp_path / precision)], seen[:])
+    summary, losses, calls = runs["bf16"]
+    assert summary["mixed_precision"] == "bf16"
+    assert calls and all(calls_ == (True, torch.bfloat16) for calls_ in calls)
+    assert np.isfinite(losses).all()
+    saved = QualityMDTTransformer.from_pretrained(tmp_path / "bf16" / "pipeline" / "transformer")
+    assert all(p.dtype == torch.float32 for p in saved.parameters())
+    assert all(call == (False, torch.float32) for call in runs["no"][2])
+    assert losses != runs["no"][1]
+    # "auto" without native bfloat16 is float32, step for step.
+    assert runs["auto"][0]["mixed_precision"] == "no"
+    assert runs["auto"][1] == runs["no"][1]
 
 
 def test_on_the_fly_encoding_two_pass_loss_and_preview(data, tmp_path):

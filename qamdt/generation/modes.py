@@ -6,9 +6,13 @@ edges of an inpainted range), and an initial latent for audio-to-audio. The plan
 sampled window by window (:func:`sample_plan`); a window is the length the model was
 trained for (the audio preset's clip, unless ``window_seconds`` says otherwise), and each
 window after the first re-imposes its overlap with what is already made, so the piece
-goes on from it (outpainting, as ACE-Step extends). One window is sampled at a time and
-the VAE and vocoder run in windows of the preset's clip (:mod:`qamdt.models.chunked`),
-so memory does not grow with the length.
+goes on from it (outpainting, as ACE-Step extends). Where nothing after the end is kept
+(long-form, continuation, audio-to-audio), the windows keep one spacing and the last may
+run past the requested length, whose extra frames are cut: a last window pulled back to
+end at the end repeats more of its neighbour and left a more audible seam
+(docs/generation.md). One window is sampled at a time and the VAE and vocoder run in
+windows of the preset's clip (:mod:`qamdt.models.chunked`), so memory does not grow with
+the length.
 
 * long-form: ``audio_length_in_s`` beyond one window, nothing kept;
 * continuation (``continue_audio``): the input's whole latent frames are kept, the piece
@@ -107,7 +111,8 @@ class ModePlan:
 
     Attributes:
         mode: "long-form", "continuation", "audio-to-audio" or "inpainting".
-        frames: Latent frames in all.
+        frames: Latent frames sampled (past ``output_frames`` where the last window
+            runs past the end).
         window: Latent frames per sampling window.
         overlap: Frames a window repeats from the one before it.
         samples: Output samples (the decoded audio is cut to them).
@@ -117,6 +122,7 @@ class ModePlan:
         init: ``[1, C, frames, F]`` initial latent of audio-to-audio.
         strength: Audio-to-audio strength.
         inputs: Facts for the sidecar: ``mode``, the input file and its hash.
+        output_frames: Latent frames of the result (None: ``frames``).
     """
 
     mode: str
@@ -129,6 +135,7 @@ class ModePlan:
     init: torch.Tensor | None = None
     strength: float = 1.0
     inputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    output_frames: int | None = None
 
     def facts(self, pipeline) -> dict[str, Any]:
         """The sidecar's record of the mode: :attr:`inputs` and the windows in seconds."""
@@ -188,7 +195,16 @@ def plan_mode(pipeline, settings, audio: Mapping[str, Any]) -> ModePlan | None:
         if frames <= window:
             return None
         samples = round(length * spec.sample_rate)
-        return ModePlan("long-form", frames, window, overlap, samples, inputs={"mode": "long-form"})
+        sampled = evenly_spaced_frames(frames, 0, window, overlap)
+        return ModePlan(
+            "long-form",
+            sampled,
+            window,
+            overlap,
+            samples,
+            inputs={"mode": "long-form"},
+            output_frames=frames,
+        )
     [(argument, value)] = given.items()
     source = read_audio_input(argument, value, spec.sample_rate)
     wave, mode = source.wave, AUDIO_ARGUMENTS[argument]
@@ -214,12 +230,16 @@ def plan_mode(pipeline, settings, audio: Mapping[str, Any]) -> ModePlan | None:
                 f"({kept * block / spec.sample_rate:.3f} s)"
             )
         frames = math.ceil(samples / block)
+        sampled = evenly_spaced_frames(frames, max(0, kept - overlap), window, overlap)
         latent = _encode(pipeline, wave[: kept * block])
-        known = latent.new_zeros(*latent.shape[:2], frames, latent.shape[3])
+        known = latent.new_zeros(*latent.shape[:2], sampled, latent.shape[3])
         known[:, :, :kept] = latent
-        keep = torch.zeros(frames)
+        keep = torch.zeros(sampled)
         keep[:kept] = 1.0
-        return ModePlan(mode, frames, window, overlap, samples, known, keep, inputs=inputs)
+        return ModePlan(
+            mode, sampled, window, overlap, samples, known, keep, inputs=inputs,
+            output_frames=frames,
+        )  # fmt: skip
     if length is not None:
         if round(length * spec.sample_rate) > len(wave):
             raise ConfigError(
@@ -232,18 +252,40 @@ def plan_mode(pipeline, settings, audio: Mapping[str, Any]) -> ModePlan | None:
     padded = np.pad(wave, (0, frames * block - samples))
     latent = _encode(pipeline, padded)
     if mode == "audio-to-audio":
+        # Frames past the input start from a zero latent; they are cut from the result.
+        sampled = evenly_spaced_frames(frames, 0, window, overlap)
+        init = torch.nn.functional.pad(latent, (0, 0, 0, sampled - frames))
         return ModePlan(
             mode,
-            frames,
+            sampled,
             window,
             overlap,
             samples,
-            init=latent,
+            init=init,
             strength=settings.strength,
             inputs=inputs,
+            output_frames=frames,
         )
     keep = inpaint_weights(settings.inpaint_ranges, frames, samples, spec, factor)
     return ModePlan(mode, frames, window, overlap, samples, latent, keep, inputs=inputs)
+
+
+def evenly_spaced_frames(frames: int, start: int, window: int, overlap: int) -> int:
+    """Frames that windows from ``start``, each repeating ``overlap`` of the one before, fill.
+
+    The least count at or above ``frames``: the windows' spacing stays the same to the
+    last one, which may run past ``frames`` (those frames are sampled and then cut).
+
+    Args:
+        frames: Latent frames wanted.
+        start: Where the first window starts.
+        window: Frames per window.
+        overlap: Frames a window repeats from the one before (below ``window``).
+    """
+    if frames - start <= window:
+        return frames
+    step = window - overlap
+    return start + window + math.ceil((frames - start - window) / step) * step
 
 
 def inpaint_weights(ranges, frames: int, samples: int, spec, factor: int) -> torch.Tensor:
@@ -315,13 +357,14 @@ def sample_plan(
         progress: Show a progress bar per window.
 
     Returns:
-        ``[B, C, frames, F]`` latents; the kept frames equal the input's latent exactly.
+        ``[B, C, output_frames, F]`` latents; the kept frames equal the input's latent
+        exactly.
     """
     s = settings
     batch = len(noise)
     device = noise.device
     if plan.mode == "audio-to-audio" and plan.strength == 0:
-        return plan.init.to(device).expand(batch, -1, -1, -1).clone()
+        return plan.init[:, :, : plan.output_frames].to(device).expand(batch, -1, -1, -1).clone()
     shape = (batch, *noise.shape[1:])
     result = (
         plan.known.to(device).expand(shape).clone()
@@ -377,7 +420,7 @@ def sample_plan(
         blended = torch.where(hard.view(1, 1, -1, 1), known, w * known + (1 - w) * made_here)
         result[:, :, start:stop] = blended
         done[start:stop] = True
-    return result
+    return result[:, :, : plan.output_frames]
 
 
 def decode_plan(pipeline, plan: ModePlan, latents: torch.Tensor) -> torch.Tensor:
