@@ -187,6 +187,7 @@ def test_demo_sampling_section_builds_the_settings():
         scheduler="ddim",
         num_inference_steps=25,
         eta=0.0,
+        repaint_resamples=2,
         guidance_scale=8.0,
         guidance_rescale=0.7,
         guidance_interval=(0.0, 700.0),

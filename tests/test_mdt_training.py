@@ -273,7 +273,7 @@ def test_bfloat16_training_autocasts_the_model_only(data, tmp_path, monkeypatch)
             monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
         seen.clear()
         summary = train_mdt(
-            config(data, cache=cache, max_steps=2, mixed_precision=precision),
+            config(data, cache=cache, max_steps=4, mixed_precision=precision),
             tmp_path / precision,
             progress=False,
         )
@@ -285,7 +285,9 @@ def test_bfloat16_training_autocasts_the_model_only(data, tmp_path, monkeypatch)
     saved = QualityMDTTransformer.from_pretrained(tmp_path / "bf16" / "pipeline" / "transformer")
     assert all(p.dtype == torch.float32 for p in saved.parameters())
     assert all(call == (False, torch.float32) for call in runs["no"][2])
-    assert losses != runs["no"][1]
+    # The output layer starts at zero and the first step has a learning rate of 0: the
+    # curves part from the third step on.
+    assert losses[:2] == runs["no"][1][:2] and losses[2:] != runs["no"][1][2:]
     # "auto" without native bfloat16 is float32, step for step.
     assert runs["auto"][0]["mixed_precision"] == "no"
     assert runs["auto"][1] == runs["no"][1]

@@ -9,8 +9,8 @@ the values it changes.
 Every trainer stops on its epoch or step count; the ``*_max_minutes`` caps stay unset,
 so the models do not depend on how busy the machine is.
 
-The sampling settings (``sampler``, ``sampler_steps``, ``sampler_eta``, ``guidance_*``,
-``audio_seconds``, ``seed``) fill one
+The sampling settings (``sampler``, ``sampler_steps``, ``sampler_eta``,
+``sampler_resamples``, ``guidance_*``, ``audio_seconds``, ``seed``) fill one
 :class:`~qamdt.generation.settings.GenerationSettings` (:data:`SAMPLING_SETTINGS`), which
 checks them.
 """
@@ -35,6 +35,7 @@ SAMPLING_SETTINGS = {
     "sampler": "scheduler",
     "sampler_steps": "num_inference_steps",
     "sampler_eta": "eta",
+    "sampler_resamples": "repaint_resamples",
     "guidance_scale": "guidance_scale",
     "guidance_rescale": "guidance_rescale",
     "guidance_interval": "guidance_interval",
@@ -97,6 +98,8 @@ class DemoSettings(ConfigBase):
         sampler: Sampler of generation.
         sampler_steps: Sampler steps.
         sampler_eta: DDIM eta (0 samples deterministically; the released code uses 1.0).
+        sampler_resamples: RePaint's passes over each stretch of steps where frames are
+            kept (the editing stage's long pieces, continuation and inpainting; 1: none).
         guidance_scale: Classifier-free guidance scale.
         guidance_rescale: Share of the guided clean latent rescaled to the positive
             branch's spread (keeps guidance from over-saturating level-5 latents).
@@ -168,6 +171,7 @@ class DemoSettings(ConfigBase):
     sampler: str
     sampler_steps: int
     sampler_eta: float
+    sampler_resamples: int
     guidance_scale: float
     guidance_rescale: float
     guidance_interval: tuple[float, float] | None
