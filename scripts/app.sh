@@ -14,8 +14,8 @@ quick=()
 # A finished folder is skipped stage by stage in seconds.
 .venv/bin/qamdt demo --out "$out" "${quick[@]}"
 models="$out/models"
-# The vocoder as the demo runs it (residual blocks in bfloat16); --torch-dtype float32 after
-# OUT overrides it.
+# The models' dtypes as the demo runs them (the transformer and the vocoder's residual
+# blocks in bfloat16); --torch-dtype float32 after OUT overrides it.
 exec .venv/bin/qamdt app --model "$models/pipeline" --mos "$models/mos" --clap "$models/clap" \
   --captioner "$models/captioner" --manifest "$out/corpus/manifest.jsonl" \
-  --torch-dtype vocoder=bfloat16 "$@"
+  --torch-dtype vocoder=bfloat16,transformer=bfloat16 "$@"

@@ -113,9 +113,9 @@ class DemoSettings(ConfigBase):
         audio_seconds: Length of each generated clip.
         generate_batch_size: Prompts per sampler call.
         torch_dtype: The generation pipelines' dtypes, as ``qamdt generate --torch-dtype``
-            takes them: ``float32``, or ``vocoder=bfloat16`` for the vocoder's residual
-            blocks in bfloat16 (the same p-MOS as float32, and faster on CPUs with
-            bfloat16 instructions; docs/speed.md).
+            takes them: ``float32``, or ``vocoder=bfloat16,transformer=bfloat16`` for
+            the transformer and the vocoder's residual blocks in bfloat16 (the same p-MOS
+            as float32, and faster on CPUs with bfloat16 instructions; docs/speed.md).
         negative_prompt: Negative text of the paper's eq. 11 baseline.
         eval_batch_size: Clips per forward pass in evaluation.
         examples_per_level: Clips per level shown (with spectrograms) in the report.
