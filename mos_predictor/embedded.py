@@ -119,7 +119,10 @@ class MelCnnEncoder(nn.Module):
             ``(sequence, mask)``: ``(B, T, D)`` and a ``(B, T)`` validity mask (``None``
             when ``lengths`` is ``None``).
         """
-        x = (self.mel(self.normalise_level(waveforms, lengths)) - self.mel_mean) / self.mel_std
+        # The log-mel stays float32 under autocast: the quality cues are small differences.
+        with torch.autocast(waveforms.device.type, enabled=False):
+            mel = self.mel(self.normalise_level(waveforms.float(), lengths))
+        x = (mel - self.mel_mean) / self.mel_std
         x = self.blocks(x.unsqueeze(1))  # (B, C, F', T')
         x = self.proj(frames_first(x))  # (B, T', C * F') -> (B, T', D)
         mask = None if lengths is None else lengths_to_mask(self.frame_lengths(lengths), x.shape[1])

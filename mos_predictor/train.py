@@ -43,6 +43,7 @@ from qamdt.checkpoint_folders import CheckpointFolders, GeneratorState, replace_
 from qamdt.errors import QamdtError
 from qamdt.json_files import write_text_atomic
 from qamdt.training.ema import averaged_weights
+from qamdt.training.precision import use_bfloat16
 
 STATE_DIR = "checkpoint"
 MODEL_DIR = "model"
@@ -211,9 +212,12 @@ def train_mos_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # cpu=True lets processes started by torchrun on a machine without GPUs form a group.
+    # bfloat16 is autocast here; float16's loss scaling is left to Accelerate.
     accelerator = Accelerator(
-        mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available()
+        mixed_precision="fp16" if config.mixed_precision == "fp16" else "no",
+        cpu=not torch.cuda.is_available(),
     )
+    bfloat16 = use_bfloat16(config.mixed_precision, accelerator.device)
     set_seed(config.seed)
     train_clips, valid_clips = _load_clips(config)
 
@@ -316,11 +320,12 @@ def train_mos_model(
                 batch = {**batch, "wave": shift(batch["wave"])}
                 if real is not None:
                     real = {**real, "wave": shift(real["wave"])}
-            if real is None:
-                output = model(batch["wave"], batch["caption"] if text_aware else None)
-                loss = _loss(output, batch, config.ta_weight)
-            else:
-                loss = _mixed_loss(model, batch, real, config, text_aware)
+            with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=bfloat16):
+                if real is None:
+                    output = model(batch["wave"], batch["caption"] if text_aware else None)
+                    loss = _loss(output, batch, config.ta_weight)
+                else:
+                    loss = _mixed_loss(model, batch, real, config, text_aware)
             accelerator.backward(loss)
             if config.grad_clip:
                 accelerator.clip_grad_norm_(parameters, config.grad_clip)
@@ -383,6 +388,7 @@ def train_mos_model(
         "best_epoch": best["epoch"],
         "best_valid_srcc": best["srcc"],
         "epochs_run": epochs_done,
+        "mixed_precision": "bf16" if bfloat16 else accelerator.mixed_precision,
         "stopped_by": stopped_by,
         "model": str(out / MODEL_DIR),
         "train_seconds": round(time.time() - started, 1),

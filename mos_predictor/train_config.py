@@ -10,6 +10,7 @@ from mos_predictor.config import MosModelConfig
 from mos_predictor.grouped import check_real_settings
 from qamdt.config import ConfigBase
 from qamdt.errors import ConfigError
+from qamdt.training.precision import MIXED_PRECISIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +75,9 @@ class MosTrainConfig(ConfigBase):
             ``EMAModel`` warm-up, as the MDT trainer's); None: the raw weights.
         seed: Seed of initialisation, shuffling and crops.
         num_workers: DataLoader workers.
-        mixed_precision: Accelerate precision ("no", "fp16", "bf16").
+        mixed_precision: "no", "bf16" (autocast in bfloat16; the log-mel front end stays
+            float32), "fp16" (Accelerate's, with loss scaling), or "auto": bfloat16 where
+            the hardware computes it natively (``qamdt.training.precision``).
     """
 
     data: str
@@ -125,6 +128,11 @@ class MosTrainConfig(ConfigBase):
 
     def __post_init__(self):
         MosModelConfig.from_dict(self.model, "model")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ConfigError(
+                f"mixed_precision: unknown '{self.mixed_precision}'; "
+                f"known: {list(MIXED_PRECISIONS)}"
+            )
         if self.epochs <= 0 or self.batch_size <= 0:
             raise ConfigError("epochs and batch_size must be > 0")
         if not 0 <= self.gain_augment_db <= 40:

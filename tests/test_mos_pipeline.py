@@ -215,6 +215,49 @@ def test_other_model_kinds_train_through_the_same_loop(model, rated_set, tmp_pat
         assert result["ta"]["count"] == 4
 
 
+def test_bfloat16_training_autocasts_all_but_the_log_mel(rated_set, tmp_path, monkeypatch):
+    import torch
+
+    from mos_predictor.embedded import MelCnnEncoder
+    from mos_predictor.train import train_mos_model
+    from mos_predictor.train_config import MosTrainConfig
+    from qamdt.errors import ConfigError
+
+    seen, mels = [], []
+    forward = MelCnnEncoder.forward
+
+    def recording(self, waveforms, lengths=None):
+        mels.clear()
+        hook = self.mel.register_forward_hook(lambda module, args, out: mels.append(out.dtype))
+        sequence, mask = forward(self, waveforms, lengths)
+        hook.remove()
+        seen.append((torch.is_autocast_enabled("cpu"), *mels, sequence.dtype))
+        return sequence, mask
+
+    monkeypatch.setattr(MelCnnEncoder, "forward", recording)
+    values = {
+        "data": f"corpus:{rated_set / 'manifest.jsonl'}",
+        "model": {"kind": "embedded", "window_seconds": 2.0},
+        "epochs": 1,
+        "batch_size": 8,
+        "warmup_steps": 1,
+    }
+    runs = {}
+    for precision in ("bf16", "no"):
+        seen.clear()
+        config = MosTrainConfig.from_dict({**values, "mixed_precision": precision})
+        runs[precision] = (train_mos_model(config, tmp_path / precision, progress=False), seen[:])
+    summary, calls = runs["bf16"]
+    assert summary["mixed_precision"] == "bf16"
+    training = [call for call in calls if call[0]]
+    # Training steps compute in bfloat16 from a float32 log-mel; validation runs float32.
+    assert training and all(call == (True, torch.float32, torch.bfloat16) for call in training)
+    assert all(call == (False, torch.float32, torch.float32) for call in runs["no"][1])
+    assert runs["no"][0]["mixed_precision"] == "no"
+    with pytest.raises(ConfigError, match="mixed_precision: unknown 'False'"):
+        MosTrainConfig.from_dict({**values, "mixed_precision": False})
+
+
 def test_shipped_mos_configs_are_valid():
     from pathlib import Path
 
