@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/measure_modes.py --run OUT [--pieces 3] [--clips 8]
        [--out OUT/editing-measures]
-       [--window-overlap 0.25] [--repaint-resamples 1]
+       [--window-overlap 0.25] [--repaint-resamples N]
        python benchmarks/measure_modes.py --run OUT [--out ...] --diagnose
 
 Needs a demo run folder whose ``mdt``, ``mos``, ``clap`` and ``generate`` stages are done
