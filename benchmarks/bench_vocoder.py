@@ -91,8 +91,7 @@ def compare_precisions(args, vocoder: Vocoder, frames: int) -> None:
     )
     reference = seconds["float32 (reference)"]
     for name in rows:
-        time_cols = (f"{seconds[name]:7.3f} {reference / seconds[name]:6.2f}x"
-                     if name in seconds else f"{'':7s} {'':7s}")  # fmt: skip
+        time_cols = f"{seconds[name]:7.3f} {reference / seconds[name]:6.2f}x"
         if scores is None:
             print(f"{name:30s} {time_cols}")
             continue

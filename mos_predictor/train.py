@@ -43,7 +43,7 @@ from qamdt.checkpoint_folders import CheckpointFolders, GeneratorState, replace_
 from qamdt.errors import QamdtError
 from qamdt.json_files import write_text_atomic
 from qamdt.training.ema import averaged_weights
-from qamdt.training.precision import use_bfloat16
+from qamdt.training.precision import accelerate_precision, use_bfloat16
 
 STATE_DIR = "checkpoint"
 MODEL_DIR = "model"
@@ -212,9 +212,8 @@ def train_mos_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # cpu=True lets processes started by torchrun on a machine without GPUs form a group.
-    # bfloat16 is autocast here; float16's loss scaling is left to Accelerate.
     accelerator = Accelerator(
-        mixed_precision="fp16" if config.mixed_precision == "fp16" else "no",
+        mixed_precision=accelerate_precision(config.mixed_precision),
         cpu=not torch.cuda.is_available(),
     )
     bfloat16 = use_bfloat16(config.mixed_precision, accelerator.device)

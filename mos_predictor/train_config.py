@@ -10,7 +10,7 @@ from mos_predictor.config import MosModelConfig
 from mos_predictor.grouped import check_real_settings
 from qamdt.config import ConfigBase
 from qamdt.errors import ConfigError
-from qamdt.training.precision import MIXED_PRECISIONS
+from qamdt.training.precision import check_mixed_precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,11 +128,7 @@ class MosTrainConfig(ConfigBase):
 
     def __post_init__(self):
         MosModelConfig.from_dict(self.model, "model")
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            raise ConfigError(
-                f"mixed_precision: unknown '{self.mixed_precision}'; "
-                f"known: {list(MIXED_PRECISIONS)}"
-            )
+        check_mixed_precision(self.mixed_precision)
         if self.epochs <= 0 or self.batch_size <= 0:
             raise ConfigError("epochs and batch_size must be > 0")
         if not 0 <= self.gain_augment_db <= 40:

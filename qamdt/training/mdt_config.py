@@ -9,7 +9,7 @@ from typing import Any
 from qamdt.config import ConfigBase
 from qamdt.diffusion.schedule import DiffusionConfig
 from qamdt.errors import ConfigError, check_known_keys
-from qamdt.training.precision import MIXED_PRECISIONS
+from qamdt.training.precision import check_mixed_precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,11 +115,7 @@ class MdtTrainConfig(ConfigBase):
     seed: int = 0
 
     def __post_init__(self):
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            raise ConfigError(
-                f"mixed_precision: unknown '{self.mixed_precision}'; "
-                f"known: {list(MIXED_PRECISIONS)}"
-            )
+        check_mixed_precision(self.mixed_precision)
         positive = ("batch_size", "gradient_accumulation_steps", "max_steps", "checkpoint_every")
         for name in positive:
             if getattr(self, name) <= 0:

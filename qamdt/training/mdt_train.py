@@ -39,7 +39,7 @@ from qamdt.training.mdt_batches import (
     step_generator,
 )
 from qamdt.training.mdt_config import MdtTrainConfig
-from qamdt.training.precision import use_bfloat16
+from qamdt.training.precision import accelerate_precision, use_bfloat16
 
 STATE_DIR = "checkpoint"
 PIPELINE_DIR = "pipeline"
@@ -135,9 +135,8 @@ def train_mdt(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # bfloat16 is autocast here; float16's loss scaling is left to Accelerate.
     accelerator = Accelerator(
-        mixed_precision="fp16" if config.mixed_precision == "fp16" else "no",
+        mixed_precision=accelerate_precision(config.mixed_precision),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),

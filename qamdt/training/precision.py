@@ -12,11 +12,29 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from qamdt.errors import ConfigError
+
 if TYPE_CHECKING:
     import torch
 
 # What a trainer's ``mixed_precision`` may be; the command line offers the same names.
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
+
+
+def check_mixed_precision(value) -> str:
+    """Returns ``value`` if it is one of :data:`MIXED_PRECISIONS`.
+
+    Raises:
+        ConfigError: Naming ``mixed_precision`` and the known values.
+    """
+    if value not in MIXED_PRECISIONS:
+        raise ConfigError(f"mixed_precision: unknown '{value}'; known: {list(MIXED_PRECISIONS)}")
+    return value
+
+
+def accelerate_precision(mixed_precision: str) -> str:
+    """What the trainer's ``Accelerator`` gets: float16's loss scaling, or nothing."""
+    return "fp16" if mixed_precision == "fp16" else "no"
 
 
 def native_bfloat16(device: torch.device) -> bool:

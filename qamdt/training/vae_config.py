@@ -10,8 +10,10 @@ from qamdt.audio_spec import get_audio_spec
 from qamdt.config import ConfigBase
 from qamdt.errors import ConfigError
 from qamdt.models.vae import autoencoder_kwargs
+from qamdt.training.precision import MIXED_PRECISIONS
 
-PRECISIONS = ("auto", "no", "bf16")
+# The trainers' precisions but float16: the VAE trainer autocasts itself, with no loss scaling.
+PRECISIONS = tuple(name for name in MIXED_PRECISIONS if name != "fp16")
 
 # The embedded VAE: latent_channels 8 and 3 blocks (down-sampling by 4) as AudioLDM2's, so
 # a mel of 864 x 80 becomes 8 x 216 x 20, but 1/8 of its width, one layer per block instead
