@@ -48,6 +48,7 @@ from qamdt.checkpoints import CheckpointError, load_torch_checkpoint
 from qamdt.errors import ConfigError, QamdtError
 from qamdt.json_files import atomic_path, fsync_path
 from qamdt.manifest import ClipRecord, read_manifest
+from qamdt.training.precision import BFLOAT16_PRECISIONS, check_mixed_precision, use_bfloat16
 
 LOG_NAME = "train_log.jsonl"
 METRICS_NAME = "metrics.json"
@@ -235,6 +236,7 @@ def train_embedded_clap(
     warmup_epochs: float = 1.0,
     select_metric: str = "t2a_r1",
     resume: bool = False,
+    mixed_precision: str = "auto",
     device: str | torch.device = "cpu",
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
@@ -261,6 +263,10 @@ def train_embedded_clap(
         select_metric: Validation metric that picks the kept epoch (one of
             ``SELECT_METRICS``); ties go to ``t2a_r5``, then caption-level recall.
         resume: Continue from ``out_dir/checkpoint.pt`` when it exists.
+        mixed_precision: "bf16": the embedding heads' forward passes under bfloat16
+            autocast (weights, loss and optimiser stay float32); "auto": so where the
+            device computes bfloat16 natively (:func:`qamdt.training.precision.native_bfloat16`);
+            "no": float32. Evaluation and the saved model are float32 either way.
         device: Where to train.
         log: Progress messages go here; ``None`` silences them.
 
@@ -279,6 +285,8 @@ def train_embedded_clap(
         raise ConfigError(f"select_metric must be one of {SELECT_METRICS}, got {select_metric!r}")
     if not 0 <= tag_caption_prob <= 1:
         raise ConfigError(f"tag_caption_prob must be in [0, 1], got {tag_caption_prob}")
+    check_mixed_precision(mixed_precision, BFLOAT16_PRECISIONS)
+    bfloat16 = use_bfloat16(mixed_precision, torch.device(device))
     say = log or (lambda _message: None)
     started = time.monotonic()
     out_dir = Path(out_dir)
@@ -352,10 +360,11 @@ def train_embedded_clap(
             ids = torch.where(
                 torch.from_numpy(use_tag) & (tag_ids[rows] >= 0), tag_ids[rows], sentence_ids[rows]
             )
-            audio = heads.embed_windows(mels)
-            text = heads.embed_sentences(text_features[ids.to(text_features.device)])
+            with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bfloat16):
+                audio = heads.embed_windows(mels)
+                text = heads.embed_sentences(text_features[ids.to(text_features.device)])
             loss = _contrastive_loss(
-                audio, text, sentence_ids[rows].to(device), heads.logit_scale()
+                audio.float(), text.float(), sentence_ids[rows].to(device), heads.logit_scale()
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -429,6 +438,7 @@ def train_embedded_clap(
                 "time_mask": time_mask,
                 "warmup_epochs": warmup_epochs,
                 "max_minutes": max_minutes,
+                "mixed_precision": "bf16" if bfloat16 else "no",
             },
         }
     )

@@ -3,6 +3,7 @@ import sys
 
 import numpy as np
 import pytest
+import safetensors.torch
 import soundfile as sf
 import torch
 from tiny_clap import TINY_CLAP
@@ -289,6 +290,33 @@ def test_train_embedded_clap_errors(tmp_path):
         train_embedded_clap(manifest, tmp_path / "o", epochs=0, log=None)
     with pytest.raises(ConfigError, match="select_metric"):
         train_embedded_clap(manifest, tmp_path / "o", select_metric="auc", log=None)
+    with pytest.raises(ConfigError, match="mixed_precision: unknown 'fp16'.*'bf16'"):
+        train_embedded_clap(manifest, tmp_path / "o", mixed_precision="fp16", log=None)
+
+
+def test_train_embedded_clap_in_bfloat16(tmp_path, monkeypatch):
+    manifest = _corpus(tmp_path)
+    kwargs = dict(epochs=2, batch_size=4, lr=1e-2, seed=3, config=TINY_CLAP, log=None)
+    runs = {}
+    for precision in ("no", "bf16"):
+        out = tmp_path / precision
+        runs[precision] = train_embedded_clap(manifest, out, mixed_precision=precision, **kwargs)
+        assert runs[precision]["settings"]["mixed_precision"] == precision
+        weights = safetensors.torch.load_file(str(out / "model.safetensors"))
+        assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
+    losses = {
+        p: [json.loads(line)["loss"] for line in (tmp_path / p / "train_log.jsonl").open()]
+        for p in runs
+    }
+    # The same run, rounded differently: the losses part, but only in bfloat16's digits.
+    assert losses["no"] != losses["bf16"]
+    assert losses["bf16"] == pytest.approx(losses["no"], rel=0.05)
+
+    # "auto" is float32 where the CPU has no bfloat16 arithmetic: exactly the float32 run.
+    monkeypatch.setattr("qamdt.training.precision.native_bfloat16", lambda device: False)
+    auto = train_embedded_clap(manifest, tmp_path / "auto", mixed_precision="auto", **kwargs)
+    assert auto["settings"]["mixed_precision"] == "no"
+    assert auto["valid"] == runs["no"]["valid"]
 
 
 def test_evaluate_retrieval_with_any_scorer(tiny_embedded):

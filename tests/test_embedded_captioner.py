@@ -11,6 +11,7 @@ from captioning.embedded_captioner import EmbeddedCaptioner
 from captioning.tagger_labels import build_vocab, encode_targets, ensemble_pattern
 from captioning.tagger_model import EmbeddedCaptionerConfig
 from captioning.tags import ALL_FIELDS, tags_from_text
+from captioning.train_captioner import LOG_NAME as LOG
 from captioning.train_captioner import THRESHOLDS, train_embedded_captioner
 from qamdt.errors import ConfigError, QamdtError
 
@@ -139,6 +140,32 @@ def test_training_is_deterministic(corpus, trained, tmp_path):
     assert first.keys() == second.keys()
     for key in first:
         assert torch.equal(first[key], second[key]), key
+
+
+def test_training_in_bfloat16(corpus, trained, tmp_path, monkeypatch):
+    out, metrics = trained
+    kwargs = dict(epochs=2, batch_size=4, lr=3e-3, seed=3, model_config=SMALL)
+    runs = {}
+    for precision in ("no", "bf16"):
+        runs[precision] = train_embedded_captioner(
+            corpus, tmp_path / precision, mixed_precision=precision, **kwargs
+        )
+        assert runs[precision]["mixed_precision"] == precision
+        weights = safetensors.torch.load_file(str(tmp_path / precision / "model.safetensors"))
+        assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
+    losses = {
+        p: [json.loads(line)["train_loss"] for line in (tmp_path / p / LOG).open()] for p in runs
+    }
+    assert losses["no"] != losses["bf16"]
+    assert losses["bf16"] == pytest.approx(losses["no"], rel=0.05)
+    # The default, "auto", follows the CPU: the fixture's run is one of the two.
+    assert metrics["mixed_precision"] in ("no", "bf16")
+    monkeypatch.setattr("qamdt.training.precision.native_bfloat16", lambda device: False)
+    auto = train_embedded_captioner(corpus, tmp_path / "auto", **kwargs)
+    assert auto["mixed_precision"] == "no"
+    assert auto["test"] == runs["no"]["test"]
+    with pytest.raises(ConfigError, match="mixed_precision: unknown 'fp16'"):
+        train_embedded_captioner(corpus, tmp_path / "x", mixed_precision="fp16", **kwargs)
 
 
 def test_time_budget_stops_training(corpus, tmp_path):

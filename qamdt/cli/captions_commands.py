@@ -14,6 +14,7 @@ from qamdt.cli.arguments import (
     stage_exit_status,
 )
 from qamdt.cli.manifest_commands import add_part_arguments
+from qamdt.training.precision import BFLOAT16_PRECISIONS
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -87,6 +88,12 @@ def register(groups: argparse._SubParsersAction) -> None:
         train.add_argument("--batch-size", type=positive_int, default=None)
         train.add_argument("--max-minutes", type=positive_float, default=None)
         train.add_argument("--seed", type=nonnegative_int, default=0)
+        train.add_argument(
+            "--mixed-precision",
+            choices=BFLOAT16_PRECISIONS,
+            default=None,
+            help="bf16: bfloat16 autocast; auto (default): where the CPU computes it natively",
+        )
         train.set_defaults(run=run_train_clap if name == "train-clap" else run_train_captioner)
 
 
@@ -177,7 +184,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace) -> dict:
-    names = ("epochs", "batch_size", "max_minutes", "seed")
+    names = ("epochs", "batch_size", "max_minutes", "seed", "mixed_precision")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

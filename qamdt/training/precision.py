@@ -19,16 +19,18 @@ if TYPE_CHECKING:
 
 # What a trainer's ``mixed_precision`` may be; the command line offers the same names.
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
+# Those of the trainers without float16's loss scaling (the VAE's, the CLAP scorer's).
+BFLOAT16_PRECISIONS = tuple(name for name in MIXED_PRECISIONS if name != "fp16")
 
 
-def check_mixed_precision(value) -> str:
-    """Returns ``value`` if it is one of :data:`MIXED_PRECISIONS`.
+def check_mixed_precision(value, known: tuple[str, ...] = MIXED_PRECISIONS) -> str:
+    """Returns ``value`` if it is one of ``known`` (by default :data:`MIXED_PRECISIONS`).
 
     Raises:
         ConfigError: Naming ``mixed_precision`` and the known values.
     """
-    if value not in MIXED_PRECISIONS:
-        raise ConfigError(f"mixed_precision: unknown '{value}'; known: {list(MIXED_PRECISIONS)}")
+    if value not in known:
+        raise ConfigError(f"mixed_precision: unknown '{value}'; known: {list(known)}")
     return value
 
 

@@ -10,10 +10,7 @@ from qamdt.audio_spec import get_audio_spec
 from qamdt.config import ConfigBase
 from qamdt.errors import ConfigError
 from qamdt.models.vae import autoencoder_kwargs
-from qamdt.training.precision import MIXED_PRECISIONS
-
-# The trainers' precisions but float16: the VAE trainer autocasts itself, with no loss scaling.
-PRECISIONS = tuple(name for name in MIXED_PRECISIONS if name != "fp16")
+from qamdt.training.precision import BFLOAT16_PRECISIONS, check_mixed_precision
 
 # The embedded VAE: latent_channels 8 and 3 blocks (down-sampling by 4) as AudioLDM2's, so
 # a mel of 864 x 80 becomes 8 x 216 x 20, but 1/8 of its width, one layer per block instead
@@ -138,10 +135,7 @@ class VaeTrainConfig(ConfigBase):
                 f"the '{spec.name}' clip ({spec.clip_frames} x {spec.n_mels}) does not "
                 f"divide by the down-sampling factor {factor}"
             )
-        if self.mixed_precision not in PRECISIONS:
-            raise ConfigError(
-                f"mixed_precision must be one of {list(PRECISIONS)}, got {self.mixed_precision!r}"
-            )
+        check_mixed_precision(self.mixed_precision, BFLOAT16_PRECISIONS)
 
 
 def load_vae_config(path: str | os.PathLike | None, **overrides: Any) -> VaeTrainConfig:

@@ -50,7 +50,6 @@ from qamdt.training.precision import use_bfloat16
 # by the CLI, the demo and the tests (which patch crop_batch in this module).
 from qamdt.training.vae_config import (  # noqa: F401
     DEFAULT_MODEL,
-    PRECISIONS,
     VaeTrainConfig,
     load_vae_config,
 )
