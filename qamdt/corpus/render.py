@@ -67,7 +67,11 @@ def render_midi(
 
     FluidSynth's own reverb and chorus are off so clean clips are dry and reverberation is
     only what the degradation stage adds; output is 32-bit float, so no dither noise enters
-    and renders are bit-identical across runs.
+    and renders are bit-identical across runs. Only the samples a file plays are read from
+    the soundfont (``synth.dynamic-sample-loading``), which takes a render of one variant
+    from about 0.32 s to 0.22 s, most of the rest being FluidSynth's start. It is as
+    deterministic; a few renders differ from a full load's in single samples, at about
+    -94 dB (23 of the default corpus's 1,000 clips).
 
     Args:
         midi_path: The MIDI file.
@@ -89,6 +93,7 @@ def render_midi(
         "-q",
         "-R", "0",
         "-C", "0",
+        "-o", "synth.dynamic-sample-loading=1",
         "-g", str(gain),
         "-r", str(sample_rate),
         "-O", "float",
