@@ -336,6 +336,9 @@ def test_quick_demo_end_to_end(tmp_path, capfd):
     assert steps[0] == steps[1] == DemoSettings.quick().mdt_max_steps
     baseline_config = json.loads((out / "work" / "mdt-baseline" / "train_config.json").read_text())
     assert baseline_config["max_minutes"] is None
+    vae_config = json.loads((out / "work" / "vae" / "train_config.json").read_text())
+    assert vae_config["max_minutes"] is None
+    assert stages["vae"]["result"]["steps"] == DemoSettings.quick().vae_steps
 
     models = out / "models"
     assert load_mos_model(models / "mos") is not None

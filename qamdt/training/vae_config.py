@@ -99,7 +99,7 @@ class VaeTrainConfig(ConfigBase):
     checkpoint_every: int = 60
     log_every: int = 10
     eval_batch_size: int = 8
-    max_minutes: float | None = 4.0
+    max_minutes: float | None = None
     seed: int = 0
     mixed_precision: str = "auto"
 
