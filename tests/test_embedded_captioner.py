@@ -143,7 +143,7 @@ def test_training_is_deterministic(corpus, trained, tmp_path):
 
 
 def test_training_in_bfloat16(corpus, trained, tmp_path, monkeypatch):
-    out, metrics = trained
+    _, metrics = trained
     kwargs = dict(epochs=2, batch_size=4, lr=3e-3, seed=3, model_config=SMALL)
     runs = {}
     for precision in ("no", "bf16"):
