@@ -286,7 +286,8 @@ def train_embedded_clap(
     if not 0 <= tag_caption_prob <= 1:
         raise ConfigError(f"tag_caption_prob must be in [0, 1], got {tag_caption_prob}")
     check_mixed_precision(mixed_precision, BFLOAT16_PRECISIONS)
-    bfloat16 = use_bfloat16(mixed_precision, torch.device(device))
+    device = torch.device(device)
+    bfloat16 = use_bfloat16(mixed_precision, device)
     say = log or (lambda _message: None)
     started = time.monotonic()
     out_dir = Path(out_dir)
@@ -360,7 +361,7 @@ def train_embedded_clap(
             ids = torch.where(
                 torch.from_numpy(use_tag) & (tag_ids[rows] >= 0), tag_ids[rows], sentence_ids[rows]
             )
-            with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bfloat16):
+            with torch.autocast(device.type, torch.bfloat16, enabled=bfloat16):
                 audio = heads.embed_windows(mels)
                 text = heads.embed_sentences(text_features[ids.to(text_features.device)])
             loss = _contrastive_loss(
