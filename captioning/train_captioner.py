@@ -39,7 +39,12 @@ from qamdt.checkpoints import load_torch_checkpoint
 from qamdt.errors import QamdtError
 from qamdt.json_files import write_text_atomic
 from qamdt.manifest import ClipRecord, read_manifest
-from qamdt.training.precision import BFLOAT16_PRECISIONS, check_mixed_precision, use_bfloat16
+from qamdt.training.precision import (
+    BFLOAT16_PRECISIONS,
+    check_mixed_precision,
+    precision_used,
+    use_bfloat16,
+)
 
 LOG_NAME = "train_log.jsonl"
 METRICS_NAME = "metrics.json"
@@ -416,7 +421,7 @@ def train_embedded_captioner(
             "batch_size": batch_size,
             "lr": lr,
             "threads": torch.get_num_threads(),
-            "mixed_precision": "bf16" if bfloat16 else "no",
+            "mixed_precision": precision_used(bfloat16),
         }
         if valid.records and tune_threshold:
             metrics["threshold_valid_f1"] = _tune_threshold(captioner, valid)

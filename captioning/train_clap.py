@@ -48,7 +48,12 @@ from qamdt.checkpoints import CheckpointError, load_torch_checkpoint
 from qamdt.errors import ConfigError, QamdtError
 from qamdt.json_files import atomic_path, fsync_path
 from qamdt.manifest import ClipRecord, read_manifest
-from qamdt.training.precision import BFLOAT16_PRECISIONS, check_mixed_precision, use_bfloat16
+from qamdt.training.precision import (
+    BFLOAT16_PRECISIONS,
+    check_mixed_precision,
+    precision_used,
+    use_bfloat16,
+)
 
 LOG_NAME = "train_log.jsonl"
 METRICS_NAME = "metrics.json"
@@ -439,7 +444,7 @@ def train_embedded_clap(
                 "time_mask": time_mask,
                 "warmup_epochs": warmup_epochs,
                 "max_minutes": max_minutes,
-                "mixed_precision": "bf16" if bfloat16 else "no",
+                "mixed_precision": precision_used(bfloat16),
             },
         }
     )

@@ -43,7 +43,7 @@ from qamdt.checkpoint_folders import CheckpointFolders, GeneratorState, replace_
 from qamdt.errors import QamdtError
 from qamdt.json_files import write_text_atomic
 from qamdt.training.ema import averaged_weights
-from qamdt.training.precision import accelerate_precision, use_bfloat16
+from qamdt.training.precision import accelerate_precision, precision_used, use_bfloat16
 
 STATE_DIR = "checkpoint"
 MODEL_DIR = "model"
@@ -387,7 +387,7 @@ def train_mos_model(
         "best_epoch": best["epoch"],
         "best_valid_srcc": best["srcc"],
         "epochs_run": epochs_done,
-        "mixed_precision": "bf16" if bfloat16 else accelerator.mixed_precision,
+        "mixed_precision": precision_used(bfloat16, accelerator.mixed_precision),
         "stopped_by": stopped_by,
         "model": str(out / MODEL_DIR),
         "train_seconds": round(time.time() - started, 1),

@@ -39,7 +39,7 @@ from qamdt.training.mdt_batches import (
     step_generator,
 )
 from qamdt.training.mdt_config import MdtTrainConfig
-from qamdt.training.precision import accelerate_precision, use_bfloat16
+from qamdt.training.precision import accelerate_precision, precision_used, use_bfloat16
 
 STATE_DIR = "checkpoint"
 PIPELINE_DIR = "pipeline"
@@ -366,7 +366,7 @@ def train_mdt(
         "seconds": round(elapsed, 1),
         "samples_per_second": round(samples_seen / max(elapsed, 1e-9), 3),
         "parameters": sum(p.numel() for p in unwrapped.parameters()),
-        "mixed_precision": accelerator.mixed_precision if not bfloat16 else "bf16",
+        "mixed_precision": precision_used(bfloat16, accelerator.mixed_precision),
         "clips": len(dataset),
         "model": str(out / MODEL_DIR),
         "pipeline": str(out / PIPELINE_DIR),

@@ -39,6 +39,17 @@ def accelerate_precision(mixed_precision: str) -> str:
     return "fp16" if mixed_precision == "fp16" else "no"
 
 
+def precision_used(bfloat16: bool, otherwise: str = "no") -> str:
+    """The precision a run records: "bf16" when it autocast to bfloat16, else ``otherwise``.
+
+    Args:
+        bfloat16: What :func:`use_bfloat16` decided for the run.
+        otherwise: The name to record without bfloat16 (an ``Accelerator``'s
+            ``mixed_precision`` where Accelerate handles float16).
+    """
+    return "bf16" if bfloat16 else otherwise
+
+
 def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 natively.
 

@@ -44,7 +44,7 @@ from qamdt.checkpoint_folders import CheckpointFolders, replace_folder
 from qamdt.errors import ConfigError
 from qamdt.json_files import write_text_atomic
 from qamdt.models.vae import LatentVAE
-from qamdt.training.precision import use_bfloat16
+from qamdt.training.precision import precision_used, use_bfloat16
 
 # The settings and the data live in their own modules; their names are imported from here
 # by the CLI, the demo and the tests (which patch crop_batch in this module).
@@ -345,7 +345,7 @@ def train_vae(
         "steps": step,
         "total_steps": total_steps,
         "stopped_early": stopped_early,
-        "mixed_precision": "bf16" if bfloat16 else "no",
+        "mixed_precision": precision_used(bfloat16),
         "train_seconds": round(train_seconds, 1),
         "seconds": round(time.time() - started, 1),
         "train_clips": len(train.ids),
