@@ -202,6 +202,12 @@ def check_real_settings(config, where: str | None = None) -> None:
         )
     if config.real_files_per_source is not None and config.real_files_per_source < 1:
         raise ConfigError(f"{at}real_files_per_source must be >= 1 (or null)")
+    if not 0 <= config.real_mix_share <= 1:
+        raise ConfigError(f"{at}real_mix_share must be in [0, 1], got {config.real_mix_share}")
+    if not 0 <= config.real_speed_range < 0.5:
+        raise ConfigError(
+            f"{at}real_speed_range must be in [0, 0.5), got {config.real_speed_range}"
+        )
     if not 0 <= config.real_clean_share <= 1:
         raise ConfigError(f"{at}real_clean_share must be in [0, 1], got {config.real_clean_share}")
     if config.real_min_kbps_per_channel is not None and config.real_min_kbps_per_channel < 0:
@@ -255,6 +261,8 @@ def build_real_pools(config, model_config, progress: bool, skipped: list[str] | 
                 config.seed + int(valid),
                 config.real_workers,
                 progress,
+                mix_share=0.0 if valid else config.real_mix_share,
+                speed_range=0.0 if valid else config.real_speed_range,
             )  # fmt: skip
             if chosen
             else None
@@ -297,6 +305,8 @@ def refresh_train_pool(pool: VersionPool, config, model_config, epoch: int, prog
         config.real_workers,
         progress,
         draw=draw,
+        mix_share=config.real_mix_share,
+        speed_range=config.real_speed_range,
     )
     fresh.failures[:0] = pool.failures
     return fresh

@@ -60,6 +60,11 @@ class MosTrainConfig(ConfigBase):
         groups_per_batch: Real excerpts per training step, each as a group of versions.
         real_clean_share: Share of the groups that hold the clean recording beside degraded
             versions (the others hold degraded versions only).
+        real_mix_share: Share of the training excerpts (per draw of versions) mixed at
+            equal loudness with another training excerpt before degrading: new music at
+            the same reference quality (0: off).
+        real_speed_range: Training excerpts are played at a seeded speed within ``[1 - r,
+            1 + r]`` (tempo and pitch together) before degrading (0: off).
         group_size: Versions per group.
         rank_weight: Weight of the pairwise ranking term within groups (0: regression
             only).
@@ -107,6 +112,8 @@ class MosTrainConfig(ConfigBase):
     real_refresh_epochs: int = 0
     groups_per_batch: int = 2
     real_clean_share: float = 0.5
+    real_mix_share: float = 0.0
+    real_speed_range: float = 0.0
     group_size: int = 4
     rank_weight: float = 1.0
     centred_weight: float = 0.0

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mos_predictor.real_music import Excerpt, read_excerpt
-from qamdt.audio_io import normalize_waveform
+from qamdt.audio_io import normalize_waveform, resample
 from qamdt.degradations import (
     CODEC_KINDS,
     ChainSettings,
@@ -66,10 +66,93 @@ def check_codec_tools(kinds: Sequence[str]) -> None:
             require_tool(tool)
 
 
+@dataclasses.dataclass(frozen=True)
+class ContentChange:
+    """A quality-preserving change of one clean excerpt: other music, the same quality.
+
+    Attributes:
+        partner: Another excerpt mixed in at equal loudness (None: none).
+        balance: The excerpt's share of the mix, the partner's is ``1 - balance``.
+        speed: Playback speed (resampled, so tempo and pitch move together; 1: as it is).
+    """
+
+    partner: Excerpt | None = None
+    balance: float = 0.5
+    speed: float = 1.0
+
+
+def draw_content_changes(
+    excerpts: Sequence[Excerpt], mix_share: float, speed_range: float, seed: int, draw: int
+) -> list[ContentChange]:
+    """One seeded content change per excerpt (the same for any number of workers).
+
+    Args:
+        excerpts: The excerpts; partners are drawn among them.
+        mix_share: Share of the excerpts that get a partner mixed in.
+        speed_range: Speeds are log-uniform within ``[1 - r, 1 + r]``.
+        seed: The pool's seed.
+        draw: The pool's draw.
+    """
+    rng = np.random.default_rng([seed, draw, 104729])
+    changes = []
+    for i in range(len(excerpts)):
+        mixed, j, balance, u = (
+            rng.random(),
+            rng.integers(max(len(excerpts) - 1, 1)),
+            rng.uniform(0.35, 0.65),
+            rng.random(),
+        )
+        partner = None
+        if mixed < mix_share and len(excerpts) > 1:
+            partner = excerpts[int(j) + int(j >= i)]
+        speed = float(
+            np.exp(np.log(1 - speed_range) + u * np.log((1 + speed_range) / (1 - speed_range)))
+        )
+        changes.append(ContentChange(partner, float(balance), speed))
+    return changes
+
+
+def _read_at_speed(excerpt: Excerpt, sample_rate: int, speed: float) -> np.ndarray | None:
+    if speed == 1.0:
+        return read_excerpt(excerpt, sample_rate)
+    longer = dataclasses.replace(excerpt, seconds=excerpt.seconds * speed)
+    wave = read_excerpt(longer, sample_rate)
+    if wave is None:
+        return None
+    wave = resample(wave, int(round(sample_rate * speed)), sample_rate)
+    size = int(round(excerpt.seconds * sample_rate))
+    return np.pad(wave, (0, max(0, size - wave.size)))[:size].astype(np.float32)
+
+
+def read_changed(excerpt: Excerpt, sample_rate: int, change: ContentChange) -> np.ndarray | None:
+    """Reads one excerpt with its content change, mono at ``sample_rate``.
+
+    Returns:
+        The changed excerpt; None when the excerpt itself is near silence (a silent
+        partner is left out).
+
+    Raises:
+        AudioError: If a file cannot be read, naming it.
+    """
+    wave = _read_at_speed(excerpt, sample_rate, change.speed)
+    if wave is None or change.partner is None:
+        return wave
+    other = _read_at_speed(change.partner, sample_rate, change.speed)
+    if other is None:
+        return wave
+
+    def rms(x):
+        return float(np.sqrt(np.mean(np.square(x))))
+
+    return (change.balance * wave / rms(wave) + (1 - change.balance) * other / rms(other)).astype(
+        np.float32
+    )
+
+
 def _versions_task(task: tuple) -> tuple:
-    excerpt, index, sample_rate, versions, settings, seed, draw = task
+    excerpt, index, sample_rate, versions, settings, seed, draw, change = task
     try:
-        clean = read_excerpt(excerpt, sample_rate)
+        clean = read_changed(excerpt, sample_rate, change)
         if clean is None:
             return index, None, None, None, "near silence"
         rng = np.random.default_rng([seed, index] + ([draw] if draw else []))
@@ -134,6 +217,8 @@ def build_version_pool(
     workers: int = 1,
     progress: bool = False,
     draw: int = 0,
+    mix_share: float = 0.0,
+    speed_range: float = 0.0,
 ) -> VersionPool:
     """Reads the excerpts and makes ``versions`` versions of each (the first clean).
 
@@ -146,6 +231,10 @@ def build_version_pool(
         workers: Processes.
         progress: Show a progress bar.
         draw: Another draw of chains for the same excerpts and seed (0: the first).
+        mix_share: Share of the excerpts mixed with another excerpt of the list before
+            degrading (:class:`ContentChange`; the mix stays reference quality 5).
+        speed_range: Each excerpt is played at a speed within ``[1 - r, 1 + r]`` before
+            degrading (0: as it is).
 
     Returns:
         The pool. Excerpts that are near silence or fail (a codec error, an unreadable
@@ -158,7 +247,11 @@ def build_version_pool(
     if versions < 2:
         raise ValueError(f"versions must be >= 2 (clean and degraded), got {versions}")
     check_codec_tools([k for k in settings.kinds if k in CODEC_KINDS])
-    tasks = [(e, i, sample_rate, versions, settings, seed, draw) for i, e in enumerate(excerpts)]
+    changes = draw_content_changes(excerpts, mix_share, speed_range, seed, draw)
+    tasks = [
+        (e, i, sample_rate, versions, settings, seed, draw, changes[i])
+        for i, e in enumerate(excerpts)
+    ]
     kept, waves, targets, chains, failures = [], [], [], [], []
     for index, wave, target, chain, error in run_tasks(
         _versions_task, tasks, workers, progress, "degraded versions"

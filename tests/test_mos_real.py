@@ -22,6 +22,7 @@ from mos_predictor.grouped import (
     refresh_train_pool,
 )
 from mos_predictor.real_music import (
+    Excerpt,
     check_source_allowed,
     coded_kbps_per_channel,
     is_validation_file,
@@ -30,7 +31,12 @@ from mos_predictor.real_music import (
     source_files,
 )
 from mos_predictor.train_config import MosTrainConfig
-from mos_predictor.versions import build_version_pool
+from mos_predictor.versions import (
+    ContentChange,
+    build_version_pool,
+    draw_content_changes,
+    read_changed,
+)
 from qamdt.cli.main import main
 from qamdt.degradations import KINDS, ChainSettings, reference_quality
 from qamdt.errors import ConfigError
@@ -221,6 +227,48 @@ def test_refreshed_pools_draw_new_chains_for_the_same_clean_excerpts(music, pool
     assert refresh_train_pool(pool, once, model, epoch=7, progress=False) is pool
     with pytest.raises(ConfigError, match="real_refresh_epochs"):
         MosTrainConfig.from_dict({"data": "corpus:x", "real_refresh_epochs": -1}, "test")
+    for key, bad in (("real_mix_share", 1.5), ("real_speed_range", 0.5)):
+        with pytest.raises(ConfigError, match=key):
+            MosTrainConfig.from_dict({"data": "corpus:x", key: bad}, "test")
+
+
+def test_content_changes_are_seeded_and_mix_other_excerpts(music):
+    excerpts = plan_excerpts([str(music / "band-a")], 2, 2.0, seed=0)
+    none = draw_content_changes(excerpts, 0.0, 0.0, seed=5, draw=0)
+    assert all(c == ContentChange(None, c.balance, 1.0) for c in none)
+    changes = draw_content_changes(excerpts, 1.0, 0.2, seed=5, draw=0)
+    assert changes == draw_content_changes(excerpts, 1.0, 0.2, seed=5, draw=0)
+    assert changes != draw_content_changes(excerpts, 1.0, 0.2, seed=5, draw=1)
+    for excerpt, change in zip(excerpts, changes, strict=True):
+        assert change.partner in excerpts and change.partner != excerpt
+        assert 0.35 <= change.balance <= 0.65 and 0.8 <= change.speed <= 1.2
+    speeds = [c.speed for c in changes]
+    assert min(speeds) < 0.95 and max(speeds) > 1.05
+    mixed = build_version_pool(
+        excerpts, SR, 3, ChainSettings(kinds=DSP_KINDS), seed=5, mix_share=1.0
+    )
+    plain = build_version_pool(excerpts, SR, 3, ChainSettings(kinds=DSP_KINDS), seed=5)
+    assert mixed.waves.shape == plain.waves.shape and np.all(mixed.targets[:, 0] == 5.0)
+    assert not np.array_equal(mixed.waves[:, 0], plain.waves[:, 0])
+
+
+def test_a_content_change_plays_faster_and_mixes_at_equal_loudness(tmp_path):
+    rate = 16000
+    t = np.arange(3 * rate) / rate
+    sf.write(tmp_path / "a.wav", 0.5 * np.sin(2 * np.pi * 400 * t), rate)
+    sf.write(tmp_path / "b.wav", 0.05 * np.sin(2 * np.pi * 1000 * t), rate)
+    a = Excerpt("x", str(tmp_path / "a.wav"), 0.5, 1.0)
+    b = Excerpt("x", str(tmp_path / "b.wav"), 0.5, 1.0)
+
+    def peak_hz(wave):
+        spectrum = np.abs(np.fft.rfft(wave * np.hanning(wave.size)))
+        return np.fft.rfftfreq(wave.size, 1 / rate)[np.argmax(spectrum)]
+
+    faster = read_changed(a, rate, ContentChange(speed=1.1))
+    assert faster.shape == (rate,) and peak_hz(faster) == pytest.approx(440, abs=2)
+    mix = read_changed(a, rate, ContentChange(partner=b, balance=0.5))
+    spectrum = np.abs(np.fft.rfft(mix))
+    assert spectrum[400] == pytest.approx(spectrum[1000], rel=0.02)
 
 
 def test_group_batches_hold_versions_of_one_excerpt_and_replay_per_epoch(pool):
