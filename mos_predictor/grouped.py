@@ -217,6 +217,20 @@ def check_real_settings(config, where: str | None = None) -> None:
             raise ConfigError(f"{at}{name} must be >= 0, got {getattr(config, name)}")
 
 
+def _plan(config, model_config, draw: int, unreadable=None, skipped=None) -> list:
+    return plan_excerpts(
+        config.real_sources,
+        config.real_excerpts_per_file,
+        model_config.window_seconds,
+        config.seed,
+        config.real_files_per_source,
+        failures=unreadable,
+        min_kbps_per_channel=config.real_min_kbps_per_channel,
+        skipped=skipped,
+        draw=draw,
+    )
+
+
 def build_real_pools(config, model_config, progress: bool, skipped: list[str] | None = None):
     """Degraded versions of the real-music excerpts: a training pool and a validation pool.
 
@@ -236,16 +250,7 @@ def build_real_pools(config, model_config, progress: bool, skipped: list[str] | 
         QamdtError: If every file went to validation.
     """
     unreadable: list[str] = []
-    excerpts = plan_excerpts(
-        config.real_sources,
-        config.real_excerpts_per_file,
-        model_config.window_seconds,
-        config.seed,
-        config.real_files_per_source,
-        failures=unreadable,
-        min_kbps_per_channel=config.real_min_kbps_per_channel,
-        skipped=skipped,
-    )
+    excerpts = _plan(config, model_config, 0, unreadable, skipped)
     settings = ChainSettings(kinds=config.training_kinds())
     rate = model_config.sample_rate
     pools = []
@@ -289,15 +294,21 @@ def refresh_train_pool(pool: VersionPool, config, model_config, epoch: int, prog
         progress: Show a progress bar.
 
     Returns:
-        ``pool`` itself when its draw is the epoch's, else a new pool of the same excerpts.
+        ``pool`` itself when its draw is the epoch's, else a new pool of the same excerpts
+        (with ``real_fresh_positions``, of excerpts at the draw's positions in the same
+        files).
     """
     if config.real_refresh_epochs <= 0:
         return pool
     draw = epoch // config.real_refresh_epochs
     if draw == pool.draw:
         return pool
+    excerpts = pool.excerpts
+    if config.real_fresh_positions:
+        excerpts = [e for e in _plan(config, model_config, draw, [])
+                    if not is_validation_file(e.path, config.real_valid_every)]  # fmt: skip
     fresh = build_version_pool(
-        pool.excerpts,
+        excerpts,
         model_config.sample_rate,
         config.real_versions,
         ChainSettings(kinds=config.training_kinds()),

@@ -153,6 +153,7 @@ def plan_excerpts(
     failures: list[str] | None = None,
     min_kbps_per_channel: float | None = None,
     skipped: list[str] | None = None,
+    draw: int = 0,
 ) -> list[Excerpt]:
     """Excerpt positions: ``per_file`` windows per file, in seeded, evenly spread slots.
 
@@ -172,6 +173,7 @@ def plan_excerpts(
             (:func:`coded_kbps_per_channel`; None: keep all).
         skipped: When given, each file left out by ``min_kbps_per_channel`` is appended
             (``"path: reason"``).
+        draw: Another draw of positions in the same slots (0: the first).
 
     Returns:
         The excerpts, source by source, file by file.
@@ -208,7 +210,8 @@ def plan_excerpts(
                             f"{min_kbps_per_channel:g}"
                         )
                     continue
-            digest = hashlib.sha1(f"{seed}:{Path(path).name}".encode()).digest()
+            key = f"{seed}:{Path(path).name}" + (f":{draw}" if draw else "")
+            digest = hashlib.sha1(key.encode()).digest()
             rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
             lo, hi = 0.05 * duration, 0.95 * duration - seconds
             if hi <= lo:

@@ -57,6 +57,9 @@ class MosTrainConfig(ConfigBase):
             this many epochs (the clean version and the validation pool stay; each draw
             depends only on the seed and the epoch, so a resumed run draws the same);
             0: one set of versions for the whole run.
+        real_fresh_positions: Each fresh draw of versions (``real_refresh_epochs``) also
+            takes its training excerpts at fresh seeded positions in the same slots of
+            the same files (False: the same excerpts throughout).
         groups_per_batch: Real excerpts per training step, each as a group of versions.
         real_clean_share: Share of the groups that hold the clean recording beside degraded
             versions (the others hold degraded versions only).
@@ -110,6 +113,7 @@ class MosTrainConfig(ConfigBase):
     real_versions: int = 6
     real_valid_every: int = 8
     real_refresh_epochs: int = 0
+    real_fresh_positions: bool = False
     groups_per_batch: int = 2
     real_clean_share: float = 0.5
     real_mix_share: float = 0.0

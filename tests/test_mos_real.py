@@ -223,6 +223,16 @@ def test_refreshed_pools_draw_new_chains_for_the_same_clean_excerpts(music, pool
     assert refresh_train_pool(fresh, config, model, epoch=3, progress=False) is fresh
     again = refresh_train_pool(pool, config, model, epoch=3, progress=False)
     assert np.array_equal(again.waves, fresh.waves) and again.chains == fresh.chains
+    moved = dataclasses.replace(
+        config,
+        real_fresh_positions=True,
+        real_sources=(str(music / "band-a"),),
+        real_excerpts_per_file=2,
+    )
+    elsewhere = refresh_train_pool(pool, moved, model, epoch=2, progress=False)
+    assert [e.path for e in elsewhere.excerpts] == [e.path for e in pool.excerpts]
+    assert all(a.start != b.start for a, b in zip(elsewhere.excerpts, pool.excerpts, strict=True))
+    assert elsewhere.excerpts == refresh_train_pool(pool, moved, model, 3, False).excerpts
     once = dataclasses.replace(config, real_refresh_epochs=0)
     assert refresh_train_pool(pool, once, model, epoch=7, progress=False) is pool
     with pytest.raises(ConfigError, match="real_refresh_epochs"):
