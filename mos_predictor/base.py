@@ -46,11 +46,14 @@ class MosOutput:
         ta: ``(B,)`` predicted text alignment, for text-aware models; otherwise ``None``.
         aux_loss: Scalar regulariser to add to the training loss (Sinkhorn OT,
             distillation), or ``None`` when the model has none.
+        kinds: ``(B, config.kind_outputs)`` logits of the degradation-kind head, or
+            ``None`` without one.
     """
 
     omq: torch.Tensor
     ta: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
+    kinds: torch.Tensor | None = None
 
 
 def register_mos_model(kind: str):

@@ -87,6 +87,9 @@ class MosModelConfig(ConfigBase):
         distill_clusters: Number of k-means clusters per distilled layer.
         distill_weight: Weight of the distillation cross-entropy in ``aux_loss`` (used
             only with ``distill_layers``).
+        kind_outputs: Outputs of an auxiliary head (``embedded`` models) that learns, in
+            training only, the severity of each degradation kind in a window
+            (``MosTrainConfig.kind_weight`` sets it); 0: no such head.
         score_offset: The overall-quality score is ``score_offset + score_scale * r`` for
             the head's raw output ``r``; training sets both from its targets.
         score_scale: See ``score_offset``.
@@ -135,6 +138,7 @@ class MosModelConfig(ConfigBase):
     distill_clusters: int = 50
     distill_weight: float = 1.0
     # Score scaling.
+    kind_outputs: int = 0
     score_offset: float = 3.0
     score_scale: float = 1.0
     ta_offset: float | None = None
@@ -178,7 +182,7 @@ class MosModelConfig(ConfigBase):
         for name in ("window_seconds", "mel_std", "ot_epsilon"):
             if not float(getattr(self, name)) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("ot_weight", "distill_weight", "dropout", "head_hidden"):
+        for name in ("ot_weight", "distill_weight", "dropout", "head_hidden", "kind_outputs"):
             if float(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.distill_layers and self.distill_clusters < 2:

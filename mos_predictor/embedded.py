@@ -146,6 +146,8 @@ class EmbeddedMosModel(MosModel):
         self.encoder = MelCnnEncoder(config)
         width = self.encoder.out_dim * (2 if config.pooling == "stats" else 1)
         self.head = ScoreHead(width, config.head_hidden, config.dropout)
+        # Training only: naming the damage makes the features describe it.
+        self.kind_head = nn.Linear(width, config.kind_outputs) if config.kind_outputs else None
         self._freeze()
 
     def frozen_modules(self) -> list[nn.Module]:
@@ -183,8 +185,10 @@ class EmbeddedMosModel(MosModel):
             lengths: ``(B,)`` valid samples per row, or ``None``.
 
         Returns:
-            ``omq`` of shape ``(B,)``; ``ta`` and ``aux_loss`` are ``None``.
+            ``omq`` of shape ``(B,)`` and, with a kind head, its ``kinds`` logits; ``ta``
+            and ``aux_loss`` are ``None``.
         """
         sequence, mask = self.encoder(waveforms, lengths)
-        raw = self.head(self.pool(sequence, mask))
-        return MosOutput(omq=self.scale_omq(raw))
+        pooled = self.pool(sequence, mask)
+        kinds = None if self.kind_head is None else self.kind_head(pooled)
+        return MosOutput(omq=self.scale_omq(self.head(pooled)), kinds=kinds)

@@ -31,6 +31,7 @@ class GroupBatches:
         group_size: Versions per excerpt (at most the pool's versions).
         seed: Seed of the order and the choice of versions.
         clean_share: Odds that a group contains the clean version.
+        kinds: Degradation kinds whose severity each version's ``"kinds"`` row holds.
     """
 
     def __init__(
@@ -40,6 +41,7 @@ class GroupBatches:
         group_size: int,
         seed: int,
         clean_share: float = 0.5,
+        kinds: tuple[str, ...] = (),
     ):
         versions = pool.waves.shape[1]
         if not 2 <= group_size <= versions:
@@ -49,13 +51,20 @@ class GroupBatches:
         self.group_size = group_size
         self.clean_share = clean_share
         self.seed = seed
+        self.kinds = {kind: i for i, kind in enumerate(kinds)}
         self.set_epoch(0)
 
     @classmethod
     def for_config(cls, pool: VersionPool, config) -> GroupBatches:
         """The batches a ``MosTrainConfig`` asks for: its group counts, seed and clean share."""
+        kinds = config.training_kinds() if config.kind_weight > 0 else ()
         return cls(
-            pool, config.groups_per_batch, config.group_size, config.seed, config.real_clean_share
+            pool,
+            config.groups_per_batch,
+            config.group_size,
+            config.seed,
+            config.real_clean_share,
+            kinds,
         )
 
     def set_epoch(self, epoch: int) -> None:
@@ -70,9 +79,11 @@ class GroupBatches:
         """The next batch.
 
         Returns:
-            ``{"wave": (G*K, S) float32, "mos": (G*K,) float32, "group": (G*K,) int64}``.
+            ``{"wave": (G*K, S) float32, "mos": (G*K,) float32, "group": (G*K,) int64,
+            "kinds": (G*K, len(kinds)) float32}``, the last the severity of each kind in
+            each version (0 where absent).
         """
-        waves, targets, groups = [], [], []
+        waves, targets, groups, kinds = [], [], [], []
         versions = self.pool.waves.shape[1]
         for g in range(self.groups_per_batch):
             if not self.order:
@@ -85,10 +96,18 @@ class GroupBatches:
             waves.append(self.pool.waves[n, chosen].astype(np.float32))
             targets.append(self.pool.targets[n, chosen])
             groups += [g] * len(chosen)
+            for v in chosen:
+                row = np.zeros(len(self.kinds), dtype=np.float32)
+                for step in self.pool.chains[n][v]:
+                    if step["type"] in self.kinds:
+                        i = self.kinds[step["type"]]
+                        row[i] = max(row[i], float(step["severity"]))
+                kinds.append(row)
         return {
             "wave": torch.from_numpy(np.concatenate(waves)),
             "mos": torch.from_numpy(np.concatenate(targets).astype(np.float32)),
             "group": torch.tensor(groups, dtype=torch.int64),
+            "kinds": torch.from_numpy(np.stack(kinds)),
         }
 
 
@@ -212,7 +231,8 @@ def check_real_settings(config, where: str | None = None) -> None:
         raise ConfigError(f"{at}real_clean_share must be in [0, 1], got {config.real_clean_share}")
     if config.real_min_kbps_per_channel is not None and config.real_min_kbps_per_channel < 0:
         raise ConfigError(f"{at}real_min_kbps_per_channel must be >= 0 (or null)")
-    for name in ("rank_weight", "centred_weight", "real_valid_every", "real_refresh_epochs"):
+    for name in ("rank_weight", "centred_weight", "kind_weight", "real_valid_every",
+                 "real_refresh_epochs"):  # fmt: skip
         if getattr(config, name) < 0:
             raise ConfigError(f"{at}{name} must be >= 0, got {getattr(config, name)}")
 

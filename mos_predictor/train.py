@@ -171,6 +171,11 @@ def _mixed_loss(model, batch, real: dict[str, torch.Tensor], config: MosTrainCon
     if config.centred_weight > 0:
         centred = centred_difference_loss(real_pred, real_mos, groups)
         loss = loss + config.centred_weight * centred
+    if config.kind_weight > 0 and output.kinds is not None:
+        kinds = torch.nn.functional.binary_cross_entropy_with_logits(
+            output.kinds[count:].float(), real["kinds"].to(device)
+        )
+        loss = loss + config.kind_weight * kinds
     return loss
 
 
@@ -234,6 +239,11 @@ def train_mos_model(
             **config.model,
             "score_offset": float(targets.mean()),
             "score_scale": float(max(targets.std(), 1e-3)),
+            **(
+                {"kind_outputs": len(config.training_kinds())}
+                if config.kind_weight > 0 and config.real_sources
+                else {}
+            ),
         }
     )
     model = build_mos_model(model_config)

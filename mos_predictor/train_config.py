@@ -74,6 +74,9 @@ class MosTrainConfig(ConfigBase):
         centred_weight: Weight of the squared error of scores and targets measured from
             their group's mean (:func:`~mos_predictor.grouped.centred_difference_loss`;
             0: off).
+        kind_weight: Weight of an auxiliary term on the real versions: the model's kind
+            head (``kind_outputs``) learns the severity of each training kind in the
+            version (binary cross-entropy with the severities as targets; 0: off).
         gain_augment_db: Level augmentation: every training window (corpus and real
             versions) is scaled by its own gain, uniform in dB within +-this, after the
             usual peak normalisation (:func:`~mos_predictor.dataset.random_gain`; 0: off).
@@ -121,6 +124,7 @@ class MosTrainConfig(ConfigBase):
     group_size: int = 4
     rank_weight: float = 1.0
     centred_weight: float = 0.0
+    kind_weight: float = 0.0
     gain_augment_db: float = 0.0
     real_workers: int = 2
     ema_decay: float | None = None

@@ -21,6 +21,7 @@ from mos_predictor.grouped import (
     pool_metrics,
     refresh_train_pool,
 )
+from mos_predictor.models import build_mos_model
 from mos_predictor.real_music import (
     Excerpt,
     check_source_allowed,
@@ -301,6 +302,37 @@ def test_group_batches_hold_versions_of_one_excerpt_and_replay_per_epoch(pool):
     assert torch.equal(first["wave"], again["wave"]) and torch.equal(first["mos"], again["mos"])
     with pytest.raises(ValueError, match="group_size"):
         GroupBatches(pool, 2, 5, seed=1)
+
+
+def test_group_batches_name_each_versions_kinds_for_the_kind_head(pool):
+    batches = GroupBatches(pool, groups_per_batch=3, group_size=3, seed=2, kinds=DSP_KINDS)
+    batch = batches.next()
+    assert batch["kinds"].shape == (9, len(DSP_KINDS))
+    waves = pool.waves.astype(np.float32)
+    for row, kinds in zip(batch["wave"].numpy(), batch["kinds"].numpy(), strict=True):
+        n, v = next((n, v) for n in range(len(pool)) for v in range(4)
+                    if np.array_equal(row, waves[n, v]))  # fmt: skip
+        expected = np.zeros(len(DSP_KINDS), dtype=np.float32)
+        for step in pool.chains[n][v]:
+            i = DSP_KINDS.index(step["type"])
+            expected[i] = max(expected[i], step["severity"])
+        assert np.allclose(kinds, expected)
+    assert GroupBatches(pool, 1, 2, seed=2).next()["kinds"].shape == (2, 0)
+
+
+def test_the_kind_head_is_trained_only_with_kind_weight(pool):
+    config = MosModelConfig.from_dict(
+        {"kind": "embedded", "window_seconds": 2.0, "kind_outputs": 5}
+    )
+    model = build_mos_model(config)
+    output = model(torch.from_numpy(pool.waves[:2, 0].astype(np.float32)))
+    assert output.omq.shape == (2,) and output.kinds.shape == (2, 5)
+    plain = build_mos_model(MosModelConfig.from_dict({"kind": "embedded", "window_seconds": 2.0}))
+    assert plain(torch.zeros(1, 2 * SR)).kinds is None
+    with pytest.raises(ConfigError, match="kind_weight"):
+        MosTrainConfig.from_dict({"data": "corpus:x", "kind_weight": -1}, "test")
+    with pytest.raises(ConfigError, match="kind_outputs"):
+        MosModelConfig.from_dict({"kind": "embedded", "kind_outputs": -1})
 
 
 @pytest.mark.parametrize("share", [0.0, 1.0])
