@@ -106,30 +106,51 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(stats.spearmanr(x, y)[0])
 
 
-def run_protocol(
-    model, settings: ProtocolSettings, batch_size: int = 16, progress: bool = False
-) -> dict[str, Any]:
-    """Runs the protocol on a model.
+@dataclasses.dataclass
+class ProtocolClips:
+    """The protocol's audio: clean held-out excerpts and every kind at every severity.
+
+    Attributes:
+        clean: The clean excerpts, as read (mono, the model's rate).
+        degraded: ``{(kind, severity, excerpt index): normalised wave}``.
+        failures: Per kind, ``"excerpt i, severity s: reason"`` for each version that
+            could not be made.
+        unreadable: Files that could not be read.
+        skipped: Files below the bitrate floor.
+    """
+
+    clean: list[np.ndarray]
+    degraded: dict[tuple, np.ndarray]
+    failures: dict[str, list[str]]
+    unreadable: list[str]
+    skipped: list[str]
+
+    def waves(self) -> list[np.ndarray]:
+        """The clips in the order :func:`run_protocol` scores them: clean, then degraded."""
+        return [normalize_waveform(w) for w in self.clean] + list(self.degraded.values())
+
+
+def make_protocol_clips(
+    settings: ProtocolSettings, sample_rate: int, window_seconds: float, progress: bool = False
+) -> ProtocolClips:
+    """Reads the held-out excerpts and applies every kind at every severity.
 
     Args:
-        model: A ``MosModel``.
-        settings: Sources, held-out kinds, severities.
-        batch_size: Windows per forward pass.
-        progress: Show progress bars.
+        settings: Sources, severities, seed and workers.
+        sample_rate: The model's rate.
+        window_seconds: Excerpt length (the model's window).
+        progress: Show a progress bar.
 
-    Returns:
-        ``{"clean": {"mean", "count"}, "unreadable", "skipped" (files below the bitrate
-        floor), "kinds": {kind: {...}}, "summary": {...}}``; each
-        kind has ``held_out``, ``srcc`` (pooled, sign flipped), ``within_srcc`` (mean per
-        excerpt), ``mean_by_severity`` and ``failures``.
+    Raises:
+        ConfigError: If no held-out excerpt can be used.
+        CodecError: If a codec kind's tool is missing.
     """
-    rate = model.config.sample_rate
     unreadable: list[str] = []
     skipped: list[str] = []
     planned = plan_excerpts(
         settings.sources,
         settings.excerpts_per_file,
-        model.config.window_seconds,
+        window_seconds,
         settings.seed,
         failures=unreadable,
         min_kbps_per_channel=settings.min_kbps_per_channel,
@@ -137,7 +158,7 @@ def run_protocol(
     )
     clean = []
     for excerpt in planned:
-        wave = read_excerpt(excerpt, rate)
+        wave = read_excerpt(excerpt, sample_rate)
         if wave is not None:
             clean.append(wave)
     if not clean:
@@ -145,7 +166,7 @@ def run_protocol(
     kinds = list(KINDS)
     check_codec_tools(kinds)
     tasks = [
-        ((kind, s, i), wave, rate, [(kind, s)], _kind_seed(settings.seed, i, kind))
+        ((kind, s, i), wave, sample_rate, [(kind, s)], _kind_seed(settings.seed, i, kind))
         for kind in kinds
         for s in settings.severities
         for i, wave in enumerate(clean)
@@ -159,11 +180,48 @@ def run_protocol(
             failures[key[0]].append(f"excerpt {key[2]}, severity {key[1]}: {applied}")
         else:
             degraded[key] = wave
-    keys = list(degraded)
-    waves = [normalize_waveform(w) for w in clean] + [degraded[k] for k in keys]
-    scores = [s["omq"] for s in model.predict(waves, rate, batch_size=batch_size)]
+    return ProtocolClips(clean, degraded, failures, unreadable, skipped)
+
+
+def run_protocol(
+    model,
+    settings: ProtocolSettings,
+    batch_size: int = 16,
+    progress: bool = False,
+    clips: ProtocolClips | None = None,
+) -> dict[str, Any]:
+    """Runs the protocol on a model.
+
+    Args:
+        model: A ``MosModel`` (anything with its ``config`` and ``predict``).
+        settings: Sources, held-out kinds, severities.
+        batch_size: Windows per forward pass.
+        progress: Show progress bars.
+        clips: The protocol's audio, made once for several models
+            (:func:`make_protocol_clips` with the model's rate and window); None makes it.
+
+    Returns:
+        ``{"clean": {"mean", "count"}, "unreadable", "skipped" (files below the bitrate
+        floor), "kinds": {kind: {...}}, "summary": {...}}``; each
+        kind has ``held_out``, ``srcc`` (pooled, sign flipped), ``within_srcc`` (mean per
+        excerpt), ``mean_by_severity`` and ``failures``.
+    """
+    if clips is None:
+        config = model.config
+        clips = make_protocol_clips(settings, config.sample_rate, config.window_seconds, progress)
+    predicted = model.predict(clips.waves(), model.config.sample_rate, batch_size=batch_size)
+    return score_protocol(clips, [s["omq"] for s in predicted], settings)
+
+
+def score_protocol(
+    clips: ProtocolClips, scores: Sequence[float], settings: ProtocolSettings
+) -> dict[str, Any]:
+    """The protocol's result from the scores of ``clips.waves()``, as :func:`run_protocol`."""
+    clean, kinds, failures = clips.clean, list(KINDS), clips.failures
+    if len(scores) != len(clean) + len(clips.degraded):
+        raise ValueError(f"got {len(scores)} scores for {len(clean) + len(clips.degraded)} clips")
     clean_scores = np.array(scores[: len(clean)])
-    by_key = dict(zip(keys, scores[len(clean) :], strict=True))
+    by_key = dict(zip(clips.degraded, scores[len(clean) :], strict=True))
 
     per_kind = {}
     for kind in kinds:
@@ -190,8 +248,8 @@ def run_protocol(
     return {
         "settings": dataclasses.asdict(settings),
         "clean": {"mean": float(clean_scores.mean()), "count": len(clean)},
-        "unreadable": unreadable,
-        "skipped": skipped,
+        "unreadable": clips.unreadable,
+        "skipped": clips.skipped,
         "kinds": per_kind,
         "summary": summarise(per_kind, float(clean_scores.mean()), settings.severities),
     }

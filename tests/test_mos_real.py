@@ -21,7 +21,13 @@ from mos_predictor.grouped import (
     pool_metrics,
     refresh_train_pool,
 )
-from mos_predictor.models import build_mos_model
+from mos_predictor.models import build_mos_model, load_mos_model
+from mos_predictor.protocol import (
+    ProtocolSettings,
+    make_protocol_clips,
+    run_protocol,
+    score_protocol,
+)
 from mos_predictor.real_music import (
     Excerpt,
     check_source_allowed,
@@ -417,7 +423,8 @@ def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp
         f"real_sources: ['{music / 'band-a'}']\nholdout_sources: ['{music / 'band-b'}']\n"
         "holdout_families: [hum]\nreal_excerpts_per_file: 2\nreal_versions: 3\ngroup_size: 2\n"
         "centred_weight: 0.5\ngain_augment_db: 6.0\nreal_refresh_epochs: 1\n"
-        "real_min_kbps_per_channel: 1.0\n"
+        "real_min_kbps_per_channel: 1.0\nkind_weight: 0.5\nreal_mix_share: 0.5\n"
+        "real_speed_range: 0.1\nreal_fresh_positions: true\n"
     )
     out = tmp_path / "run"
     data = f"corpus:{corpus / 'manifest.jsonl'}"
@@ -432,6 +439,9 @@ def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp
     assert saved["gain_augment_db"] == 6.0 and saved["model"]["level_norm"] == "rms"
     assert saved["real_refresh_epochs"] == 1 and summary["real_skipped"] == []
     assert saved["holdout_sources"] == [str(music / "band-b")]
+    assert saved["kind_weight"] == 0.5 and saved["real_fresh_positions"]
+    kinds = [k for k in KINDS if k != "hum"]
+    assert load_mos_model(out / "model").config.kind_outputs == len(kinds)
 
     report = tmp_path / "protocol.json"
     args = ["mos", "eval", "--model", str(out / "model"), "--protocol", "--workers", "1"]
@@ -449,6 +459,19 @@ def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp
     assert set(protocol["kinds"]["hum"]["mean_by_severity"]) == {"0.2", "0.4", "0.6", "0.8", "1.0"}
     assert result["omq"]["count"] == 4
     assert np.isfinite(protocol["summary"]["clean_mean"])
+
+    # Clips made once score several models; a score falling with severity ranks perfectly.
+    settings = ProtocolSettings(**{**protocol["settings"], "severities": (0.2, 0.4, 0.6, 0.8, 1.0)})
+    model = load_mos_model(out / "model")
+    clips = make_protocol_clips(settings, model.config.sample_rate, model.config.window_seconds)
+    again = run_protocol(model, settings, clips=clips)
+    assert again["summary"] == pytest.approx(protocol["summary"])
+    ideal = [5.0] * len(clips.clean) + [5.0 - 4 * key[1] for key in clips.degraded]
+    perfect = score_protocol(clips, ideal, settings)["summary"]
+    assert perfect["heldout_families_srcc"] == pytest.approx(1.0)
+    assert perfect["trained_families_within_srcc"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="scores for"):
+        score_protocol(clips, ideal[:-1], settings)
 
 
 def test_eval_needs_data_or_protocol(capsys):
