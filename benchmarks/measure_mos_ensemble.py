@@ -6,8 +6,10 @@ Usage: python benchmarks/measure_mos_ensemble.py --models DIR [DIR ...]
 The models must have been trained with the same hold-outs (their ``train_config.json``).
 The protocol's clips are made once; each model scores them and the corpus test split
 (with ``--data``), and the per-clip mean of all the models' scores is measured the same
-way. Does a score's dependence on the music (docs/mos.md) come from one training run's
-chance, which averaging removes, or from what every run learns?
+way; then how much the models agree on the clean excerpts, and how their mean clean score
+follows the excerpt's brightness. Does a score's dependence on the music (docs/mos.md)
+come from one training run's chance, which averaging removes, or from what every run
+learns?
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 
 def main() -> None:
@@ -83,9 +86,20 @@ def main() -> None:
         held = f"{r['heldout_families_srcc']:.3f} ({r['heldout_families_within_srcc']:.3f})"
         cells = [r["model"], f"{r['clean_mean']:.3f}", held, f"{r['trained_families_srcc']:.3f}"]
         print("| " + " | ".join([*cells, test]) + " |")
+    # How bright each clean excerpt is: its share of energy above 4 kHz.
+    bright = []
+    for wave in clips.clean:
+        power = np.abs(np.fft.rfft(wave)) ** 2
+        freqs = np.fft.rfftfreq(wave.size, 1 / config.sample_rate)
+        bright.append(power[freqs > 4000].sum() / power.sum())
+    brightness = float(stats.spearmanr(clean.mean(axis=0), bright)[0])
     print(f"mean correlation of the models' clean-excerpt scores: {agreement:.3f}")
+    print(
+        f"Spearman correlation of the mean clean score and the share above 4 kHz: {brightness:.3f}"
+    )
     if args.out is not None:
-        args.out.write_text(json.dumps({"rows": rows, "clean_agreement": agreement}, indent=1))
+        result = {"rows": rows, "clean_agreement": agreement, "clean_brightness": brightness}
+        args.out.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
