@@ -94,21 +94,16 @@ def draw_content_changes(
         draw: The pool's draw.
     """
     rng = np.random.default_rng([seed, draw, 104729])
+    low, high = np.log(1 - speed_range), np.log(1 + speed_range)
     changes = []
     for i in range(len(excerpts)):
-        mixed, j, balance, u = (
-            rng.random(),
-            rng.integers(max(len(excerpts) - 1, 1)),
-            rng.uniform(0.35, 0.65),
-            rng.random(),
-        )
+        # Every excerpt draws the same four numbers, whatever the settings.
+        mixed, pick = rng.random(), int(rng.integers(max(len(excerpts) - 1, 1)))
+        balance, speed = float(rng.uniform(0.35, 0.65)), float(np.exp(rng.uniform(low, high)))
         partner = None
         if mixed < mix_share and len(excerpts) > 1:
-            partner = excerpts[int(j) + int(j >= i)]
-        speed = float(
-            np.exp(np.log(1 - speed_range) + u * np.log((1 + speed_range) / (1 - speed_range)))
-        )
-        changes.append(ContentChange(partner, float(balance), speed))
+            partner = excerpts[pick + (pick >= i)]
+        changes.append(ContentChange(partner, balance, speed))
     return changes
 
 
@@ -140,13 +135,12 @@ def read_changed(excerpt: Excerpt, sample_rate: int, change: ContentChange) -> n
     other = _read_at_speed(change.partner, sample_rate, change.speed)
     if other is None:
         return wave
+    mix = change.balance * wave / _rms(wave) + (1 - change.balance) * other / _rms(other)
+    return mix.astype(np.float32)
 
-    def rms(x):
-        return float(np.sqrt(np.mean(np.square(x))))
 
-    return (change.balance * wave / rms(wave) + (1 - change.balance) * other / rms(other)).astype(
-        np.float32
-    )
+def _rms(wave: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(wave))))
 
 
 def _versions_task(task: tuple) -> tuple:
