@@ -9,6 +9,8 @@ scores on the MOS scale.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
 import torch
 from scipy import stats
@@ -75,6 +77,39 @@ class GroupBatches:
         self.rng = np.random.default_rng([self.seed, 7, epoch])
         self.order: list[int] = []
 
+    def _draw_group(self) -> tuple[int, list[int]]:
+        versions = self.pool.waves.shape[1]
+        if not self.order:
+            self.order = self.rng.permutation(len(self.pool)).tolist()
+        n = self.order.pop()
+        if self.rng.random() < self.clean_share:
+            chosen = [0, *self.rng.choice(np.arange(1, versions), self.group_size - 1, False)]
+        else:
+            chosen = self.rng.choice(np.arange(1, versions), self.group_size, False).tolist()
+        return n, chosen
+
+    def excerpts_for_epochs(self, epochs: Iterable[int], batches: int) -> list[int]:
+        """The excerpts that ``batches`` batches of each of ``epochs`` draw from.
+
+        They depend only on the seed, the epochs and the pool's size, so they hold for a
+        fresh draw of versions of the same excerpts. Leaves the draws at the start of the
+        first of ``epochs``.
+
+        Args:
+            epochs: The epochs (0-based).
+            batches: Batches an epoch takes.
+
+        Returns:
+            Sorted excerpt indices.
+        """
+        epochs, used = list(epochs), set()
+        for epoch in epochs:
+            self.set_epoch(epoch)
+            used |= {self._draw_group()[0] for _ in range(batches * self.groups_per_batch)}
+        if epochs:
+            self.set_epoch(epochs[0])
+        return sorted(used)
+
     def next(self) -> dict[str, torch.Tensor]:
         """The next batch.
 
@@ -84,15 +119,10 @@ class GroupBatches:
             each version (0 where absent).
         """
         waves, targets, groups, kinds = [], [], [], []
-        versions = self.pool.waves.shape[1]
         for g in range(self.groups_per_batch):
-            if not self.order:
-                self.order = self.rng.permutation(len(self.pool)).tolist()
-            n = self.order.pop()
-            if self.rng.random() < self.clean_share:
-                chosen = [0, *self.rng.choice(np.arange(1, versions), self.group_size - 1, False)]
-            else:
-                chosen = self.rng.choice(np.arange(1, versions), self.group_size, False).tolist()
+            n, chosen = self._draw_group()
+            if self.pool.made is not None and not self.pool.made[n]:
+                raise RuntimeError(f"excerpt {n} has no versions in this pool")
             waves.append(self.pool.waves[n, chosen].astype(np.float32))
             targets.append(self.pool.targets[n, chosen])
             groups += [g] * len(chosen)
@@ -300,7 +330,24 @@ def build_real_pools(config, model_config, progress: bool, skipped: list[str] | 
     return pools[0], pools[1]
 
 
-def refresh_train_pool(pool: VersionPool, config, model_config, epoch: int, progress: bool):
+def draw_epochs(config, epoch: int) -> range:
+    """``epoch`` and the later epochs that train on the same draw of versions.
+
+    Empty when versions are never drawn afresh (``real_refresh_epochs`` 0).
+    """
+    every = config.real_refresh_epochs
+    end = epoch if every <= 0 else (epoch // every + 1) * every
+    return range(epoch, min(end, config.epochs))
+
+
+def refresh_train_pool(
+    pool: VersionPool,
+    config,
+    model_config,
+    epoch: int,
+    progress: bool,
+    needed: Sequence[int] | None = None,
+):
     """The training pool for ``epoch``: its excerpts with the versions of their draw.
 
     With ``real_refresh_epochs`` ``R > 0``, epochs ``[kR, (k + 1)R)`` train on draw ``k``
@@ -312,6 +359,9 @@ def refresh_train_pool(pool: VersionPool, config, model_config, epoch: int, prog
         model_config: The model's ``MosModelConfig``.
         epoch: The epoch about to start (0-based).
         progress: Show a progress bar.
+        needed: The excerpts the draw's epochs use
+            (:meth:`GroupBatches.excerpts_for_epochs`): only their versions are made
+            (ignored with ``real_fresh_positions``, whose excerpts change); None: all.
 
     Returns:
         ``pool`` itself when its draw is the epoch's, else a new pool of the same excerpts
@@ -338,6 +388,7 @@ def refresh_train_pool(pool: VersionPool, config, model_config, epoch: int, prog
         draw=draw,
         mix_share=config.real_mix_share,
         speed_range=config.real_speed_range,
+        only=None if config.real_fresh_positions else needed or None,
     )
     fresh.failures[:0] = pool.failures
     return fresh

@@ -27,6 +27,7 @@ from mos_predictor.grouped import (
     GroupBatches,
     build_real_pools,
     centred_difference_loss,
+    draw_epochs,
     pairwise_rank_loss,
     pool_metrics,
     refresh_train_pool,
@@ -316,7 +317,8 @@ def train_mos_model(
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=not progress or not accelerator.is_main_process)  # fmt: skip
         if groups is not None:
-            fresh = refresh_train_pool(groups.pool, config, model_config, epoch, progress)
+            needed = groups.excerpts_for_epochs(draw_epochs(config, epoch), len(loader))
+            fresh = refresh_train_pool(groups.pool, config, model_config, epoch, progress, needed)
             if fresh is not groups.pool:
                 groups = GroupBatches.for_config(fresh, config)
             groups.set_epoch(epoch)

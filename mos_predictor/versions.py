@@ -12,7 +12,7 @@ from __future__ import annotations
 import concurrent.futures as futures
 import dataclasses
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -42,6 +42,8 @@ class VersionPool:
         chains: ``chains[n][v]``: the degradations applied to version ``v``.
         failures: ``"excerpt id: reason"`` for each excerpt that could not be used.
         draw: Which draw of degradation chains the versions are (0: the first).
+        made: ``(N,)`` bool, which excerpts have their versions (a pool built for some
+            excerpts only); None: all.
     """
 
     excerpts: list[Excerpt]
@@ -50,6 +52,7 @@ class VersionPool:
     chains: list[list[list[dict]]]
     failures: list[str]
     draw: int = 0
+    made: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.excerpts)
@@ -213,6 +216,7 @@ def build_version_pool(
     draw: int = 0,
     mix_share: float = 0.0,
     speed_range: float = 0.0,
+    only: Collection[int] | None = None,
 ) -> VersionPool:
     """Reads the excerpts and makes ``versions`` versions of each (the first clean).
 
@@ -229,6 +233,10 @@ def build_version_pool(
             degrading (:class:`ContentChange`; the mix stays reference quality 5).
         speed_range: Each excerpt is played at a speed within ``[1 - r, 1 + r]`` before
             degrading (0: as it is).
+        only: Make the versions of these excerpts only (indices into ``excerpts``): the
+            pool keeps every excerpt in place and marks the ones made (``made``). Their
+            versions are those a full build makes; should one of them fail, the others
+            are made too and the pool is the full build's.
 
     Returns:
         The pool. Excerpts that are near silence or fail (a codec error, an unreadable
@@ -242,34 +250,48 @@ def build_version_pool(
         raise ValueError(f"versions must be >= 2 (clean and degraded), got {versions}")
     check_codec_tools([k for k in settings.kinds if k in CODEC_KINDS])
     changes = draw_content_changes(excerpts, mix_share, speed_range, seed, draw)
-    tasks = [
-        (e, i, sample_rate, versions, settings, seed, draw, changes[i])
-        for i, e in enumerate(excerpts)
+
+    def make(indices) -> dict[int, tuple]:
+        tasks = [
+            (excerpts[i], i, sample_rate, versions, settings, seed, draw, changes[i])
+            for i in indices
+        ]
+        results = run_tasks(_versions_task, tasks, workers, progress, "degraded versions")
+        return {index: rest for index, *rest in results}
+
+    wanted = range(len(excerpts)) if only is None else sorted(set(only))
+    made = make(wanted)
+    if only is not None and any(wave is None for wave, *_ in made.values()):
+        made.update(make([i for i in range(len(excerpts)) if i not in made]))
+        only = None
+    failures = [
+        f"{excerpts[i].id}: {error}"
+        for i, (wave, _, _, error) in sorted(made.items())
+        if wave is None and error != "near silence"
     ]
-    kept, waves, targets, chains, failures = [], [], [], [], []
-    for index, wave, target, chain, error in run_tasks(
-        _versions_task, tasks, workers, progress, "degraded versions"
-    ):
-        if wave is None:
-            if error != "near silence":
-                failures.append(f"{excerpts[index].id}: {error}")
-            continue
-        kept.append(excerpts[index])
-        waves.append(wave)
-        targets.append(target)
-        chains.append(chain)
+    kept = [i for i in sorted(made) if made[i][0] is not None]
     if not kept:
         raise ValueError(
             "no usable real-music excerpt" + (f"; first failure: {failures[0]}" if failures else "")
         )
-    return VersionPool(
-        excerpts=kept,
-        waves=np.stack(waves),
-        targets=np.asarray(targets, dtype=np.float32),
-        chains=chains,
-        failures=failures,
-        draw=draw,
-    )
+    if only is None:
+        return VersionPool(
+            excerpts=[excerpts[i] for i in kept],
+            waves=np.stack([made[i][0] for i in kept]),
+            targets=np.asarray([made[i][1] for i in kept], dtype=np.float32),
+            chains=[made[i][2] for i in kept],
+            failures=failures,
+            draw=draw,
+        )
+    shape = made[kept[0]][0].shape
+    waves = np.zeros((len(excerpts), *shape), dtype=np.float16)
+    targets = np.full((len(excerpts), shape[0]), np.nan, dtype=np.float32)
+    chains: list[list[list[dict]]] = [[] for _ in excerpts]
+    for i in kept:
+        waves[i], targets[i], chains[i] = made[i][0], made[i][1], made[i][2]
+    mask = np.zeros(len(excerpts), dtype=bool)
+    mask[kept] = True
+    return VersionPool(list(excerpts), waves, targets, chains, failures, draw, mask)
 
 
 __all__ = ["CodecError", "VersionPool", "build_version_pool", "degrade_task", "run_tasks"]

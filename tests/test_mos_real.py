@@ -17,6 +17,7 @@ from mos_predictor.config import MosModelConfig
 from mos_predictor.grouped import (
     GroupBatches,
     centred_difference_loss,
+    draw_epochs,
     pairwise_rank_loss,
     pool_metrics,
     refresh_train_pool,
@@ -247,6 +248,35 @@ def test_refreshed_pools_draw_new_chains_for_the_same_clean_excerpts(music, pool
     for key, bad in (("real_mix_share", 1.5), ("real_speed_range", 0.5)):
         with pytest.raises(ConfigError, match=key):
             MosTrainConfig.from_dict({"data": "corpus:x", key: bad}, "test")
+
+
+def test_a_draw_made_for_its_epochs_excerpts_gives_the_full_draws_batches(pool):
+    config = MosTrainConfig.from_dict(
+        {"data": "corpus:x", "seed": 5, "real_versions": 4, "real_refresh_epochs": 2,
+         "epochs": 5, "groups_per_batch": 2, "group_size": 3, "real_workers": 1,
+         "holdout_families": [k for k in KINDS if k not in DSP_KINDS]},
+        "test",
+    )  # fmt: skip
+    model = MosModelConfig.from_dict({"kind": "embedded", "window_seconds": 2.0})
+    assert list(draw_epochs(config, 2)) == [2, 3] and list(draw_epochs(config, 3)) == [3]
+    assert list(draw_epochs(config, 4)) == [4]
+    assert list(draw_epochs(dataclasses.replace(config, real_refresh_epochs=0), 2)) == []
+    groups = GroupBatches.for_config(pool, config)
+    needed = groups.excerpts_for_epochs(draw_epochs(config, 2), batches=1)
+    assert 0 < len(needed) < len(pool)  # 2 epochs x 1 batch x 2 groups of 8 excerpts
+    full = refresh_train_pool(pool, config, model, epoch=2, progress=False)
+    part = refresh_train_pool(pool, config, model, 2, False, needed)
+    assert full.made is None and part.made.tolist() == [i in needed for i in range(len(pool))]
+    assert np.array_equal(part.waves[needed], full.waves[needed])
+    assert part.chains[needed[0]] == full.chains[needed[0]]
+    for epoch in (2, 3):
+        a, b = GroupBatches.for_config(full, config), GroupBatches.for_config(part, config)
+        a.set_epoch(epoch), b.set_epoch(epoch)
+        first, second = a.next(), b.next()
+        assert all(torch.equal(first[key], second[key]) for key in ("wave", "mos", "group"))
+        with pytest.raises(RuntimeError, match="has no versions"):
+            for _ in range(len(pool)):  # the next pass reaches an excerpt not made
+                b.next()
 
 
 def test_content_changes_are_seeded_and_mix_other_excerpts(music):
