@@ -34,6 +34,7 @@ class GroupBatches:
         seed: Seed of the order and the choice of versions.
         clean_share: Odds that a group contains the clean version.
         kinds: Degradation kinds whose severity each version's ``"kinds"`` row holds.
+        rank_only: Degradation kinds whose versions are marked ``"regress"`` False.
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class GroupBatches:
         seed: int,
         clean_share: float = 0.5,
         kinds: tuple[str, ...] = (),
+        rank_only: tuple[str, ...] = (),
     ):
         versions = pool.waves.shape[1]
         if not 2 <= group_size <= versions:
@@ -54,6 +56,7 @@ class GroupBatches:
         self.clean_share = clean_share
         self.seed = seed
         self.kinds = {kind: i for i, kind in enumerate(kinds)}
+        self.rank_only = set(rank_only)
         self.set_epoch(0)
 
     @classmethod
@@ -67,6 +70,7 @@ class GroupBatches:
             config.seed,
             config.real_clean_share,
             kinds,
+            config.rank_only_kinds,
         )
 
     def set_epoch(self, epoch: int) -> None:
@@ -115,10 +119,11 @@ class GroupBatches:
 
         Returns:
             ``{"wave": (G*K, S) float32, "mos": (G*K,) float32, "group": (G*K,) int64,
-            "kinds": (G*K, len(kinds)) float32}``, the last the severity of each kind in
-            each version (0 where absent).
+            "kinds": (G*K, len(kinds)) float32, "regress": (G*K,) bool}``: the severity
+            of each kind in each version (0 where absent), and whether the version
+            trains the regression term (no ``rank_only`` kind in its chain).
         """
-        waves, targets, groups, kinds = [], [], [], []
+        waves, targets, groups, kinds, regress = [], [], [], [], []
         for g in range(self.groups_per_batch):
             n, chosen = self._draw_group()
             if self.pool.made is not None and not self.pool.made[n]:
@@ -127,8 +132,10 @@ class GroupBatches:
             targets.append(self.pool.targets[n, chosen])
             groups += [g] * len(chosen)
             for v in chosen:
+                chain = self.pool.chains[n][v]
+                regress.append(not any(step["type"] in self.rank_only for step in chain))
                 row = np.zeros(len(self.kinds), dtype=np.float32)
-                for step in self.pool.chains[n][v]:
+                for step in chain:
                     if step["type"] in self.kinds:
                         i = self.kinds[step["type"]]
                         row[i] = max(row[i], float(step["severity"]))
@@ -138,6 +145,7 @@ class GroupBatches:
             "mos": torch.from_numpy(np.concatenate(targets).astype(np.float32)),
             "group": torch.tensor(groups, dtype=torch.int64),
             "kinds": torch.from_numpy(np.stack(kinds)),
+            "regress": torch.tensor(regress, dtype=torch.bool),
         }
 
 
@@ -232,6 +240,7 @@ def check_real_settings(config, where: str | None = None) -> None:
     at = f"{where}: " if where else ""
     try:
         check_kinds(config.holdout_families, "holdout_families")
+        check_kinds(config.rank_only_kinds, "rank_only_kinds")
         for source in config.real_sources + config.holdout_sources:
             check_source_allowed(source)
     except (ValueError, ConfigError) as error:

@@ -152,7 +152,10 @@ def _loss(output, batch: dict[str, torch.Tensor], ta_weight: float) -> torch.Ten
 
 def _mixed_loss(model, batch, real: dict[str, torch.Tensor], config: MosTrainConfig,
                 text_aware: bool) -> torch.Tensor:  # fmt: skip
-    """Regression on corpus clips and real versions together, plus ranking within groups."""
+    """Regression on corpus clips and real versions together, plus ranking within groups.
+
+    Versions marked ``regress`` False (``rank_only_kinds``) train the ranking terms only.
+    """
     device = batch["wave"].device
     real_wave, real_mos = real["wave"].to(device), real["mos"].to(device)
     waves = torch.cat([batch["wave"], real_wave])
@@ -163,9 +166,12 @@ def _mixed_loss(model, batch, real: dict[str, torch.Tensor], config: MosTrainCon
     corpus_out = dataclasses.replace(output, omq=output.omq[:count], ta=ta)
     loss = _loss(corpus_out, batch, config.ta_weight)
     real_pred = output.omq[count:]
-    real_loss = torch.nn.functional.mse_loss(real_pred, real_mos)
-    # Weighted by clips, as one regression over the whole batch.
-    loss = (count * loss + real_pred.numel() * real_loss) / (count + real_pred.numel())
+    regress = real["regress"].to(device)
+    regressed = int(regress.sum())
+    if regressed:
+        real_loss = torch.nn.functional.mse_loss(real_pred[regress], real_mos[regress])
+        # Weighted by clips, as one regression over the whole batch.
+        loss = (count * loss + regressed * real_loss) / (count + regressed)
     groups = real["group"].to(device)
     if config.rank_weight > 0:
         loss = loss + config.rank_weight * pairwise_rank_loss(real_pred, real_mos, groups)

@@ -74,6 +74,11 @@ class MosTrainConfig(ConfigBase):
         centred_weight: Weight of the squared error of scores and targets measured from
             their group's mean (:func:`~mos_predictor.grouped.centred_difference_loss`;
             0: off).
+        rank_only_kinds: Training kinds whose versions train the ranking term only: a
+            version whose chain holds one is left out of the regression term, so damage
+            that a no-reference model cannot tell from a production choice (reverb,
+            compression) orders an excerpt's versions without pulling down the score of
+            clean music that sounds like it (empty: every version in both terms).
         kind_weight: Weight of an auxiliary term on the real versions: the model's kind
             head (``kind_outputs``) learns the severity of each training kind in the
             version (binary cross-entropy with the severities as targets; 0: off).
@@ -124,6 +129,7 @@ class MosTrainConfig(ConfigBase):
     group_size: int = 4
     rank_weight: float = 1.0
     centred_weight: float = 0.0
+    rank_only_kinds: tuple[str, ...] = ()
     kind_weight: float = 0.0
     gain_augment_db: float = 0.0
     real_workers: int = 2

@@ -38,6 +38,7 @@ from mos_predictor.real_music import (
     read_excerpt,
     source_files,
 )
+from mos_predictor.train import _mixed_loss
 from mos_predictor.train_config import MosTrainConfig
 from mos_predictor.versions import (
     ContentChange,
@@ -356,6 +357,36 @@ def test_group_batches_name_each_versions_kinds_for_the_kind_head(pool):
     assert GroupBatches(pool, 1, 2, seed=2).next()["kinds"].shape == (2, 0)
 
 
+def test_rank_only_kinds_leave_their_versions_out_of_the_regression_term(pool):
+    batches = GroupBatches(pool, groups_per_batch=4, group_size=3, seed=3, rank_only=("hum",))
+    waves = pool.waves.astype(np.float32)
+    batch = batches.next()
+    assert batch["regress"].any() and not batch["regress"].all()
+    for row, regress in zip(batch["wave"].numpy(), batch["regress"].numpy(), strict=True):
+        n, v = next((n, v) for n in range(len(pool)) for v in range(4)
+                    if np.array_equal(row, waves[n, v]))  # fmt: skip
+        assert regress == all(step["type"] != "hum" for step in pool.chains[n][v])
+    assert GroupBatches(pool, 2, 3, seed=3).next()["regress"].all()
+    config = MosTrainConfig.from_dict(
+        {"data": "corpus:x", "rank_weight": 0.0, "rank_only_kinds": ["hum"]}, "test"
+    )
+    model = build_mos_model(MosModelConfig.from_dict({"kind": "embedded", "window_seconds": 2.0}))
+    model.eval()
+    corpus = {"wave": torch.zeros(2, 2 * SR), "mos": torch.tensor([3.0, 4.0])}
+    real = {"wave": torch.from_numpy(waves[0, :3]), "mos": torch.tensor([5.0, 2.0, 1.0]),
+            "group": torch.zeros(3, dtype=torch.int64),
+            "regress": torch.tensor([True, True, False])}  # fmt: skip
+    loss = _mixed_loss(model, corpus, real, config, text_aware=False)
+    other = {**real, "mos": torch.tensor([5.0, 2.0, 4.0])}  # the third is not regressed
+    moved = _mixed_loss(model, corpus, other, config, text_aware=False)
+    assert torch.equal(loss, moved)
+    regressed = _mixed_loss(model, corpus, {**real, "regress": torch.ones(3, dtype=torch.bool)},
+                            config, False)  # fmt: skip
+    assert not torch.equal(loss, regressed)
+    with pytest.raises(ConfigError, match="rank_only_kinds"):
+        MosTrainConfig.from_dict({"data": "corpus:x", "rank_only_kinds": ["echo"]}, "test")
+
+
 def test_the_kind_head_is_trained_only_with_kind_weight(pool):
     config = MosModelConfig.from_dict(
         {"kind": "embedded", "window_seconds": 2.0, "kind_outputs": 5}
@@ -454,7 +485,7 @@ def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp
         "holdout_families: [hum]\nreal_excerpts_per_file: 2\nreal_versions: 3\ngroup_size: 2\n"
         "centred_weight: 0.5\ngain_augment_db: 6.0\nreal_refresh_epochs: 1\n"
         "real_min_kbps_per_channel: 1.0\nkind_weight: 0.5\nreal_mix_share: 0.5\n"
-        "real_speed_range: 0.1\nreal_fresh_positions: true\n"
+        "real_speed_range: 0.1\nreal_fresh_positions: true\nrank_only_kinds: [bandpass]\n"
     )
     out = tmp_path / "run"
     data = f"corpus:{corpus / 'manifest.jsonl'}"
@@ -470,6 +501,7 @@ def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp
     assert saved["real_refresh_epochs"] == 1 and summary["real_skipped"] == []
     assert saved["holdout_sources"] == [str(music / "band-b")]
     assert saved["kind_weight"] == 0.5 and saved["real_fresh_positions"]
+    assert saved["rank_only_kinds"] == ["bandpass"]
     kinds = [k for k in KINDS if k != "hum"]
     assert load_mos_model(out / "model").config.kind_outputs == len(kinds)
 
