@@ -9,7 +9,7 @@ scores on the MOS scale.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -355,7 +355,7 @@ def refresh_train_pool(
     model_config,
     epoch: int,
     progress: bool,
-    needed: Sequence[int] | None = None,
+    plan: Callable[[range], Sequence[int]] | None = None,
 ):
     """The training pool for ``epoch``: its excerpts with the versions of their draw.
 
@@ -368,9 +368,10 @@ def refresh_train_pool(
         model_config: The model's ``MosModelConfig``.
         epoch: The epoch about to start (0-based).
         progress: Show a progress bar.
-        needed: The excerpts the draw's epochs use
-            (:meth:`GroupBatches.excerpts_for_epochs`): only their versions are made
-            (ignored with ``real_fresh_positions``, whose excerpts change); None: all.
+        plan: Given the epochs that train on a fresh draw (:func:`draw_epochs`), the
+            excerpts they use (:meth:`GroupBatches.excerpts_for_epochs`): only their
+            versions are made, and only when a draw is due (ignored with
+            ``real_fresh_positions``, whose excerpts change); None: all.
 
     Returns:
         ``pool`` itself when its draw is the epoch's, else a new pool of the same excerpts
@@ -382,7 +383,7 @@ def refresh_train_pool(
     draw = epoch // config.real_refresh_epochs
     if draw == pool.draw:
         return pool
-    excerpts = pool.excerpts
+    excerpts, epochs = pool.excerpts, draw_epochs(config, epoch)
     if config.real_fresh_positions:
         excerpts = [e for e in _plan(config, model_config, draw, [])
                     if not is_validation_file(e.path, config.real_valid_every)]  # fmt: skip
@@ -397,7 +398,7 @@ def refresh_train_pool(
         draw=draw,
         mix_share=config.real_mix_share,
         speed_range=config.real_speed_range,
-        only=None if config.real_fresh_positions else needed or None,
+        only=None if config.real_fresh_positions or plan is None else plan(epochs) or None,
     )
     fresh.failures[:0] = pool.failures
     return fresh

@@ -27,7 +27,6 @@ from mos_predictor.grouped import (
     GroupBatches,
     build_real_pools,
     centred_difference_loss,
-    draw_epochs,
     pairwise_rank_loss,
     pool_metrics,
     refresh_train_pool,
@@ -323,8 +322,8 @@ def train_mos_model(
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=not progress or not accelerator.is_main_process)  # fmt: skip
         if groups is not None:
-            needed = groups.excerpts_for_epochs(draw_epochs(config, epoch), len(loader))
-            fresh = refresh_train_pool(groups.pool, config, model_config, epoch, progress, needed)
+            plan = functools.partial(groups.excerpts_for_epochs, batches=len(loader))
+            fresh = refresh_train_pool(groups.pool, config, model_config, epoch, progress, plan)
             if fresh is not groups.pool:
                 groups = GroupBatches.for_config(fresh, config)
             groups.set_epoch(epoch)

@@ -1,6 +1,7 @@
 """Real-music sources, degraded versions, grouped training with ranking, and the protocol."""
 
 import dataclasses
+import functools
 import json
 import re
 import subprocess
@@ -266,7 +267,8 @@ def test_a_draw_made_for_its_epochs_excerpts_gives_the_full_draws_batches(pool):
     needed = groups.excerpts_for_epochs(draw_epochs(config, 2), batches=1)
     assert 0 < len(needed) < len(pool)  # 2 epochs x 1 batch x 2 groups of 8 excerpts
     full = refresh_train_pool(pool, config, model, epoch=2, progress=False)
-    part = refresh_train_pool(pool, config, model, 2, False, needed)
+    plan = functools.partial(groups.excerpts_for_epochs, batches=1)
+    part = refresh_train_pool(pool, config, model, 2, False, plan)
     assert full.made is None and part.made.tolist() == [i in needed for i in range(len(pool))]
     assert np.array_equal(part.waves[needed], full.waves[needed])
     assert part.chains[needed[0]] == full.chains[needed[0]]
