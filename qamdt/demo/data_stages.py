@@ -53,7 +53,9 @@ def corpus(ctx: StageContext) -> dict[str, Any]:
 
 
 def mos(ctx: StageContext) -> dict[str, Any]:
-    """Trains the MOS predictor (``mos_config``: the corpus alone); keeps the best epoch."""
+    """Trains the MOS predictor of ``mos_config``; keeps the best epoch."""
+    import torch
+
     from mos_predictor.train import MODEL_DIR, load_train_config, train_mos_model
 
     s = ctx.settings
@@ -68,6 +70,8 @@ def mos(ctx: StageContext) -> dict[str, Any]:
         max_minutes=s.mos_max_minutes,
         patience=s.mos_patience,
         real_files_per_source=s.mos_real_files_per_source,
+        # the degraded versions are made on the stage's own share of the cores
+        real_workers=torch.get_num_threads(),
         seed=s.seed,
     )
     work = ctx.out / "work" / "mos"
