@@ -15,7 +15,11 @@ quick=()
 .venv/bin/qamdt demo --out "$out" "${quick[@]}"
 models="$out/models"
 # The models' dtypes as the demo runs them (the transformer and the vocoder's residual
-# blocks in bfloat16); --torch-dtype float32 after OUT overrides it.
+# blocks in bfloat16 where the CPU has bfloat16 instructions, else float32); --torch-dtype
+# after OUT overrides it.
+dtypes=$(.venv/bin/python -c 'from qamdt.demo.settings import DemoSettings
+dtypes = DemoSettings.full().pipeline_dtypes().items()
+print(",".join(name + "=" + str(dtype).split(".")[-1] for name, dtype in dtypes))')
 exec .venv/bin/qamdt app --model "$models/pipeline" --mos "$models/mos" --clap "$models/clap" \
   --captioner "$models/captioner" --manifest "$out/corpus/manifest.jsonl" \
-  --torch-dtype vocoder=bfloat16,transformer=bfloat16 "$@"
+  --torch-dtype "$dtypes" "$@"

@@ -76,6 +76,23 @@ def test_dtype_per_model_in_diffusers_and_command_line_forms():
         parse_dtype({"vae": "half"})
 
 
+def test_demo_keeps_bfloat16_only_where_the_cpu_computes_it(monkeypatch):
+    from qamdt.demo.settings import DemoSettings
+    from qamdt.generation import acceleration
+    from qamdt.training import precision
+
+    bf16, f32 = torch.bfloat16, torch.float32
+    asked = {"transformer": bf16, "vocoder": bf16, "vae": f32}
+    settings = DemoSettings.quick().replace(torch_dtype="vocoder=bfloat16,transformer=bfloat16")
+    assert acceleration.native_dtypes(None, "cpu") is None
+    monkeypatch.setattr(precision, "native_bfloat16", lambda device: True)
+    assert acceleration.native_dtypes(asked, "cpu") == asked
+    assert settings.pipeline_dtypes() == {"transformer": bf16, "vocoder": bf16}
+    monkeypatch.setattr(precision, "native_bfloat16", lambda device: False)
+    assert acceleration.native_dtypes(asked, "cpu") == dict.fromkeys(asked, f32)
+    assert settings.pipeline_dtypes() == {"transformer": f32, "vocoder": f32}
+
+
 def test_one_model_in_bfloat16_is_recorded_in_the_sidecar(tmp_path):
     import json
 

@@ -451,7 +451,7 @@ def edit(ctx) -> dict[str, Any]:
     manifest = ctx.out / "corpus" / "manifest.jsonl"
     prompts = [c["prompt"] for c in ctx.results.get("generate", {}).get("prompts", [])]
     result = measure_modes(
-        QAMDTPipeline.from_pretrained(models / "pipeline", torch_dtype=s.torch_dtype),
+        QAMDTPipeline.from_pretrained(models / "pipeline", torch_dtype=s.pipeline_dtypes()),
         load_mos_model(models / "mos"),
         load_clap(models / "clap"),
         list(read_manifest(manifest)),

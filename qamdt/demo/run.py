@@ -90,7 +90,9 @@ def generate(ctx: StageContext) -> dict[str, Any]:
     for model_name, name, settings, prefix in runs:
         model = ctx.out / "models" / model_name
         if model_name not in pipelines:
-            pipelines[model_name] = QAMDTPipeline.from_pretrained(model, torch_dtype=s.torch_dtype)
+            pipelines[model_name] = QAMDTPipeline.from_pretrained(
+                model, torch_dtype=s.pipeline_dtypes()
+            )
         files = generate_to_folder(
             pipelines[model_name],
             prompts,
@@ -171,7 +173,7 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     pitch = {"level": max(s.levels), **pitch}
     write_json(folder / "pitch.json", pitch)
     reference = decoder_reference(
-        QAMDTPipeline.from_pretrained(models / "pipeline", torch_dtype=s.torch_dtype),
+        QAMDTPipeline.from_pretrained(models / "pipeline", torch_dtype=s.pipeline_dtypes()),
         scorers["mos_model"],
         read_records(ctx.out),
         manifest_path(ctx.out).parent,

@@ -21,12 +21,15 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qamdt.config import ConfigBase, read_yaml
 from qamdt.errors import ConfigError, check_known_keys
-from qamdt.generation.acceleration import parse_dtype
+from qamdt.generation.acceleration import native_dtypes, parse_dtype
 from qamdt.generation.settings import GenerationSettings, SettingsError
+
+if TYPE_CHECKING:
+    import torch
 
 QUICK_SECTION = "quick"
 MIRROR = "mirror"
@@ -115,7 +118,8 @@ class DemoSettings(ConfigBase):
         torch_dtype: The generation pipelines' dtypes, as ``qamdt generate --torch-dtype``
             takes them: ``float32``, or ``vocoder=bfloat16,transformer=bfloat16`` for
             the transformer and the vocoder's residual blocks in bfloat16 (the same p-MOS
-            as float32, and faster on CPUs with bfloat16 instructions; docs/speed.md).
+            as float32, and faster on CPUs with bfloat16 instructions; docs/speed.md);
+            on other CPUs those models run in float32 (:meth:`pipeline_dtypes`).
         negative_prompt: Negative text of the paper's eq. 11 baseline.
         eval_batch_size: Clips per forward pass in evaluation.
         examples_per_level: Clips per level shown (with spectrograms) in the report.
@@ -268,6 +272,14 @@ class DemoSettings(ConfigBase):
         return GenerationSettings(
             **{name: getattr(self, key) for key, name in SAMPLING_SETTINGS.items()}
         )
+
+    def pipeline_dtypes(self) -> dict[str, torch.dtype]:
+        """``torch_dtype`` for the demo's pipelines, which run on the CPU.
+
+        Its bfloat16 models run in float32 where the CPU lacks bfloat16 instructions
+        (:func:`~qamdt.generation.acceleration.native_dtypes`).
+        """
+        return native_dtypes(parse_dtype(self.torch_dtype), "cpu")
 
     def level_settings(self, level: int) -> GenerationSettings:
         """The quality-aware MDT's settings at ``level`` (its negative level per the setting)."""

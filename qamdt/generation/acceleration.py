@@ -66,6 +66,25 @@ def parse_dtype(
     }
 
 
+def native_dtypes(
+    dtypes: Mapping[str, torch.dtype] | None, device: str | torch.device
+) -> dict[str, torch.dtype] | None:
+    """``dtypes`` with float32 in place of bfloat16 where ``device`` does not compute it natively.
+
+    A CPU without AVX-512 BF16 or AMX converts every bfloat16 operation in software, which
+    makes the demo's generation about three times slower than float32 there (docs/speed.md).
+
+    Args:
+        dtypes: :func:`parse_dtype`'s mapping, or None.
+        device: Where the models run.
+    """
+    from qamdt.training.precision import native_bfloat16
+
+    if dtypes is None or native_bfloat16(torch.device(device)):
+        return None if dtypes is None else dict(dtypes)
+    return {n: torch.float32 if d == torch.bfloat16 else d for n, d in dtypes.items()}
+
+
 def _one_dtype(value: str | torch.dtype, where: str) -> torch.dtype:
     if isinstance(value, torch.dtype) and value in TORCH_DTYPES.values():
         return value
