@@ -4,6 +4,7 @@ chunked VAE decoding, compiling."""
 import os
 import time
 import traceback
+import warnings
 
 import numpy as np
 import pytest
@@ -91,6 +92,15 @@ def test_demo_keeps_bfloat16_only_where_the_cpu_computes_it(monkeypatch):
     monkeypatch.setattr(precision, "native_bfloat16", lambda device: False)
     assert acceleration.native_dtypes(asked, "cpu") == dict.fromkeys(asked, f32)
     assert settings.pipeline_dtypes() == {"transformer": f32, "vocoder": f32}
+    # Asked for explicitly, bfloat16 is kept there, with a warning.
+    pipeline = tiny_pipeline()
+    with pytest.warns(UserWarning, match="emulated and about 3x slower"):
+        pipeline.to(dtype="transformer=bfloat16")
+    assert pipeline.dtypes["transformer"] == bf16
+    monkeypatch.setattr(precision, "native_bfloat16", lambda device: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipeline.to(dtype="vae=bfloat16")
 
 
 def test_one_model_in_bfloat16_is_recorded_in_the_sidecar(tmp_path):

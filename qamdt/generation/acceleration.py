@@ -10,6 +10,7 @@ These are load-time choices of :class:`~qamdt.generation.pipeline.QAMDTPipeline`
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -230,6 +231,12 @@ class PipelineHardware:
                     module.to(device)
         if dtype is not None:
             cast_components(self, dtype)
+            if native_dtypes(dtype, self.device) != dtype:
+                warnings.warn(
+                    f"bfloat16 on this {self.device.type}, which has no bfloat16 instructions, "
+                    "is emulated and about 3x slower than float32 (docs/speed.md)",
+                    stacklevel=2,
+                )
         return self
 
     @property
