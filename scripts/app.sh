@@ -14,12 +14,15 @@ quick=()
 # A finished folder is skipped stage by stage in seconds.
 .venv/bin/qamdt demo --out "$out" "${quick[@]}"
 models="$out/models"
+# The app scores generated audio with the demo's judge (models/mos where the run has none).
+judge="$models/judge"
+[ -d "$judge" ] || judge="$models/mos"
 # The models' dtypes as the demo runs them (the transformer and the vocoder's residual
 # blocks in bfloat16 where the CPU has bfloat16 instructions, else float32); --torch-dtype
 # after OUT overrides it.
 dtypes=$(.venv/bin/python -c 'from qamdt.demo.settings import DemoSettings
 dtypes = DemoSettings.full().pipeline_dtypes().items()
 print(",".join(name + "=" + str(dtype).split(".")[-1] for name, dtype in dtypes))')
-exec .venv/bin/qamdt app --model "$models/pipeline" --mos "$models/mos" --clap "$models/clap" \
+exec .venv/bin/qamdt app --model "$models/pipeline" --mos "$judge" --clap "$models/clap" \
   --captioner "$models/captioner" --manifest "$out/corpus/manifest.jsonl" \
   --torch-dtype "$dtypes" "$@"

@@ -301,7 +301,7 @@ def test_quick_demo_end_to_end(tmp_path, capfd):
     printed = capfd.readouterr().out
     assert f"demo: report: {out / 'report' / 'report.html'}" in printed
     # By default independent stages run side by side, each in its own process.
-    for name in ("vae", "mos", "mdt", "mdt-baseline"):
+    for name in ("vae", "mos", "judge", "mdt", "mdt-baseline"):
         assert f"demo: {name}: in process" in printed, name
     for name in ("generate", "edit", "evaluate"):  # alone, on every thread
         assert f"demo: {name}: running" in printed, name
@@ -342,6 +342,12 @@ def test_quick_demo_end_to_end(tmp_path, capfd):
 
     models = out / "models"
     assert load_mos_model(models / "mos") is not None
+    # The corpus is labelled by the real-music model; generated audio is judged by a model
+    # of the corpus alone.
+    for name, real in (("mos", True), ("judge", False)):
+        config = json.loads((out / "work" / name / "train_config.json").read_text())
+        assert bool(config["real_sources"]) == real, name
+        assert load_mos_model(models / name) is not None
     assert load_clap(models / "clap") is not None
     assert load_captioner(models / "captioner") is not None
     assert QAMDTPipeline.from_pretrained(models / "pipeline").quality_token
@@ -375,13 +381,16 @@ def test_quick_demo_one_stage_after_the_other(tmp_path, capfd):
     from qamdt.cli.main import main
 
     config = tmp_path / "one-after-the-other.yaml"
-    config.write_text("quick:\n  stage_processes: 1\n")
+    config.write_text("quick:\n  stage_processes: 1\n  judge_config: null\n")
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick", "--config", str(config)]) == 0
     printed = capfd.readouterr().out
     assert "in process" not in printed
     saved = json.loads((out / STATE_NAME).read_text())
     assert saved["settings"]["stage_processes"] == 1
+    # Without a judge of its own the labelling model judges.
+    assert saved["stages"]["judge"]["result"]["model"] == str(out / "models" / "mos")
+    assert not (out / "models" / "judge").exists()
     assert all(entry["done"] for entry in saved["stages"].values())
     assert len(saved["stages"]) == len(STAGE_NAMES)
     assert saved["wall_seconds"] >= sum(e["seconds"] for e in saved["stages"].values())

@@ -15,6 +15,11 @@ def manifest_path(out: Path) -> Path:
     return out / MANIFEST
 
 
+def judge_model(out: Path, settings) -> Path:
+    """The run's p-MOS judge of generated audio: its own model, or the labelling one."""
+    return out / "models" / ("mos" if settings.judge_config is None else "judge")
+
+
 def read_records(out: Path):
     """The records of the run's corpus manifest."""
     from qamdt.manifest import read_manifest

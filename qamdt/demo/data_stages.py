@@ -1,8 +1,9 @@
 """The demo's data stages: the corpus, its p-MOS labels and levels, and its captions.
 
 ``corpus`` builds the embedded corpus; ``mos`` trains the MOS predictor and ``pmos``
-labels every clip and assigns levels and prefixes; ``captioner`` and ``clap`` train the
-embedded captioner and CLAP scorer, and ``refine`` refines every clip's caption.
+labels every clip and assigns levels and prefixes; ``judge`` trains the p-MOS model that
+scores generated audio; ``captioner`` and ``clap`` train the embedded captioner and CLAP
+scorer, and ``refine`` refines every clip's caption.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from qamdt.demo.common import (
     copy_tree,
     is_clean,
+    judge_model,
     manifest_path,
     read_records,
     rewrite_manifest,
@@ -52,8 +54,11 @@ def corpus(ctx: StageContext) -> dict[str, Any]:
     }
 
 
-def mos(ctx: StageContext) -> dict[str, Any]:
-    """Trains the MOS predictor of ``mos_config``; keeps the best epoch."""
+def _train_mos(ctx: StageContext, name: str, mos_config: str, epochs: int) -> dict[str, Any]:
+    """Trains a MOS predictor of ``mos_config`` in ``OUT/work/<name>``; keeps the best epoch.
+
+    The model goes to ``OUT/models/<name>``.
+    """
     import torch
 
     from mos_predictor.train import MODEL_DIR, load_train_config, train_mos_model
@@ -62,10 +67,10 @@ def mos(ctx: StageContext) -> dict[str, Any]:
     valid = split_counts(read_records(ctx.out)).get("valid", 0)
     valid_split = "valid" if valid >= MIN_VALID_CLIPS else "train"
     config = load_train_config(
-        s.resolve_path(s.mos_config),
+        s.resolve_path(mos_config),
         data=f"corpus:{manifest_path(ctx.out)}",
         valid_split=valid_split,
-        epochs=s.mos_epochs,
+        epochs=epochs,
         batch_size=s.mos_batch_size,
         max_minutes=s.mos_max_minutes,
         patience=s.mos_patience,
@@ -74,15 +79,34 @@ def mos(ctx: StageContext) -> dict[str, Any]:
         real_workers=torch.get_num_threads(),
         seed=s.seed,
     )
-    work = ctx.out / "work" / "mos"
+    work = ctx.out / "work" / name
     summary = train_mos_model(config, work)
     if not (work / MODEL_DIR).is_dir():
         raise QamdtError(
             f"{work}: no epoch gave a finite validation SRCC, so no model was kept; "
-            "train longer (mos_epochs) or on more clips"
+            f"train longer ({name}_epochs) or on more clips"
         )
-    copy_tree(work / MODEL_DIR, ctx.out / "models" / "mos")
-    return {**summary, "valid_split": valid_split, "model": str(ctx.out / "models" / "mos")}
+    model = ctx.out / "models" / name
+    copy_tree(work / MODEL_DIR, model)
+    return {**summary, "valid_split": valid_split, "model": str(model)}
+
+
+def mos(ctx: StageContext) -> dict[str, Any]:
+    """Trains the labelling MOS predictor of ``mos_config`` (``OUT/models/mos``)."""
+    return _train_mos(ctx, "mos", ctx.settings.mos_config, ctx.settings.mos_epochs)
+
+
+def judge(ctx: StageContext) -> dict[str, Any]:
+    """Trains the judge of ``judge_config`` (``OUT/models/judge``), if it has its own.
+
+    The judge scores generated audio in the edit and evaluate stages: audio that went
+    through the VAE and the vocoder, which a model trained on real recordings hears as
+    one more damage (docs/mos.md, "The real-music model in the demo").
+    """
+    s = ctx.settings
+    if s.judge_config is None:
+        return {"model": str(judge_model(ctx.out, s))}
+    return _train_mos(ctx, "judge", s.judge_config, s.judge_epochs)
 
 
 def clear_pmos(out: Path) -> None:

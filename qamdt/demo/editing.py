@@ -442,6 +442,7 @@ def edit(ctx) -> dict[str, Any]:
 
     from captioning.base import load_clap
     from mos_predictor.models import load_mos_model
+    from qamdt.demo.common import judge_model
     from qamdt.generation.pipeline import QAMDTPipeline
     from qamdt.manifest import read_manifest
 
@@ -452,7 +453,7 @@ def edit(ctx) -> dict[str, Any]:
     prompts = [c["prompt"] for c in ctx.results.get("generate", {}).get("prompts", [])]
     result = measure_modes(
         QAMDTPipeline.from_pretrained(models / "pipeline", torch_dtype=s.pipeline_dtypes()),
-        load_mos_model(models / "mos"),
+        load_mos_model(judge_model(ctx.out, s)),
         load_clap(models / "clap"),
         list(read_manifest(manifest)),
         manifest.parent,

@@ -6,7 +6,8 @@ Everything lands in the run folder ``OUT``::
     corpus/                the embedded corpus; its manifest collects p-MOS, levels,
                            prefixes and refined captions as the stages run
     work/                  training runs (checkpoints, logs, latent caches)
-    models/                mos, captioner, clap, vae, pipeline (quality-aware MDT),
+    models/                mos (labels the corpus), judge (scores generated audio),
+                           captioner, clap, vae, pipeline (quality-aware MDT),
                            pipeline-mdt (the baseline without quality conditioning)
     generated/             qa-mdt (every level, the level in each sidecar), mdt,
                            mdt-negative-prompt
@@ -23,13 +24,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qamdt.demo.common import is_clean, manifest_path, read_records
+from qamdt.demo.common import is_clean, judge_model, manifest_path, read_records
 from qamdt.demo.data_stages import (
     captioner,
     clap,
     clear_captions,
     clear_pmos,
     corpus,
+    judge,
     mos,
     pmos,
     refine,
@@ -143,7 +145,7 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     s = ctx.settings
     models = ctx.out / "models"
     scorers = {
-        "mos_model": load_mos_model(models / "mos"),
+        "mos_model": load_mos_model(judge_model(ctx.out, s)),
         "clap": load_clap(models / "clap"),
         "captioner": load_captioner(models / "captioner"),
     }
@@ -225,6 +227,7 @@ STAGES: tuple[Stage, ...] = (
     # thread beside each other they took longer than one after the other (docs/speed.md).
     Stage("vae", vae, ("corpus",), ("work/vae", "models/vae"), concurrent=True),
     Stage("mos", mos, ("corpus",), ("work/mos", "models/mos"), concurrent=True),
+    Stage("judge", judge, ("corpus",), ("work/judge", "models/judge"), concurrent=True),
     Stage("clap", clap, ("corpus",), ("models/clap",), concurrent=True),
     Stage("captioner", captioner, ("corpus",), ("models/captioner",), concurrent=True),
     Stage("pmos", pmos, ("mos",), reset=clear_pmos, concurrent=True),
@@ -240,8 +243,8 @@ STAGES: tuple[Stage, ...] = (
         concurrent=True,
     ),
     Stage("generate", generate, ("mdt", "mdt-baseline"), ("generated",)),
-    Stage("edit", edit, ("generate", "mos", "clap"), ("editing",)),
-    Stage("evaluate", evaluate, ("generate", "mos", "clap", "captioner"), ("evaluation",)),
+    Stage("edit", edit, ("generate", "judge", "clap"), ("editing",)),
+    Stage("evaluate", evaluate, ("generate", "judge", "clap", "captioner"), ("evaluation",)),
     Stage("report", report, ("evaluate", "edit"), ("report",)),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)

@@ -67,9 +67,14 @@ class DemoSettings(ConfigBase):
         mos_patience: Epochs without a better validation SRCC before the MOS predictor
             stops (None: run every epoch).
         mos_config: The MOS training config the demo's values override (real-music
-            sources, hold-outs, degradation versions, ranking term).
+            sources, hold-outs, degradation versions, ranking term) for the model that
+            labels the corpus.
         mos_real_files_per_source: At most this many files of each real-music source
             (None: all).
+        judge_config: The MOS training config of the judge, the p-MOS model that scores
+            generated audio (the edit and evaluate stages, the app); it shares the other
+            ``mos_*`` values. None: the labelling model judges.
+        judge_epochs: The judge's epochs.
         level_shares: Shares of quality levels 1-5 among the labelled clips (quantile
             levels).
         captioner_epochs: Embedded-captioner epochs.
@@ -149,6 +154,8 @@ class DemoSettings(ConfigBase):
     mos_patience: int | None
     mos_config: str
     mos_real_files_per_source: int | None
+    judge_config: str | None
+    judge_epochs: int
     level_shares: tuple[float, ...]
     captioner_epochs: int
     captioner_batch_size: int

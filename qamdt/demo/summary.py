@@ -145,6 +145,7 @@ def _training(stage_results: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "MOS predictor: best valid SRCC": _dig(r, "mos", "best_valid_srcc"),
         "MOS predictor: validated on": _dig(r, "mos", "valid_split"),
+        "p-MOS judge: best valid SRCC": _dig(r, "judge", "best_valid_srcc"),
         "p-MOS: mu": _dig(r, "pmos", "stats", "mu"),
         "p-MOS: sigma": _dig(r, "pmos", "stats", "sigma"),
         "p-MOS: level edges": _dig(r, "pmos", "stats", "level_edges"),
