@@ -348,6 +348,7 @@ def test_quick_demo_end_to_end(tmp_path, capfd):
         config = json.loads((out / "work" / name / "train_config.json").read_text())
         assert bool(config["real_sources"]) == real, name
         assert load_mos_model(models / name) is not None
+    assert stages["evaluate"]["result"]["judge"] == str(models / "judge")
     assert load_clap(models / "clap") is not None
     assert load_captioner(models / "captioner") is not None
     assert QAMDTPipeline.from_pretrained(models / "pipeline").quality_token
@@ -390,6 +391,7 @@ def test_quick_demo_one_stage_after_the_other(tmp_path, capfd):
     assert saved["settings"]["stage_processes"] == 1
     # Without a judge of its own the labelling model judges.
     assert saved["stages"]["judge"]["result"]["model"] == str(out / "models" / "mos")
+    assert saved["stages"]["evaluate"]["result"]["judge"] == str(out / "models" / "mos")
     assert not (out / "models" / "judge").exists()
     assert all(entry["done"] for entry in saved["stages"].values())
     assert len(saved["stages"]) == len(STAGE_NAMES)

@@ -130,7 +130,7 @@ def _level5_waves(folder: Path, levels: Sequence[int]) -> tuple[list, int]:
 
 
 def evaluate(ctx: StageContext) -> dict[str, Any]:
-    """Scores the sweep and both baselines; checks that the top level is music.
+    """Scores the sweep and both baselines with the judge; checks that the top level is music.
 
     Also scores held-out clips of the lowest and highest level before and after a round
     trip through the pipeline's VAE and vocoder: the p-MOS a perfect generator would reach.
@@ -144,15 +144,16 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
 
     s = ctx.settings
     models = ctx.out / "models"
+    judge = judge_model(ctx.out, s)
     scorers = {
-        "mos_model": load_mos_model(judge_model(ctx.out, s)),
+        "mos_model": load_mos_model(judge),
         "clap": load_clap(models / "clap"),
         "captioner": load_captioner(models / "captioner"),
     }
     reference_filter = _reference_filter(read_records(ctx.out))
     folder = ctx.out / "evaluation"
     folder.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"reference_filter": reference_filter}
+    summary: dict[str, Any] = {"judge": str(judge), "reference_filter": reference_filter}
     for name in (SWEEP, PLAIN, NEGATIVE):
         results = evaluate_generated(
             ctx.out / "generated" / name,
