@@ -14,15 +14,24 @@ quick=()
 # A finished folder is skipped stage by stage in seconds.
 .venv/bin/qamdt demo --out "$out" "${quick[@]}"
 models="$out/models"
-# The app scores generated audio with the demo's judge (models/mos where the run has none).
-judge="$models/judge"
-[ -d "$judge" ] || judge="$models/mos"
-# The models' dtypes as the demo runs them (the transformer and the vocoder's residual
-# blocks in bfloat16 where the CPU has bfloat16 instructions, else float32); --torch-dtype
-# after OUT overrides it.
-dtypes=$(.venv/bin/python -c 'from qamdt.demo.settings import DemoSettings
-dtypes = DemoSettings.full().pipeline_dtypes().items()
-print(",".join(name + "=" + str(dtype).split(".")[-1] for name, dtype in dtypes))')
+# The run's own settings give the app the judge that scores generated audio (models/judge,
+# or models/mos where the run has none) and the models' dtypes as the demo runs them (the
+# transformer and the vocoder's residual blocks in bfloat16 where the CPU has bfloat16
+# instructions, else float32); --torch-dtype after OUT overrides them.
+read -r dtypes judge < <(.venv/bin/python - "$out" <<'EOF'
+import sys
+from pathlib import Path
+
+from qamdt.demo.common import judge_model
+from qamdt.demo.settings import DemoSettings
+from qamdt.demo.stages import recorded_settings
+from qamdt.generation.acceleration import format_dtype
+
+out = Path(sys.argv[1])
+settings = DemoSettings.from_recorded(recorded_settings(out), log=lambda _: None)
+print(format_dtype(settings.pipeline_dtypes()), judge_model(out, settings))
+EOF
+)
 exec .venv/bin/qamdt app --model "$models/pipeline" --mos "$judge" --clap "$models/clap" \
   --captioner "$models/captioner" --manifest "$out/corpus/manifest.jsonl" \
   --torch-dtype "$dtypes" "$@"

@@ -59,7 +59,7 @@ def test_bfloat16_pipeline_runs_in_one_dtype_and_returns_float32_near_float32(tm
 
 
 def test_dtype_per_model_in_diffusers_and_command_line_forms():
-    from qamdt.generation.acceleration import MODEL_COMPONENTS, parse_dtype
+    from qamdt.generation.acceleration import MODEL_COMPONENTS, format_dtype, parse_dtype
 
     bf16, f32 = torch.bfloat16, torch.float32
     assert parse_dtype(None) is None
@@ -69,6 +69,9 @@ def test_dtype_per_model_in_diffusers_and_command_line_forms():
     every = parse_dtype("bfloat16, vocoder=float32")
     assert every == {**dict.fromkeys(MODEL_COMPONENTS, bf16), "vocoder": f32}
     assert parse_dtype({"default": bf16, "vocoder": f32}) == every
+    # The command line's form written back (scripts/app.sh) reads as the same mapping.
+    assert format_dtype({"vocoder": bf16}) == "vocoder=bfloat16"
+    assert parse_dtype(format_dtype(every)) == every
     with pytest.raises(
         ConfigError, match=r"--torch-dtype: unknown model\(s\) \['vocder'\].*vocoder"
     ):

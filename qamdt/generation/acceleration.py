@@ -67,6 +67,11 @@ def parse_dtype(
     }
 
 
+def format_dtype(dtypes: Mapping[str, torch.dtype]) -> str:
+    """The command line's form of :func:`parse_dtype`'s mapping: ``"vocoder=bfloat16,..."``."""
+    return ",".join(f"{name}={str(dtype).removeprefix('torch.')}" for name, dtype in dtypes.items())
+
+
 def native_dtypes(
     dtypes: Mapping[str, torch.dtype] | None, device: str | torch.device
 ) -> dict[str, torch.dtype] | None:
