@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
+from qamdt import loudness
 from qamdt.degradations import (
     CHAIN_ORDER,
     KINDS,
@@ -103,12 +104,26 @@ def test_bit_depth_leaves_at_most_two_to_the_bits_levels():
         assert np.unique(np.round(y, 9)).size <= 2**3 + 1
 
 
-def test_hum_is_added_at_the_stated_level():
+def test_a_weighting_matches_the_standard_table():
+    # IEC 61672-1 table values, dB, at nominal frequencies (31.5 Hz is 31.6 exactly).
+    table = {31.5: -39.4, 50.0: -30.2, 100.0: -19.1, 1000.0: 0.0, 4000.0: 1.0, 10000.0: -2.5}
+    got = loudness.a_weighting_db(np.array(list(table)))
+    assert np.allclose(got, list(table.values()), atol=0.15)
+    t = np.arange(SR) / SR
+    tone = np.sin(2 * np.pi * 100.0 * t)
+    heard = 20 * np.log10(loudness.a_weighted_rms(tone, SR) / effects.rms(tone))
+    assert heard == pytest.approx(-19.1, abs=0.1)
+
+
+def test_hum_is_added_at_the_stated_heard_level():
     x = music_like()
-    y, params = effects.hum(x, SR, 0.5, np.random.default_rng(0))
-    level = 20 * np.log10(effects.rms(y - x) / effects.rms(x))
-    assert level == pytest.approx(params["level_db"], abs=0.01)
-    assert params["level_db"] == pytest.approx(-28.0)
+    for seed in range(4):
+        y, params = effects.hum(x, SR, 0.5, np.random.default_rng(seed))
+        heard = 20 * np.log10(loudness.a_weighted_rms(y - x, SR) / loudness.a_weighted_rms(x, SR))
+        assert heard == pytest.approx(params["level_dba"], abs=0.01)
+        assert params["level_dba"] == pytest.approx(-30.0)
+        # Unweighted, the low tone is far louder than it is heard.
+        assert 20 * np.log10(effects.rms(y - x) / effects.rms(x)) > params["level_dba"] + 3
 
 
 def test_dropouts_silence_at_least_the_stated_share():

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage, signal
 
+from qamdt.loudness import a_weighted_rms
+
 EPS = 1e-12
 
 
@@ -157,7 +159,14 @@ def soft_clip(x, sr, severity, rng):
 
 
 def hum(x, sr, severity, rng):
-    """Mains hum or buzz (50/60 Hz and harmonics) at -50 dB .. -6 dB against the music."""
+    """Mains hum or buzz (50/60 Hz and harmonics), heard at -50 dB .. -10 dB against the music.
+
+    Levels are A-weighted (hum and music alike): the ear hears a 50 Hz tone about 30 dB
+    below a 1 kHz one, so an unweighted level would make hum of one severity far quieter
+    than noise of the same severity. At s = 1 a hum of four harmonics is then typically
+    7-9 dB above the music unweighted; a buzz, whose harmonics reach the ear's sensitive
+    range, 3-4 dB below it.
+    """
     mains = 50.0 if rng.random() < 0.5 else 60.0
     buzz = rng.random() < 0.5
     count = 15 if buzz else 4
@@ -167,9 +176,9 @@ def hum(x, sr, severity, rng):
     phases = rng.uniform(0, 2 * np.pi, size=harmonics.size)
     weights = 1.0 / harmonics if buzz else 1.0 / harmonics**2
     tone = np.sin(2 * np.pi * mains * np.outer(t, harmonics) + phases) @ weights
-    level_db = -50.0 + 44.0 * severity
-    tone *= rms(x) * 10.0 ** (level_db / 20.0) / rms(tone)
-    return x + tone, {"mains_hz": mains, "buzz": buzz, "level_db": round(level_db, 2)}
+    level_dba = -50.0 + 40.0 * severity
+    tone *= a_weighted_rms(x, sr) * 10.0 ** (level_dba / 20.0) / a_weighted_rms(tone, sr)
+    return x + tone, {"mains_hz": mains, "buzz": buzz, "level_dba": round(level_dba, 2)}
 
 
 def crackle(x, sr, severity, rng):
