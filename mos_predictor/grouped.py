@@ -155,8 +155,9 @@ def pairwise_rank_loss(
     groups: torch.Tensor,
     sharpness: float = 2.0,
     min_gap: float = 0.1,
+    across: bool = False,
 ) -> torch.Tensor:
-    """RankNet's logistic loss over pairs inside each group.
+    """RankNet's logistic loss over pairs inside each group (or across groups).
 
     For every pair ``(i, j)`` of one group with ``target_i - target_j > min_gap`` the loss
     is ``softplus(-sharpness * (pred_i - pred_j))``; the mean is returned (0 with no pair).
@@ -167,12 +168,14 @@ def pairwise_rank_loss(
         groups: ``(B,)`` group ids.
         sharpness: Scale of score differences, per MOS point.
         min_gap: Pairs closer than this in reference quality are not ranked.
+        across: Rank the pairs of different groups instead (other music).
 
     Returns:
         A scalar.
     """
     ordered = (target[:, None] - target[None, :]) > min_gap
-    pairs = ordered & (groups[:, None] == groups[None, :])
+    same = groups[:, None] == groups[None, :]
+    pairs = ordered & (~same if across else same)
     if not bool(pairs.any()):
         return pred.sum() * 0.0
     gaps = pred[:, None] - pred[None, :]
@@ -270,8 +273,8 @@ def check_real_settings(config, where: str | None = None) -> None:
         raise ConfigError(f"{at}real_clean_share must be in [0, 1], got {config.real_clean_share}")
     if config.real_min_kbps_per_channel is not None and config.real_min_kbps_per_channel < 0:
         raise ConfigError(f"{at}real_min_kbps_per_channel must be >= 0 (or null)")
-    for name in ("rank_weight", "centred_weight", "kind_weight", "real_valid_every",
-                 "real_refresh_epochs"):  # fmt: skip
+    for name in ("rank_weight", "cross_rank_weight", "cross_rank_gap", "centred_weight",
+                 "kind_weight", "real_valid_every", "real_refresh_epochs"):  # fmt: skip
         if getattr(config, name) < 0:
             raise ConfigError(f"{at}{name} must be >= 0, got {getattr(config, name)}")
 

@@ -71,6 +71,12 @@ class MosTrainConfig(ConfigBase):
         group_size: Versions per group.
         rank_weight: Weight of the pairwise ranking term within groups (0: regression
             only).
+        cross_rank_weight: Weight of the pairwise ranking term across excerpts: pairs of
+            the step's clips from different excerpts (corpus clips and real versions)
+            whose reference qualities differ by more than ``cross_rank_gap`` (0: off).
+            Like the term within groups it orders scores without pulling their level,
+            so ``rank_only_kinds`` take part.
+        cross_rank_gap: Smallest difference of reference quality ranked across excerpts.
         centred_weight: Weight of the squared error of scores and targets measured from
             their group's mean (:func:`~mos_predictor.grouped.centred_difference_loss`;
             0: off).
@@ -128,6 +134,8 @@ class MosTrainConfig(ConfigBase):
     real_speed_range: float = 0.0
     group_size: int = 4
     rank_weight: float = 1.0
+    cross_rank_weight: float = 0.0
+    cross_rank_gap: float = 1.0
     centred_weight: float = 0.0
     rank_only_kinds: tuple[str, ...] = ()
     kind_weight: float = 0.0

@@ -434,6 +434,38 @@ def test_pairwise_rank_loss_matches_ranknet_by_hand():
     assert float(swapped) == pytest.approx(np.log1p(np.exp(2.0)), rel=1e-6)
 
 
+def test_cross_rank_term_orders_other_excerpts_and_corpus_clips_by_hand():
+    pred = torch.tensor([1.0, 0.0, 3.0, 2.5])
+    target = torch.tensor([5.0, 1.0, 2.0, 2.05])
+    groups = torch.tensor([0, 0, 1, 1])
+    # Across groups, gaps above 1.0: (0, 2), (0, 3) and (3, 1); (2, 1) differ by 1.0 only.
+    cross = pairwise_rank_loss(pred, target, groups, min_gap=1.0, across=True)
+    expected = np.mean([np.log1p(np.exp(-2.0 * d)) for d in (1.0 - 3.0, 1.0 - 2.5, 2.5 - 0.0)])
+    assert float(cross) == pytest.approx(expected, rel=1e-6)
+    config = MosTrainConfig.from_dict({"data": "corpus:x", "rank_weight": 0.0}, "test")
+    crossed = dataclasses.replace(config, cross_rank_weight=1.0, cross_rank_gap=1.0)
+    model = build_mos_model(MosModelConfig.from_dict({"kind": "embedded", "window_seconds": 2.0}))
+    model.eval()
+    rng = np.random.default_rng(0)
+    corpus = {"wave": torch.from_numpy(rng.standard_normal((2, 2 * SR)).astype(np.float32)),
+              "mos": torch.tensor([1.0, 4.0])}  # fmt: skip
+    real = {"wave": torch.from_numpy(rng.standard_normal((2, 2 * SR)).astype(np.float32)),
+            "mos": torch.tensor([5.0, 2.0]), "group": torch.zeros(2, dtype=torch.int64),
+            "regress": torch.zeros(2, dtype=torch.bool)}  # fmt: skip
+    with torch.no_grad():
+        scores = model(torch.cat([corpus["wave"], real["wave"]])).omq
+        base = _mixed_loss(model, corpus, real, config, text_aware=False)
+        added = _mixed_loss(model, corpus, real, crossed, text_aware=False) - base
+    # Scores: corpus 1.0, corpus 4.0, real 5.0, real 2.0. Ranked: real 5.0 over corpus 1.0,
+    # corpus 4.0 over real 2.0 and over corpus 1.0 (each corpus clip is an excerpt of its
+    # own); the real pair is one excerpt, the others differ by 1.0 only.
+    hand = np.mean([np.log1p(np.exp(-2.0 * float(scores[hi] - scores[lo])))
+                    for hi, lo in ((2, 0), (1, 3), (1, 0))])  # fmt: skip
+    assert float(added) == pytest.approx(hand, rel=1e-5)
+    with pytest.raises(ConfigError, match="cross_rank_weight"):
+        MosTrainConfig.from_dict({"data": "corpus:x", "cross_rank_weight": -1}, "test")
+
+
 def test_centred_difference_loss_by_hand():
     pred = torch.tensor([4.0, 3.0, 1.0, 2.0])
     target = torch.tensor([5.0, 1.0, 3.0, 3.0])
