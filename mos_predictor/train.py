@@ -175,14 +175,11 @@ def _mixed_loss(model, batch, real: dict[str, torch.Tensor], config: MosTrainCon
     if config.rank_weight > 0:
         loss = loss + config.rank_weight * pairwise_rank_loss(real_pred, real_mos, groups)
     if config.cross_rank_weight > 0:
-        # Every corpus clip is an excerpt of its own, after the real groups' ids.
-        ids = torch.cat([groups, groups.max() + 1 + torch.arange(count, device=device)])
+        # Every corpus clip is an excerpt of its own: ids below the real groups' (>= 0).
+        ids = torch.cat([-1 - torch.arange(count, device=device), groups])
+        targets = torch.cat([batch["mos"], real_mos])
         cross = pairwise_rank_loss(
-            torch.cat([real_pred, output.omq[:count]]),
-            torch.cat([real_mos, batch["mos"]]),
-            ids,
-            min_gap=config.cross_rank_gap,
-            across=True,
+            output.omq, targets, ids, min_gap=config.cross_rank_gap, across=True
         )
         loss = loss + config.cross_rank_weight * cross
     if config.centred_weight > 0:

@@ -67,9 +67,14 @@ def parse_dtype(
     }
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """A dtype's name as the command line and the sidecars write it: ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
+
+
 def format_dtype(dtypes: Mapping[str, torch.dtype]) -> str:
     """The command line's form of :func:`parse_dtype`'s mapping: ``"vocoder=bfloat16,..."``."""
-    return ",".join(f"{name}={str(dtype).removeprefix('torch.')}" for name, dtype in dtypes.items())
+    return ",".join(f"{name}={dtype_name(dtype)}" for name, dtype in dtypes.items())
 
 
 def native_dtypes(

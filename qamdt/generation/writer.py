@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from qamdt.generation.acceleration import dtype_name
 from qamdt.generation.settings import GenerationSettings
 from qamdt.generation.sidecar import write_sidecar
 
@@ -109,10 +110,7 @@ def generate_to_folder(
 def _hardware_facts(pipeline) -> dict[str, Any]:
     """Load-time options that change the samples' rounding, when not the defaults."""
     facts: dict[str, Any] = {}
-    dtypes = {
-        name: str(dtype).removeprefix("torch.")
-        for name, dtype in getattr(pipeline, "dtypes", {}).items()
-    }
+    dtypes = {name: dtype_name(dtype) for name, dtype in getattr(pipeline, "dtypes", {}).items()}
     if set(dtypes.values()) - {"float32"}:
         one = set(dtypes.values())
         facts["torch_dtype"] = one.pop() if len(one) == 1 else dtypes
