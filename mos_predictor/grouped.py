@@ -269,6 +269,8 @@ def check_real_settings(config, where: str | None = None) -> None:
         raise ConfigError(
             f"{at}real_speed_range must be in [0, 0.5), got {config.real_speed_range}"
         )
+    if not 0 <= config.real_tilt_range <= 6:
+        raise ConfigError(f"{at}real_tilt_range must be in [0, 6], got {config.real_tilt_range}")
     if not 0 <= config.real_clean_share <= 1:
         raise ConfigError(f"{at}real_clean_share must be in [0, 1], got {config.real_clean_share}")
     if config.real_min_kbps_per_channel is not None and config.real_min_kbps_per_channel < 0:
@@ -330,6 +332,7 @@ def build_real_pools(config, model_config, progress: bool, skipped: list[str] | 
                 progress,
                 mix_share=0.0 if valid else config.real_mix_share,
                 speed_range=0.0 if valid else config.real_speed_range,
+                tilt_range=0.0 if valid else config.real_tilt_range,
             )  # fmt: skip
             if chosen
             else None
@@ -401,6 +404,7 @@ def refresh_train_pool(
         draw=draw,
         mix_share=config.real_mix_share,
         speed_range=config.real_speed_range,
+        tilt_range=config.real_tilt_range,
         only=None if config.real_fresh_positions or plan is None else plan(epochs) or None,
     )
     fresh.failures[:0] = pool.failures

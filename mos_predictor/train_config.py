@@ -68,6 +68,9 @@ class MosTrainConfig(ConfigBase):
             the same reference quality (0: off).
         real_speed_range: Training excerpts are played at a seeded speed within ``[1 - r,
             1 + r]`` (tempo and pitch together) before degrading (0: off).
+        real_tilt_range: Training excerpts are tilted around 1 kHz by a seeded slope
+            within ``[-r, r]`` dB per octave before degrading, all their versions alike:
+            a mastering choice, the same reference quality (0: off).
         group_size: Versions per group.
         rank_weight: Weight of the pairwise ranking term within groups (0: regression
             only).
@@ -132,6 +135,7 @@ class MosTrainConfig(ConfigBase):
     real_clean_share: float = 0.5
     real_mix_share: float = 0.0
     real_speed_range: float = 0.0
+    real_tilt_range: float = 0.0
     group_size: int = 4
     rank_weight: float = 1.0
     cross_rank_weight: float = 0.0

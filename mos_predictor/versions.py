@@ -26,6 +26,7 @@ from qamdt.degradations import (
     reference_quality,
 )
 from qamdt.degradations.codecs import CodecError, require_tool
+from qamdt.degradations.effects import tilt
 from qamdt.errors import QamdtError
 
 CODEC_TOOLS = {"mp3": ("lame",), "vorbis": ("oggenc", "oggdec"), "opus": ("opusenc", "opusdec")}
@@ -77,15 +78,23 @@ class ContentChange:
         partner: Another excerpt mixed in at equal loudness (None: none).
         balance: The excerpt's share of the mix, the partner's is ``1 - balance``.
         speed: Playback speed (resampled, so tempo and pitch move together; 1: as it is).
+        tilt: Spectral tilt around 1 kHz in dB per octave, as a mastering equaliser
+            would set it (0: none).
     """
 
     partner: Excerpt | None = None
     balance: float = 0.5
     speed: float = 1.0
+    tilt: float = 0.0
 
 
 def draw_content_changes(
-    excerpts: Sequence[Excerpt], mix_share: float, speed_range: float, seed: int, draw: int
+    excerpts: Sequence[Excerpt],
+    mix_share: float,
+    speed_range: float,
+    seed: int,
+    draw: int,
+    tilt_range: float = 0.0,
 ) -> list[ContentChange]:
     """One seeded content change per excerpt (the same for any number of workers).
 
@@ -93,6 +102,7 @@ def draw_content_changes(
         excerpts: The excerpts; partners are drawn among them.
         mix_share: Share of the excerpts that get a partner mixed in.
         speed_range: Speeds are log-uniform within ``[1 - r, 1 + r]``.
+        tilt_range: Tilts are uniform within ``[-r, r]`` dB per octave.
         seed: The pool's seed.
         draw: The pool's draw.
     """
@@ -100,13 +110,14 @@ def draw_content_changes(
     low, high = np.log(1 - speed_range), np.log(1 + speed_range)
     changes = []
     for i in range(len(excerpts)):
-        # Every excerpt draws the same four numbers, whatever the settings.
+        # Every excerpt draws the same five numbers, whatever the settings.
         mixed, pick = rng.random(), int(rng.integers(max(len(excerpts) - 1, 1)))
         balance, speed = float(rng.uniform(0.35, 0.65)), float(np.exp(rng.uniform(low, high)))
+        slope = float(rng.uniform(-tilt_range, tilt_range))
         partner = None
         if mixed < mix_share and len(excerpts) > 1:
             partner = excerpts[pick + (pick >= i)]
-        changes.append(ContentChange(partner, balance, speed))
+        changes.append(ContentChange(partner, balance, speed, slope))
     return changes
 
 
@@ -133,13 +144,13 @@ def read_changed(excerpt: Excerpt, sample_rate: int, change: ContentChange) -> n
         AudioError: If a file cannot be read, naming it.
     """
     wave = _read_at_speed(excerpt, sample_rate, change.speed)
-    if wave is None or change.partner is None:
-        return wave
-    other = _read_at_speed(change.partner, sample_rate, change.speed)
-    if other is None:
-        return wave
-    mix = change.balance * wave / _rms(wave) + (1 - change.balance) * other / _rms(other)
-    return mix.astype(np.float32)
+    if wave is not None and change.partner is not None:
+        other = _read_at_speed(change.partner, sample_rate, change.speed)
+        if other is not None:
+            wave = change.balance * wave / _rms(wave) + (1 - change.balance) * other / _rms(other)
+    if wave is not None and change.tilt:
+        wave = tilt(wave, sample_rate, change.tilt)
+    return None if wave is None else wave.astype(np.float32)
 
 
 def _rms(wave: np.ndarray) -> float:
@@ -216,6 +227,7 @@ def build_version_pool(
     draw: int = 0,
     mix_share: float = 0.0,
     speed_range: float = 0.0,
+    tilt_range: float = 0.0,
     only: Collection[int] | None = None,
 ) -> VersionPool:
     """Reads the excerpts and makes ``versions`` versions of each (the first clean).
@@ -233,6 +245,8 @@ def build_version_pool(
             degrading (:class:`ContentChange`; the mix stays reference quality 5).
         speed_range: Each excerpt is played at a speed within ``[1 - r, 1 + r]`` before
             degrading (0: as it is).
+        tilt_range: Each excerpt is tilted by up to ``r`` dB per octave before
+            degrading (0: as it is).
         only: Make the versions of these excerpts only (indices into ``excerpts``): the
             pool keeps every excerpt in place and marks the ones made (``made``). Their
             versions are those a full build makes; should one of them fail, the others
@@ -249,7 +263,7 @@ def build_version_pool(
     if versions < 2:
         raise ValueError(f"versions must be >= 2 (clean and degraded), got {versions}")
     check_codec_tools([k for k in settings.kinds if k in CODEC_KINDS])
-    changes = draw_content_changes(excerpts, mix_share, speed_range, seed, draw)
+    changes = draw_content_changes(excerpts, mix_share, speed_range, seed, draw, tilt_range)
 
     def make(indices) -> dict[int, tuple]:
         tasks = [

@@ -247,7 +247,7 @@ def test_refreshed_pools_draw_new_chains_for_the_same_clean_excerpts(music, pool
     assert refresh_train_pool(pool, once, model, epoch=7, progress=False) is pool
     with pytest.raises(ConfigError, match="real_refresh_epochs"):
         MosTrainConfig.from_dict({"data": "corpus:x", "real_refresh_epochs": -1}, "test")
-    for key, bad in (("real_mix_share", 1.5), ("real_speed_range", 0.5)):
+    for key, bad in (("real_mix_share", 1.5), ("real_speed_range", 0.5), ("real_tilt_range", 7)):
         with pytest.raises(ConfigError, match=key):
             MosTrainConfig.from_dict({"data": "corpus:x", key: bad}, "test")
 
@@ -294,6 +294,11 @@ def test_content_changes_are_seeded_and_mix_other_excerpts(music):
         assert 0.35 <= change.balance <= 0.65 and 0.8 <= change.speed <= 1.2
     speeds = [c.speed for c in changes]
     assert min(speeds) < 0.95 and max(speeds) > 1.05
+    assert all(c.tilt == 0.0 for c in changes)
+    tilted = draw_content_changes(excerpts, 1.0, 0.2, seed=5, draw=0, tilt_range=2.0)
+    assert [c.speed for c in tilted] == speeds  # the other draws do not move
+    tilts = [c.tilt for c in tilted]
+    assert all(-2.0 <= t <= 2.0 for t in tilts) and min(tilts) < 0 < max(tilts)
     mixed = build_version_pool(
         excerpts, SR, 3, ChainSettings(kinds=DSP_KINDS), seed=5, mix_share=1.0
     )
@@ -319,6 +324,11 @@ def test_a_content_change_plays_faster_and_mixes_at_equal_loudness(tmp_path):
     mix = read_changed(a, rate, ContentChange(partner=b, balance=0.5))
     spectrum = np.abs(np.fft.rfft(mix))
     assert spectrum[400] == pytest.approx(spectrum[1000], rel=0.02)
+    # A tilt of 3 dB per octave around 1 kHz: 400 Hz is log2(0.4) octaves below it.
+    tilted = np.abs(np.fft.rfft(read_changed(a, rate, ContentChange(b, 0.5, tilt=3.0))))
+    assert tilted[1000] == pytest.approx(spectrum[1000], rel=0.02)
+    expected = 10 ** (3.0 * np.log2(0.4) / 20)
+    assert tilted[400] / spectrum[400] == pytest.approx(expected, rel=0.02)
 
 
 def test_group_batches_hold_versions_of_one_excerpt_and_replay_per_epoch(pool):

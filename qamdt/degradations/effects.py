@@ -67,15 +67,27 @@ def bandpass(x, sr, severity, rng):
     return signal.sosfiltfilt(sos, x), {"lowpass_hz": round(low, 1), "highpass_hz": round(high, 1)}
 
 
+def tilt(x: np.ndarray, sr: int, db_per_octave: float) -> np.ndarray:
+    """A spectral tilt around 1 kHz (gains held below 30 Hz, within -60 .. +30 dB).
+
+    Args:
+        x: ``(samples,)`` audio.
+        sr: Its rate.
+        db_per_octave: Slope; negative is dull, positive harsh.
+
+    Returns:
+        The tilted audio, as long as ``x``.
+    """
+    spectrum = np.fft.rfft(x)
+    freqs = np.maximum(np.fft.rfftfreq(x.size, 1.0 / sr), 30.0)
+    gain_db = np.clip(db_per_octave * np.log2(freqs / 1000.0), -60.0, 30.0)
+    return np.fft.irfft(spectrum * 10.0 ** (gain_db / 20.0), x.size)
+
+
 def eq_tilt(x, sr, severity, rng):
     """Spectral tilt around 1 kHz of up to 9 dB per octave, dull (negative) or harsh."""
     slope = 9.0 * severity * (1.0 if rng.random() < 0.5 else -1.0)
-    spectrum = np.fft.rfft(x)
-    freqs = np.maximum(np.fft.rfftfreq(x.size, 1.0 / sr), 30.0)
-    gain_db = np.clip(slope * np.log2(freqs / 1000.0), -60.0, 30.0)
-    return np.fft.irfft(spectrum * 10.0 ** (gain_db / 20.0), x.size), {
-        "db_per_octave": round(slope, 2)
-    }
+    return tilt(x, sr, slope), {"db_per_octave": round(slope, 2)}
 
 
 def aliasing(x, sr, severity, rng):
