@@ -16,7 +16,7 @@ import torch
 from scipy import stats
 
 from mos_predictor.real_music import check_source_allowed, is_validation_file, plan_excerpts
-from mos_predictor.versions import VersionPool, build_version_pool
+from mos_predictor.versions import ContentSettings, VersionPool, build_version_pool
 from qamdt.degradations import ChainSettings, check_kinds
 from qamdt.errors import ConfigError, QamdtError
 
@@ -295,6 +295,11 @@ def _plan(config, model_config, draw: int, unreadable=None, skipped=None) -> lis
     )
 
 
+def content_settings(config) -> ContentSettings:
+    """The content changes of a ``MosTrainConfig``'s training excerpts."""
+    return ContentSettings(config.real_mix_share, config.real_speed_range, config.real_tilt_range)
+
+
 def build_real_pools(config, model_config, progress: bool, skipped: list[str] | None = None):
     """Degraded versions of the real-music excerpts: a training pool and a validation pool.
 
@@ -330,9 +335,7 @@ def build_real_pools(config, model_config, progress: bool, skipped: list[str] | 
                 config.seed + int(valid),
                 config.real_workers,
                 progress,
-                mix_share=0.0 if valid else config.real_mix_share,
-                speed_range=0.0 if valid else config.real_speed_range,
-                tilt_range=0.0 if valid else config.real_tilt_range,
+                content=ContentSettings() if valid else content_settings(config),
             )  # fmt: skip
             if chosen
             else None
@@ -402,9 +405,7 @@ def refresh_train_pool(
         config.real_workers,
         progress,
         draw=draw,
-        mix_share=config.real_mix_share,
-        speed_range=config.real_speed_range,
-        tilt_range=config.real_tilt_range,
+        content=content_settings(config),
         only=None if config.real_fresh_positions or plan is None else plan(epochs) or None,
     )
     fresh.failures[:0] = pool.failures

@@ -88,34 +88,42 @@ class ContentChange:
     tilt: float = 0.0
 
 
+@dataclasses.dataclass(frozen=True)
+class ContentSettings:
+    """How clean excerpts are changed before degrading (:class:`ContentChange`; all off).
+
+    Attributes:
+        mix_share: Share of the excerpts that get a partner mixed in.
+        speed_range: Speeds are log-uniform within ``[1 - r, 1 + r]``.
+        tilt_range: Tilts are uniform within ``[-r, r]`` dB per octave.
+    """
+
+    mix_share: float = 0.0
+    speed_range: float = 0.0
+    tilt_range: float = 0.0
+
+
 def draw_content_changes(
-    excerpts: Sequence[Excerpt],
-    mix_share: float,
-    speed_range: float,
-    seed: int,
-    draw: int,
-    tilt_range: float = 0.0,
+    excerpts: Sequence[Excerpt], settings: ContentSettings, seed: int, draw: int
 ) -> list[ContentChange]:
     """One seeded content change per excerpt (the same for any number of workers).
 
     Args:
         excerpts: The excerpts; partners are drawn among them.
-        mix_share: Share of the excerpts that get a partner mixed in.
-        speed_range: Speeds are log-uniform within ``[1 - r, 1 + r]``.
-        tilt_range: Tilts are uniform within ``[-r, r]`` dB per octave.
+        settings: What to draw.
         seed: The pool's seed.
         draw: The pool's draw.
     """
     rng = np.random.default_rng([seed, draw, 104729])
-    low, high = np.log(1 - speed_range), np.log(1 + speed_range)
+    low, high = np.log(1 - settings.speed_range), np.log(1 + settings.speed_range)
     changes = []
     for i in range(len(excerpts)):
         # Every excerpt draws the same five numbers, whatever the settings.
         mixed, pick = rng.random(), int(rng.integers(max(len(excerpts) - 1, 1)))
         balance, speed = float(rng.uniform(0.35, 0.65)), float(np.exp(rng.uniform(low, high)))
-        slope = float(rng.uniform(-tilt_range, tilt_range))
+        slope = float(rng.uniform(-settings.tilt_range, settings.tilt_range))
         partner = None
-        if mixed < mix_share and len(excerpts) > 1:
+        if mixed < settings.mix_share and len(excerpts) > 1:
             partner = excerpts[pick + (pick >= i)]
         changes.append(ContentChange(partner, balance, speed, slope))
     return changes
@@ -225,9 +233,7 @@ def build_version_pool(
     workers: int = 1,
     progress: bool = False,
     draw: int = 0,
-    mix_share: float = 0.0,
-    speed_range: float = 0.0,
-    tilt_range: float = 0.0,
+    content: ContentSettings = ContentSettings(),
     only: Collection[int] | None = None,
 ) -> VersionPool:
     """Reads the excerpts and makes ``versions`` versions of each (the first clean).
@@ -241,12 +247,8 @@ def build_version_pool(
         workers: Processes.
         progress: Show a progress bar.
         draw: Another draw of chains for the same excerpts and seed (0: the first).
-        mix_share: Share of the excerpts mixed with another excerpt of the list before
-            degrading (:class:`ContentChange`; the mix stays reference quality 5).
-        speed_range: Each excerpt is played at a speed within ``[1 - r, 1 + r]`` before
-            degrading (0: as it is).
-        tilt_range: Each excerpt is tilted by up to ``r`` dB per octave before
-            degrading (0: as it is).
+        content: Changes of the clean excerpts before degrading (other music at reference
+            quality 5; default: none).
         only: Make the versions of these excerpts only (indices into ``excerpts``): the
             pool keeps every excerpt in place and marks the ones made (``made``). Their
             versions are those a full build makes; should one of them fail, the others
@@ -263,7 +265,7 @@ def build_version_pool(
     if versions < 2:
         raise ValueError(f"versions must be >= 2 (clean and degraded), got {versions}")
     check_codec_tools([k for k in settings.kinds if k in CODEC_KINDS])
-    changes = draw_content_changes(excerpts, mix_share, speed_range, seed, draw, tilt_range)
+    changes = draw_content_changes(excerpts, content, seed, draw)
 
     def make(indices) -> dict[int, tuple]:
         tasks = [

@@ -43,6 +43,7 @@ from mos_predictor.train import _mixed_loss
 from mos_predictor.train_config import MosTrainConfig
 from mos_predictor.versions import (
     ContentChange,
+    ContentSettings,
     build_version_pool,
     draw_content_changes,
     read_changed,
@@ -284,23 +285,23 @@ def test_a_draw_made_for_its_epochs_excerpts_gives_the_full_draws_batches(pool):
 
 def test_content_changes_are_seeded_and_mix_other_excerpts(music):
     excerpts = plan_excerpts([str(music / "band-a")], 2, 2.0, seed=0)
-    none = draw_content_changes(excerpts, 0.0, 0.0, seed=5, draw=0)
+    none = draw_content_changes(excerpts, ContentSettings(), seed=5, draw=0)
     assert all(c == ContentChange(None, c.balance, 1.0) for c in none)
-    changes = draw_content_changes(excerpts, 1.0, 0.2, seed=5, draw=0)
-    assert changes == draw_content_changes(excerpts, 1.0, 0.2, seed=5, draw=0)
-    assert changes != draw_content_changes(excerpts, 1.0, 0.2, seed=5, draw=1)
+    changes = draw_content_changes(excerpts, ContentSettings(1.0, 0.2), seed=5, draw=0)
+    assert changes == draw_content_changes(excerpts, ContentSettings(1.0, 0.2), seed=5, draw=0)
+    assert changes != draw_content_changes(excerpts, ContentSettings(1.0, 0.2), seed=5, draw=1)
     for excerpt, change in zip(excerpts, changes, strict=True):
         assert change.partner in excerpts and change.partner != excerpt
         assert 0.35 <= change.balance <= 0.65 and 0.8 <= change.speed <= 1.2
     speeds = [c.speed for c in changes]
     assert min(speeds) < 0.95 and max(speeds) > 1.05
     assert all(c.tilt == 0.0 for c in changes)
-    tilted = draw_content_changes(excerpts, 1.0, 0.2, seed=5, draw=0, tilt_range=2.0)
+    tilted = draw_content_changes(excerpts, ContentSettings(1.0, 0.2, 2.0), seed=5, draw=0)
     assert [c.speed for c in tilted] == speeds  # the other draws do not move
     tilts = [c.tilt for c in tilted]
     assert all(-2.0 <= t <= 2.0 for t in tilts) and min(tilts) < 0 < max(tilts)
     mixed = build_version_pool(
-        excerpts, SR, 3, ChainSettings(kinds=DSP_KINDS), seed=5, mix_share=1.0
+        excerpts, SR, 3, ChainSettings(kinds=DSP_KINDS), seed=5, content=ContentSettings(1.0)
     )
     plain = build_version_pool(excerpts, SR, 3, ChainSettings(kinds=DSP_KINDS), seed=5)
     assert mixed.waves.shape == plain.waves.shape and np.all(mixed.targets[:, 0] == 5.0)
