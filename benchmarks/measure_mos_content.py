@@ -18,8 +18,8 @@ clean score:
    treble and bass by such amounts, so a good judge barely moves with the shelves; the
    drive is distortion and should lower it.
 
-Use a source the models were not trained on; the ``fretsonfire-*`` packages are refused,
-as everywhere.
+Use a source the models were not trained on; a source refused for training
+(``mos_predictor.real_music.check_source_allowed``) is refused here too.
 """
 
 from __future__ import annotations
