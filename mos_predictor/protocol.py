@@ -51,6 +51,9 @@ class ProtocolSettings:
         workers: Processes that apply the degradations.
         min_kbps_per_channel: Files coded below this bitrate per channel are not clean
             recordings and are left out (None: all files).
+        excerpt_seconds: Length of each excerpt (None: the model's window). A longer
+            excerpt is scored as any clip is, its windows averaged: the length of the clips
+            a user labels.
     """
 
     sources: tuple[str, ...]
@@ -60,6 +63,7 @@ class ProtocolSettings:
     seed: int = 1234
     workers: int = 2
     min_kbps_per_channel: float | None = None
+    excerpt_seconds: float | None = None
 
     def __post_init__(self):
         if not self.sources:
@@ -71,6 +75,8 @@ class ProtocolSettings:
             raise ConfigError("protocol: excerpts_per_file must be >= 1")
         if self.min_kbps_per_channel is not None and self.min_kbps_per_channel < 0:
             raise ConfigError("protocol: --min-kbps-per-channel must be >= 0")
+        if self.excerpt_seconds is not None and self.excerpt_seconds <= 0:
+            raise ConfigError("protocol: --excerpt-seconds must be > 0")
 
 
 def recorded_holdouts(model_dir: str | Path) -> dict[str, Any]:
@@ -136,21 +142,29 @@ def make_protocol_clips(
     """Reads the held-out excerpts and applies every kind at every severity.
 
     Args:
-        settings: Sources, severities, seed and workers.
+        settings: Sources, severities, seed, workers and excerpt length.
         sample_rate: The model's rate.
-        window_seconds: Excerpt length (the model's window).
+        window_seconds: The model's window, the excerpt length unless
+            ``settings.excerpt_seconds`` is set.
         progress: Show a progress bar.
 
     Raises:
-        ConfigError: If no held-out excerpt can be used.
+        ConfigError: If no held-out excerpt can be used, or the excerpts would be shorter
+            than the window.
         CodecError: If a codec kind's tool is missing.
     """
+    seconds = settings.excerpt_seconds or window_seconds
+    if seconds < window_seconds:
+        raise ConfigError(
+            f"protocol: --excerpt-seconds {seconds:g} is shorter than the model's "
+            f"{window_seconds:g} s window"
+        )
     unreadable: list[str] = []
     skipped: list[str] = []
     planned = plan_excerpts(
         settings.sources,
         settings.excerpts_per_file,
-        window_seconds,
+        seconds,
         settings.seed,
         failures=unreadable,
         min_kbps_per_channel=settings.min_kbps_per_channel,

@@ -580,6 +580,15 @@ def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp
     with pytest.raises(ValueError, match="scores for"):
         score_protocol(clips, ideal[:-1], settings)
 
+    # Excerpts longer than the window, as the clips a user labels; never shorter.
+    longer = dataclasses.replace(settings, excerpt_seconds=3.0)
+    rate = model.config.sample_rate
+    long_clips = make_protocol_clips(longer, rate, model.config.window_seconds)
+    assert {len(wave) for wave in long_clips.clean} == {3 * rate}
+    assert {len(wave) for wave in long_clips.degraded.values()} == {3 * rate}
+    assert main([*args, "--excerpt-seconds", "1.5"]) == 2
+    assert "--excerpt-seconds 1.5 is shorter than the model's 2 s window" in capsys.readouterr().err
+
 
 def test_eval_needs_data_or_protocol(capsys):
     assert main(["mos", "eval", "--model", "x"]) == 2

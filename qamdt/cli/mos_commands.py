@@ -102,6 +102,13 @@ def register(groups: argparse._SubParsersAction) -> None:
         default=1,
         help="protocol excerpts per held-out file",
     )
+    evaluate.add_argument(
+        "--excerpt-seconds",
+        type=float,
+        default=None,
+        help="length of each protocol excerpt, scored as any clip is, its windows averaged "
+        "(default: the model's window)",
+    )
     evaluate.add_argument("--workers", type=int, default=2, help="processes for the protocol")
     evaluate.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     evaluate.add_argument("--split", default="test", help="split to evaluate, or 'all'")
@@ -269,6 +276,7 @@ def _run_protocol(args: argparse.Namespace, model) -> dict:
         holdout_families=tuple(families),
         excerpts_per_file=args.excerpts_per_file,
         workers=args.workers,
+        excerpt_seconds=args.excerpt_seconds,
         min_kbps_per_channel=(
             args.min_kbps_per_channel
             if args.min_kbps_per_channel is not None
