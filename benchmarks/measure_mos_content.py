@@ -87,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from mos_predictor.models import load_mos_model
-    from mos_predictor.protocol import ProtocolSettings, make_protocol_clips, recorded_holdouts
+    from mos_predictor.protocol import ProtocolSettings, read_clean_excerpts, recorded_holdouts
 
     models = [load_mos_model(m) for m in args.models]
     rate, seconds = models[0].config.sample_rate, models[0].config.window_seconds
@@ -95,11 +95,10 @@ def main() -> None:
         sources=(args.source,),
         holdout_families=(),
         excerpts_per_file=args.excerpts_per_file,
-        workers=1,
         min_kbps_per_channel=recorded_holdouts(args.models[0])["real_min_kbps_per_channel"],
     )
-    clips = make_protocol_clips(settings, rate, seconds)
-    clean = [np.asarray(w, dtype=np.float32) for w in clips.clean]
+    excerpts, _, _ = read_clean_excerpts(settings, rate, seconds)
+    clean = [np.asarray(w, dtype=np.float32) for w in excerpts]
 
     def score(waves: list[np.ndarray]) -> np.ndarray:
         return np.mean(

@@ -136,22 +136,24 @@ class ProtocolClips:
         return [normalize_waveform(w) for w in self.clean] + list(self.degraded.values())
 
 
-def make_protocol_clips(
-    settings: ProtocolSettings, sample_rate: int, window_seconds: float, progress: bool = False
-) -> ProtocolClips:
-    """Reads the held-out excerpts and applies every kind at every severity.
+def read_clean_excerpts(
+    settings: ProtocolSettings, sample_rate: int, window_seconds: float
+) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """Reads the held-out sources' clean excerpts, as the protocol takes them.
 
     Args:
-        settings: Sources, severities, seed, workers and excerpt length.
+        settings: Sources, excerpts per file, seed, bitrate floor and excerpt length.
         sample_rate: The model's rate.
         window_seconds: The model's window, the excerpt length unless
             ``settings.excerpt_seconds`` is set.
-        progress: Show a progress bar.
+
+    Returns:
+        The excerpts (mono, ``sample_rate``), the files that could not be read and the
+        files below the bitrate floor (``"path: reason"`` each).
 
     Raises:
         ConfigError: If no held-out excerpt can be used, or the excerpts would be shorter
             than the window.
-        CodecError: If a codec kind's tool is missing.
     """
     seconds = settings.excerpt_seconds or window_seconds
     if seconds < window_seconds:
@@ -177,6 +179,26 @@ def make_protocol_clips(
             clean.append(wave)
     if not clean:
         raise ConfigError(f"protocol: no usable excerpt in {list(settings.sources)}")
+    return clean, unreadable, skipped
+
+
+def make_protocol_clips(
+    settings: ProtocolSettings, sample_rate: int, window_seconds: float, progress: bool = False
+) -> ProtocolClips:
+    """Reads the held-out excerpts and applies every kind at every severity.
+
+    Args:
+        settings: Sources, severities, seed, workers and excerpt length.
+        sample_rate: The model's rate.
+        window_seconds: The model's window, the excerpt length unless
+            ``settings.excerpt_seconds`` is set.
+        progress: Show a progress bar.
+
+    Raises:
+        ConfigError: As :func:`read_clean_excerpts`.
+        CodecError: If a codec kind's tool is missing.
+    """
+    clean, unreadable, skipped = read_clean_excerpts(settings, sample_rate, window_seconds)
     kinds = list(KINDS)
     check_codec_tools(kinds)
     tasks = [
