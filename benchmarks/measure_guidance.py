@@ -3,11 +3,12 @@
 Usage: python benchmarks/measure_guidance.py --run OUT [--scales 8 4] [--prompts 20]
        [--split valid] [--out OUT/guidance-measures]
 
-Needs a demo run folder whose ``mdt``, ``mdt-baseline``, ``mos`` and ``clap`` stages are
+Needs a demo run folder whose ``mdt``, ``mdt-baseline``, ``judge`` and ``clap`` stages are
 done (``qamdt demo --out OUT``). For each guidance scale it generates, with the run's other
 sampling settings, the true captions of ``--prompts`` clean clips of ``--split`` (not the
 test split the demo's checks use) at level 5, at level 1 and with the plain MDT, and
-prints their p-MOS and Frechet distance to those clean clips, with its standard error:
+prints their p-MOS (by the run's judge, as the checks score) and Frechet distance to
+those clean clips, with its standard error:
 the level-1 to level-5 p-MOS gap the demo's check asks for against how far level 5 and the
 baseline are from clean audio. Choosing generation settings here keeps the test split for
 the checks.
@@ -32,7 +33,7 @@ def main() -> None:
 
     from captioning.base import load_clap
     from mos_predictor.models import load_mos_model
-    from qamdt.demo.common import manifest_path, read_records
+    from qamdt.demo.common import judge_model, manifest_path, read_records
     from qamdt.demo.run import choose_prompts
     from qamdt.demo.settings import DemoSettings
     from qamdt.demo.stages import STATE_NAME
@@ -49,7 +50,10 @@ def main() -> None:
     models = args.run / "models"
     quality = QAMDTPipeline.from_pretrained(models / "pipeline")
     plain = QAMDTPipeline.from_pretrained(models / "pipeline-mdt")
-    scorers = {"mos_model": load_mos_model(models / "mos"), "clap": load_clap(models / "clap")}
+    scorers = {
+        "mos_model": load_mos_model(judge_model(args.run, settings)),
+        "clap": load_clap(models / "clap"),
+    }
     out = args.out or args.run / "guidance-measures"
     top, bottom = max(settings.levels), min(settings.levels)
     rows = []
