@@ -3,15 +3,14 @@
 Usage: python benchmarks/measure_guidance.py --run OUT [--scales 8 4] [--prompts 20]
        [--split valid] [--out OUT/guidance-measures]
 
-Needs a demo run folder whose ``mdt``, ``mdt-baseline``, ``judge`` and ``clap`` stages are
-done (``qamdt demo --out OUT``). For each guidance scale it generates, with the run's other
-sampling settings, the true captions of ``--prompts`` clean clips of ``--split`` (not the
-test split the demo's checks use) at level 5, at level 1 and with the plain MDT, and
-prints their p-MOS (by the run's judge, as the checks score) and Frechet distance to
-those clean clips, with its standard error:
-the level-1 to level-5 p-MOS gap the demo's check asks for against how far level 5 and the
-baseline are from clean audio. Choosing generation settings here keeps the test split for
-the checks.
+Needs a demo run folder whose ``mdt``, ``mdt-baseline``, ``judge`` and ``clap`` stages
+are done (``qamdt demo --out OUT``). For each guidance scale it generates, with the
+run's other sampling settings, the true captions of ``--prompts`` clean clips of
+``--split`` (not the test split the demo's checks use) at level 5, at level 1 and with
+the plain MDT, and prints their p-MOS (by the run's judge, as the checks score) and
+Frechet distance to those clean clips, with its standard error: the level-1 to level-5
+p-MOS gap the demo's check asks for against how far level 5 and the baseline are from
+clean audio. Choosing generation settings here keeps the test split for the checks.
 """
 
 from __future__ import annotations
