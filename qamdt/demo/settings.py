@@ -1,10 +1,10 @@
 """Every knob of the end-to-end demo: the dataclass is the schema, ``configs/demo.yaml`` the data.
 
 The packaged ``configs/demo.yaml`` holds every value once: its top level the full run
-(the whole pipeline on the 1,000-clip embedded corpus in under half an hour on two CPU
-cores), its ``quick:`` section the overrides of ``--quick`` (every stage on a few dozen
-clips for a few steps, for CI and tests). A user's file is read over it, so it needs only
-the values it changes.
+(the whole pipeline on the 1,000-clip embedded corpus in 20-60 minutes on two CPU cores,
+by the CPU's bfloat16 support), its ``quick:`` section the overrides of ``--quick``
+(every stage on a few dozen clips for a few steps, for CI and tests). A user's file is
+read over it, so it needs only the values it changes.
 
 Every trainer stops on its epoch or step count; the ``*_max_minutes`` caps stay unset,
 so the models do not depend on how busy the machine is.
