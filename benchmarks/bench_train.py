@@ -15,15 +15,15 @@ attention); MFU divides achieved model FLOP/s by --peak-tflops when given.
 
 --precision trains float32 weights under autocast (as ``mixed_precision`` of a training
 config); --torch-dtype bfloat16 keeps the weights themselves in bfloat16 (pure bf16). With
---compile each variant also runs with the model compiled (``model.compile()``, as
-``compile: true`` in a training config) in its own process, printed beside the eager row
+--compile each variant also runs with the model compiled (its blocks, as ``compile:
+true`` in a training config does) in its own process, printed beside the eager row
 with the ratio; the compile time (the warm-up steps) is reported separately. The
 optimiser is the training's fused AdamW (``--optimizer foreach``: PyTorch's default).
 
 --side-by-side N also runs N copies of the reference at once, each in its own process with
 1/N of the threads, as the demo trains its two MDTs (``stage_processes``); its row gives
-their summed samples/s against the reference's. --sample-size sets the latent's frames and
-bands (the demo's 2.5 s excerpts: 54 20).
+their summed samples/s against the reference's (with --compile, compiled copies too).
+--sample-size sets the latent's frames and bands (the demo's 2.5 s excerpts: 54 20).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import torch
 
 from qamdt.models.model_info import approx_forward_flops, read_model_config
 from qamdt.models.transformer import QualityMDTTransformer
-from qamdt.training.mdt_train import fused_adamw
+from qamdt.training.mdt_train import compile_for_training, fused_adamw
 
 VARIANTS = {
     "reference: masked pass, sincos, SDPA": {},
@@ -61,7 +61,7 @@ def run_variant(queue, values, change, batch, steps, precision, text_length, opt
     if change.get("checkpointing"):
         model.enable_gradient_checkpointing()
     if options["compile"]:
-        model.compile()
+        compile_for_training(model)
     if options["optimizer"] == "fused":
         optimizer = fused_adamw(model.parameters(), lr=1e-4, weight_decay=0.0)
     else:
@@ -152,14 +152,15 @@ def main() -> None:
             [result] = run_processes(context, 1, values, change, args, options)
             result["samples_per_second"] = args.batch / result["seconds_per_step"]
             rows.append({"variant": name, "run": "compiled" if compiled else "eager", **result})
-    if args.side_by_side > 1:
+    runs = (False, True) if args.compile else (False,)
+    for compiled in runs if args.side_by_side > 1 else ():
         count = args.side_by_side
-        options = {**common, "compile": False, "threads": max(1, threads // count)}
+        options = {**common, "compile": compiled, "threads": max(1, threads // count)}
         results = run_processes(context, count, values, VARIANTS[names[0]], args, options)
         rows.append(
             {
                 "variant": f"reference x{count} side by side ({options['threads']} thr)",
-                "run": "eager",
+                "run": "compiled" if compiled else "eager",
                 "seconds_per_step": max(r["seconds_per_step"] for r in results),
                 "samples_per_second": sum(args.batch / r["seconds_per_step"] for r in results),
                 "peak_mib": max(r["peak_mib"] for r in results),

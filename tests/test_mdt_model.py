@@ -8,7 +8,12 @@ from qamdt.models.attention import attend
 from qamdt.models.model_info import describe_model, read_model_config
 from qamdt.models.patchify import Patcher
 from qamdt.models.positions import apply_rope, rope_2d, sincos_2d
-from qamdt.models.transformer import QualityMDTTransformer, check_model_config, count_parameters
+from qamdt.models.transformer import (
+    QualityMDTTransformer,
+    check_model_config,
+    count_parameters,
+    kept_tokens,
+)
 
 TINY = {
     "in_channels": 4,
@@ -205,6 +210,22 @@ def test_encoder_sees_only_kept_tokens():
     model(latents, t, text, mask, None, mask_ratio=0.5)
     patches = model.patcher.num_tokens(24, 8)
     assert seen == [1 + round(patches * 0.5), 1 + patches]
+
+
+def test_kept_tokens_counts_rounds_and_repeats_with_the_seed():
+    def draw(ratio, rounding="round", seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        return kept_tokens(3, 10, ratio, rounding, generator, torch.device("cpu"))
+
+    assert draw(None) is None and draw(0.0) is None
+    # 10 * (1 - 0.25) = 7.5: rounded (half to even) 8, floored 7; 10 * 0.25 = 2.5: 2 and 2.
+    assert draw(0.25).shape == (3, 8) and draw(0.25, "floor").shape == (3, 7)
+    assert draw(0.75).shape == (3, 2) and draw(0.75, "floor").shape == (3, 2)
+    assert draw(0.999).shape == (3, 1) and draw(0.999, "floor").shape == (3, 1)
+    kept = draw(0.5)
+    assert all(len(set(row.tolist())) == 5 for row in kept) and kept.max() < 10
+    assert torch.equal(draw(0.5, seed=4), draw(0.5, seed=4))
+    assert not torch.equal(draw(0.5, seed=4), draw(0.5, seed=5))
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

@@ -9,7 +9,13 @@ from qamdt.cli.main import main
 from qamdt.errors import ConfigError
 from qamdt.models.transformer import QualityMDTTransformer
 from qamdt.models.vae import LatentVAE
-from qamdt.training.latent_cache import LatentCacheDataset, build_cache, cache_is_complete
+from qamdt.training.latent_cache import (
+    LatentCacheDataset,
+    build_cache,
+    cache_is_complete,
+    collate_cached,
+)
+from qamdt.training.mdt_batches import training_loader
 from qamdt.training.mdt_config import MdtTrainConfig, load_mdt_config
 from qamdt.training.mdt_data import training_clips
 from qamdt.training.mdt_train import loss_curve, train_mdt
@@ -146,6 +152,15 @@ def test_cache_builds_resumes_and_refuses_other_settings(data, tmp_path):
     assert item["latent_mean"].shape == (4, 216, 20)
     assert item["caption"] == "high quality, tone 3" and item["quality_level"] == 4
     assert item["text_mask"].all() and item["text_states"].shape[-1] == 384
+    # The trainer's loader: whole batches in the seeded epoch order, the same on a rerun.
+    loader = training_loader(dataset, collate_cached, 4, 0, seed=3)
+    batches = [batch["id"] for batch in loader]
+    assert [len(ids) for ids in batches] == [4, 4]
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(3 * 1_000_003)).tolist()
+    assert sum(batches, []) == [dataset[i]["id"] for i in order[:8]]
+    assert [batch["id"] for batch in training_loader(dataset, collate_cached, 4, 0, 3)] == batches
+    with pytest.raises(ConfigError, match="batch_size 11 exceeds the 10 training clips"):
+        training_loader(dataset, collate_cached, 11, 0, seed=3)
     shard = tmp_path / "cache" / "shard_00000.json"
     mtime = shard.stat().st_mtime_ns
     assert build_cache(cfg, tmp_path / "cache", vae=vae, progress=False)["clips"] == 10

@@ -20,7 +20,7 @@ from qamdt.errors import ConfigError
 from qamdt.generation.pipeline import QAMDTPipeline
 from qamdt.models.vae import LatentVAE
 from qamdt.training.mdt_config import MdtTrainConfig
-from qamdt.training.mdt_train import fused_adamw
+from qamdt.training.mdt_train import compile_for_training, fused_adamw
 
 
 def call(pipeline, **options):
@@ -56,6 +56,19 @@ def test_bfloat16_pipeline_runs_in_one_dtype_and_returns_float32_near_float32(tm
     assert torch.equal(call(loaded).latents, half.latents)
     with pytest.raises(ConfigError, match="torch_dtype: unknown dtype 'half'.*bfloat16"):
         QAMDTPipeline.from_pretrained(tmp_path / "pipe", torch_dtype="half")
+
+
+def test_casting_to_bfloat16_logs_no_float32_warning(monkeypatch):
+    # diffusers' ModelMixin.to warns on every dtype cast that some modules should stay
+    # float32, naming none; the pipeline's cast does not go through it.
+    from diffusers.models import modeling_utils
+
+    warned = []
+    monkeypatch.setattr(modeling_utils.logger, "warning", lambda *a, **k: warned.append(a))
+    pipeline = tiny_pipeline()
+    pipeline.to(dtype="bfloat16")
+    assert model_dtypes(pipeline) == {torch.bfloat16}
+    assert warned == []
 
 
 def test_dtype_per_model_in_diffusers_and_command_line_forms():
@@ -297,6 +310,39 @@ def test_compiled_transformer_matches_eager():
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-4)
     # State-dict names are unchanged by compiling in place.
     assert not any(key.startswith("_orig_mod") for key in model.state_dict())
+
+
+def test_compiled_training_does_not_recompile_for_each_mask_ratio():
+    torch._dynamo.reset()  # no compiled entries of other tests' calls
+    model = tiny_model().train()
+    compile_for_training(model)
+    latents, t, text, mask = inputs()
+    levels = torch.tensor([1, 4])
+
+    def step(ratio, tokens):
+        # A batch's captions as the collate function pads them: contiguous, of one length.
+        generator = torch.Generator().manual_seed(0)
+        out = model(
+            latents,
+            t,
+            text[:, :tokens].contiguous(),
+            mask[:, :tokens].contiguous(),
+            levels,
+            mask_ratio=ratio,
+            generator=generator,
+        )
+        out.square().mean().backward()
+
+    # The first two batches compile the static and then the dynamic sizes; later mask
+    # ratios and caption lengths reuse them.
+    step(0.3, 5)
+    step(0.45, 4)
+    torch._dynamo.config.error_on_recompile = True
+    try:
+        step(0.37, 3)
+        step(0.5, 5)
+    finally:
+        torch._dynamo.config.error_on_recompile = False
 
 
 def test_fused_adamw_steps_like_the_default_one():

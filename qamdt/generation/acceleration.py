@@ -121,7 +121,9 @@ def cast_components(pipeline, dtypes: Mapping[str, torch.dtype]) -> None:
         if name == "vocoder":
             module.set_dtype(dtype)
         elif next(module.parameters()).dtype != dtype:
-            module.to(dtype)
+            # Past diffusers' ModelMixin.to, which warns on every dtype cast that some
+            # modules should stay float32 while naming none; these models have none.
+            torch.nn.Module.to(module, dtype)
 
 
 def default_compile_mode(device: torch.device) -> str | None:

@@ -99,15 +99,21 @@ class QualityEmbedding(nn.Module):
 
     def forward(self, levels: torch.Tensor) -> torch.Tensor:
         """``levels`` ``[B]`` (int, or float in [1, L] or exactly 0) -> ``[B, dim]``."""
+        # The range check reads values back (a host sync, a graph break), so compiled
+        # code skips it: sampling checks the levels once before its loop, training takes
+        # the manifest's labels.
+        checked = not torch.compiler.is_compiling()
         if not levels.is_floating_point():
-            if levels.min() < 0 or levels.max() > self.num_levels:
+            if checked and (levels.min() < 0 or levels.max() > self.num_levels):
                 raise ConfigError(
                     f"quality level out of range: {levels.tolist()}; use 1..{self.num_levels} "
                     "or 0 for none"
                 )
             return self.table(levels)
         null = levels == 0
-        if bool(((levels < 1) & ~null).any()) or bool((levels > self.num_levels).any()):
+        if checked and (
+            bool(((levels < 1) & ~null).any()) or bool((levels > self.num_levels).any())
+        ):
             raise ConfigError(
                 f"quality level out of range: {levels.tolist()}; use 1..{self.num_levels} "
                 "or 0 for none"

@@ -380,15 +380,10 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
         input_skip = (
             torch.cat([quality.to(x.dtype), x], dim=1) if self.config.decoder_input_skip else None
         )
-        if mask_ratio:
-            kept_share = num_patches * (1 - mask_ratio)
-            if self.config.mask_keep_rounding == "floor":
-                keep = max(1, int(kept_share))
-            else:
-                keep = max(1, int(round(kept_share)))
-            noise = torch.rand(batch, num_patches, generator=generator, device="cpu")
-            order = noise.argsort(dim=1).to(device)
-            kept_ids = order[:, :keep]
+        kept_ids = kept_tokens(
+            batch, num_patches, mask_ratio, self.config.mask_keep_rounding, generator, device
+        )
+        if kept_ids is not None:
             masked = torch.ones(batch, num_patches, dtype=torch.bool, device=device)
             masked.scatter_(1, kept_ids, False)
             x = x.gather(1, kept_ids[..., None].expand(-1, -1, x.shape[-1]))
@@ -452,6 +447,37 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
         # Masked shortcut: the interpolator only fills the gaps; kept tokens pass through.
         patches = torch.where(masked[..., None], y[:, 1:], full)
         return torch.cat([y[:, :1], patches], dim=1)
+
+
+@torch.compiler.disable
+def kept_tokens(
+    batch: int,
+    num_patches: int,
+    mask_ratio: float | None,
+    rounding: str,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """The patch indices a masked pass keeps, ``[B, keep]`` in random order, or None.
+
+    Left out of compiled graphs: the ratio changes every training batch and a generator
+    cannot be traced, so a compiled forward would specialise on each ratio and recompile;
+    the count it gives becomes a dynamic size instead.
+
+    Args:
+        batch: Rows.
+        num_patches: Patch tokens per row.
+        mask_ratio: Share hidden from the encoder; None or 0: no masking.
+        rounding: The kept count, ``"round"`` or ``"floor"`` of ``N * (1 - ratio)``.
+        generator: Seeds the choice (drawn on the CPU).
+        device: Where the indices go.
+    """
+    if not mask_ratio:
+        return None
+    kept_share = num_patches * (1 - mask_ratio)
+    keep = max(1, int(kept_share) if rounding == "floor" else int(round(kept_share)))
+    noise = torch.rand(batch, num_patches, generator=generator, device="cpu")
+    return noise.argsort(dim=1)[:, :keep].to(device)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -15,6 +15,7 @@ import torch
 from qamdt.audio_spec import get_audio_spec
 from qamdt.diffusion.conditioning import drop_conditions
 from qamdt.diffusion.sampling import pad_text
+from qamdt.errors import ConfigError
 from qamdt.training.mdt_config import MdtTrainConfig
 
 
@@ -36,6 +37,37 @@ class EpochPermutation(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.size
+
+
+def training_loader(
+    dataset, collate, batch_size: int, num_workers: int, seed: int
+) -> torch.utils.data.DataLoader:
+    """The loader ``qamdt train`` draws its batches from (before Accelerate prepares it).
+
+    Args:
+        dataset: The training clips (latent cache or audio).
+        collate: Its collate function.
+        batch_size: Clips per batch; whole batches only.
+        num_workers: Loader processes (0: in the training process).
+        seed: Seeds the epoch order (:class:`EpochPermutation`).
+
+    Raises:
+        ConfigError: ``batch_size`` larger than the dataset.
+    """
+    if len(dataset) < batch_size:
+        raise ConfigError(f"batch_size {batch_size} exceeds the {len(dataset)} training clips")
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochPermutation(len(dataset), seed),
+        drop_last=True,
+        collate_fn=collate,
+        num_workers=num_workers,
+        # Page-locked batches copy to the GPU asynchronously (non_blocking in Accelerate's
+        # loader); workers stay alive across epochs instead of restarting each time.
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )
 
 
 def step_generator(seed: int, batch_index: int, rank: int) -> torch.Generator:

@@ -34,9 +34,9 @@ from qamdt.models.transformer import QualityMDTTransformer
 from qamdt.training.ema import averaged_weights
 from qamdt.training.mdt_batches import (
     BatchInputs,
-    EpochPermutation,
     load_training_data,
     step_generator,
+    training_loader,
 )
 from qamdt.training.mdt_config import MdtTrainConfig
 from qamdt.training.precision import accelerate_precision, precision_used, use_bfloat16
@@ -69,6 +69,16 @@ def build_transformer(config: MdtTrainConfig, latent_channels: int, text_dim: in
         raise ConfigError("model.prediction_type differs from diffusion.prediction_type")
     values["prediction_type"] = config.diffusion.prediction_type
     return QualityMDTTransformer(**values)
+
+
+def compile_for_training(model: QualityMDTTransformer) -> None:
+    """Compiles the transformer in place for training (``compile: true``).
+
+    Parameter and state-dict names stay those of the plain model. Each batch changes the
+    kept-token count (its mask ratio) and the caption length: both become dynamic sizes
+    after the first recompile.
+    """
+    model.compile()
 
 
 def fused_adamw(parameters, **options: Any) -> torch.optim.AdamW:
@@ -158,10 +168,7 @@ def train_mdt(
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     if config.compile:
-        # In place: parameter and state-dict names stay those of the plain model. The
-        # kept-token count of a masked pass varies with the drawn ratio, so shapes are
-        # left to become dynamic after the first recompile.
-        model.compile()
+        compile_for_training(model)
     scheduler = build_train_scheduler(config.diffusion)
     optimizer = fused_adamw(
         model.parameters(),
@@ -170,23 +177,8 @@ def train_mdt(
         weight_decay=config.weight_decay,
     )
     lr_schedule = get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
-    sampler = EpochPermutation(len(dataset), config.seed)
-    if len(dataset) < config.batch_size:
-        raise ConfigError(
-            f"batch_size {config.batch_size} exceeds the {len(dataset)} training clips"
-        )
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        collate_fn=collate,
-        num_workers=config.num_workers,
-        # Page-locked batches copy to the GPU asynchronously (non_blocking in Accelerate's
-        # loader); workers stay alive across epochs instead of restarting each time.
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=config.num_workers > 0,
-    )
+    loader = training_loader(dataset, collate, config.batch_size, config.num_workers, config.seed)
+    sampler = loader.sampler
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     # Not prepared: a prepared scheduler advances once per process on every step, which
     # would shorten the warm-up on several GPUs; warmup_steps counts optimiser steps.
