@@ -15,8 +15,8 @@ attention); MFU divides achieved model FLOP/s by --peak-tflops when given.
 
 --precision trains float32 weights under autocast (as ``mixed_precision`` of a training
 config); --torch-dtype bfloat16 keeps the weights themselves in bfloat16 (pure bf16). With
---compile each variant also runs with the model compiled (its blocks, as ``compile:
-true`` in a training config does) in its own process, printed beside the eager row
+--compile each variant also runs with the model compiled (``compile_for_training``, as
+``compile: true`` in a training config) in its own process, printed beside the eager row
 with the ratio; the compile time (the warm-up steps) is reported separately. The
 optimiser is the training's fused AdamW (``--optimizer foreach``: PyTorch's default).
 
