@@ -312,6 +312,21 @@ def test_compiled_transformer_matches_eager():
     assert not any(key.startswith("_orig_mod") for key in model.state_dict())
 
 
+def test_unmasked_forward_traces_as_one_graph():
+    # CUDA graphs capture one graph per sampling step; a break would split every step.
+    model = tiny_model()
+    latents, t, text, mask = inputs()
+    levels = torch.tensor([5, 1])
+    prepared = model.prepare_conditioning(text, mask, levels, latent_size=(24, 8))
+    with torch.no_grad():
+        for call in (
+            lambda: torch._dynamo.explain(model)(latents, t, text, mask, levels),
+            lambda: torch._dynamo.explain(model)(latents, t, None, None, conditioning=prepared),
+        ):
+            explained = call()
+            assert explained.graph_break_count == 0 and explained.graph_count == 1
+
+
 def test_compiled_training_does_not_recompile_for_each_mask_ratio():
     torch._dynamo.reset()  # no compiled entries of other tests' calls
     model = tiny_model().train()

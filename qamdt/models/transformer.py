@@ -380,9 +380,11 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
         input_skip = (
             torch.cat([quality.to(x.dtype), x], dim=1) if self.config.decoder_input_skip else None
         )
-        kept_ids = kept_tokens(
-            batch, num_patches, mask_ratio, self.config.mask_keep_rounding, generator, device
-        )
+        kept_ids = None
+        if mask_ratio is not None:  # outside kept_tokens, sampling has no graph break
+            kept_ids = kept_tokens(
+                batch, num_patches, mask_ratio, self.config.mask_keep_rounding, generator, device
+            )
         if kept_ids is not None:
             masked = torch.ones(batch, num_patches, dtype=torch.bool, device=device)
             masked.scatter_(1, kept_ids, False)
