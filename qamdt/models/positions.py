@@ -13,6 +13,12 @@ import torch
 from diffusers.models.embeddings import get_1d_sincos_pos_embed_from_grid, get_2d_rotary_pos_embed
 
 
+def _uncached_when_compiling(table):
+    # Dynamo cannot keep a cache's entries: it traces the function inside (and warns).
+    # Traced, a table is made of constants in the graph.
+    return table.__wrapped__ if torch.compiler.is_compiling() else table
+
+
 @functools.lru_cache(maxsize=16)
 def _sincos_table(
     dim: int, grid_t: int, grid_f: int, scales: tuple[float, float], freq_first: bool
@@ -55,7 +61,7 @@ def sincos_2d(
         ``[grid_t * grid_f, dim]`` in the patches' time-major order.
     """
     scales = (float(scales[0]), float(scales[1]))
-    table = _sincos_table(dim, grid[0], grid[1], scales, freq_first)
+    table = _uncached_when_compiling(_sincos_table)(dim, grid[0], grid[1], scales, freq_first)
     return table.to(device=device, dtype=dtype)
 
 
@@ -71,7 +77,7 @@ def _rope_table(head_dim: int, grid_t: int, grid_f: int) -> tuple[torch.Tensor, 
 
 def rope_2d(head_dim: int, grid: tuple[int, int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """2D rotary tables ``(cos, sin)``, each ``[grid_t * grid_f, head_dim]``, time-major."""
-    cos, sin = _rope_table(head_dim, grid[0], grid[1])
+    cos, sin = _uncached_when_compiling(_rope_table)(head_dim, grid[0], grid[1])
     return cos.to(device), sin.to(device)
 
 
