@@ -3,7 +3,7 @@
 Usage: python benchmarks/bench_train.py [--config configs/mdt/embedded.yaml] [--batch 16]
        [--steps 5] [--precision no|bf16|fp16] [--torch-dtype float32|bfloat16]
        [--variants all|reference] [--compile] [--optimizer fused|foreach]
-       [--sample-size FRAMES BANDS] [--side-by-side N]
+       [--sample-size FRAMES BANDS] [--side-by-side N] [--vary]
 
 Times full optimiser steps (forward, backward, AdamW, EMA update) on random latents and
 text states of the config's shapes, after one warm-up step. Each variant runs in its own
@@ -24,6 +24,11 @@ optimiser is the training's fused AdamW (``--optimizer foreach``: PyTorch's defa
 1/N of the threads, as the demo trains its two MDTs (``stage_processes``); its row gives
 their summed samples/s against the reference's (with --compile, compiled copies too).
 --sample-size sets the latent's frames and bands (the demo's 2.5 s excerpts: 54 20).
+
+Every step has the same shapes unless --vary: then each masked step draws its mask ratio
+from the config's ``mask_ratio_range`` and its caption length from half to all of
+--text-length (seeded), as ``qamdt train``'s batches do, and compiled rows warm up for 8
+steps instead of 3.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import random
 import resource
 import time
 
@@ -74,15 +80,22 @@ def run_variant(queue, values, change, batch, steps, precision, text_length, opt
     levels = torch.randint(0, 6, (batch,), device=device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     mask_ratio = change.get("mask_ratio", 0.4)
+    draws = random.Random(0)
 
     def step():
         t = torch.randint(0, 1000, (batch,), device=device)
+        ratio, states = mask_ratio, text
+        if options["vary"] and mask_ratio:
+            # As training batches come: each its own ratio and caption length.
+            ratio = draws.uniform(*model.config.mask_ratio_range)
+            states = text[:, : draws.randint(max(1, text_length // 2), text_length)].contiguous()
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = model(latents, t, text, None, levels, mask_ratio=mask_ratio)
+            out = model(latents, t, states, None, levels, mask_ratio=ratio)
             loss = (out.float() - latents).square().mean()
             if change.get("two_pass"):
                 loss = (
-                    loss + (model(latents, t, text, None, levels).float() - latents).square().mean()
+                    loss
+                    + (model(latents, t, states, None, levels).float() - latents).square().mean()
                 )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -93,7 +106,7 @@ def run_variant(queue, values, change, batch, steps, precision, text_length, opt
 
     warm_start = time.perf_counter()
     # Compiling: the first steps see new mask ratios (kept-token counts) and recompile.
-    for _ in range(3 if options["compile"] else 1):
+    for _ in range((8 if options["vary"] else 3) if options["compile"] else 1):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -134,13 +147,16 @@ def main() -> None:
     parser.add_argument("--optimizer", choices=("fused", "foreach"), default="fused")
     parser.add_argument("--sample-size", type=int, nargs=2, metavar=("FRAMES", "BANDS"))
     parser.add_argument("--side-by-side", type=int, default=0, metavar="N")
+    parser.add_argument(
+        "--vary", action="store_true", help="a mask ratio and caption length per step"
+    )
     args = parser.parse_args()
     values = read_model_config(args.config)
     if args.sample_size:
         values["sample_size"] = list(args.sample_size)
     context = multiprocessing.get_context("spawn")
     threads = torch.get_num_threads()
-    common = {"torch_dtype": args.torch_dtype, "optimizer": args.optimizer}
+    common = {"torch_dtype": args.torch_dtype, "optimizer": args.optimizer, "vary": args.vary}
     rows = []
     names = list(VARIANTS) if args.variants == "all" else list(VARIANTS)[:1]
     for name in names:
@@ -174,6 +190,7 @@ def main() -> None:
         f"MDT training step, {args.config}, batch {args.batch}, precision {args.precision}, "
         f"weights {args.torch_dtype}, {args.optimizer} AdamW, {device} ({threads} threads), "
         f"{args.steps} timed steps"
+        + (", a mask ratio and caption length per step" if args.vary else "")
     )
     reference = rows[0]["samples_per_second"]
     eager = {row["variant"]: row["samples_per_second"] for row in rows if row["run"] == "eager"}
