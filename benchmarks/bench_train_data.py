@@ -17,6 +17,7 @@ pipeline keeps a GPU busy as long as its samples/s stay above the step's.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import torch
@@ -27,36 +28,31 @@ from qamdt.training.mdt_batches import training_loader
 WARM_UP_BATCHES = 3
 
 
-def batch_bytes(batch: dict) -> int:
-    """Bytes of a batch's tensors."""
-    return sum(v.numel() * v.element_size() for v in batch.values() if torch.is_tensor(v))
+def endless(loader):
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader
 
 
 def time_loader(dataset, batch_size: int, workers: int, batches: int, device) -> dict:
     """Seconds, batches and bytes of ``batches`` timed batches moved to ``device``."""
-    loader = training_loader(dataset, collate_cached, batch_size, workers, seed=0)
-    non_blocking = device.type == "cuda"
-    done = moved = 0
-    start = None
-    while done < batches + WARM_UP_BATCHES:
-        for batch in loader:
-            tensors = {
-                k: v.to(device, non_blocking=non_blocking)
-                for k, v in batch.items()
-                if torch.is_tensor(v)
-            }
-            done += 1
-            if done == WARM_UP_BATCHES:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-            elif done > WARM_UP_BATCHES:
-                moved += batch_bytes(tensors)
-            if done == batches + WARM_UP_BATCHES:
-                break
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return {"seconds": time.perf_counter() - start, "batches": batches, "bytes": moved}
+    loader = endless(training_loader(dataset, collate_cached, batch_size, workers, seed=0))
+
+    def moved(count: int) -> int:
+        total = 0
+        for batch in itertools.islice(loader, count):
+            for value in batch.values():
+                if torch.is_tensor(value):
+                    value = value.to(device, non_blocking=device.type == "cuda")
+                    total += value.numel() * value.element_size()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return total
+
+    moved(WARM_UP_BATCHES)
+    start = time.perf_counter()
+    total = moved(batches)
+    return {"seconds": time.perf_counter() - start, "batches": batches, "bytes": total}
 
 
 def main() -> None:

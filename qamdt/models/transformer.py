@@ -381,7 +381,7 @@ class QualityMDTTransformer(ModelMixin, ConfigMixin):
             torch.cat([quality.to(x.dtype), x], dim=1) if self.config.decoder_input_skip else None
         )
         kept_ids = None
-        if mask_ratio is not None:  # outside kept_tokens, sampling has no graph break
+        if mask_ratio is not None:  # checked here: an unmasked pass stays one graph
             kept_ids = kept_tokens(
                 batch, num_patches, mask_ratio, self.config.mask_keep_rounding, generator, device
             )
