@@ -136,12 +136,19 @@ def _fit_distillation(model, dataset: RatedClipDataset, config: MosTrainConfig) 
     fit_distillation_targets(model, waves, batch_size=config.batch_size, seed=config.seed)
 
 
-def _loss(output, batch: dict[str, torch.Tensor], ta_weight: float) -> torch.Tensor:
-    loss = torch.nn.functional.mse_loss(output.omq, batch["mos"])
+def _regression(kind: str, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The regression term ``regression_loss`` names (:class:`MosTrainConfig`)."""
+    if kind == "l1":
+        return torch.nn.functional.l1_loss(scores, targets)
+    return torch.nn.functional.mse_loss(scores, targets)
+
+
+def _loss(output, batch: dict[str, torch.Tensor], config: MosTrainConfig) -> torch.Tensor:
+    loss = _regression(config.regression_loss, output.omq, batch["mos"])
     if output.ta is not None:
         mask = ~torch.isnan(batch["ta"])
         if mask.any():
-            loss = loss + ta_weight * torch.nn.functional.mse_loss(
+            loss = loss + config.ta_weight * torch.nn.functional.mse_loss(
                 output.ta[mask], batch["ta"][mask]
             )
     if output.aux_loss is not None:
@@ -163,12 +170,12 @@ def _mixed_loss(model, batch, real: dict[str, torch.Tensor], config: MosTrainCon
     count = batch["wave"].shape[0]
     ta = None if output.ta is None else output.ta[:count]
     corpus_out = dataclasses.replace(output, omq=output.omq[:count], ta=ta)
-    loss = _loss(corpus_out, batch, config.ta_weight)
+    loss = _loss(corpus_out, batch, config)
     real_pred = output.omq[count:]
     regress = real["regress"].to(device)
     regressed = int(regress.sum())
     if regressed:
-        real_loss = torch.nn.functional.mse_loss(real_pred[regress], real_mos[regress])
+        real_loss = _regression(config.regression_loss, real_pred[regress], real_mos[regress])
         # Weighted by clips, as one regression over the whole batch.
         loss = (count * loss + regressed * real_loss) / (count + regressed)
     groups = real["group"].to(device)
@@ -347,7 +354,7 @@ def train_mos_model(
             with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=bfloat16):
                 if real is None:
                     output = model(batch["wave"], batch["caption"] if text_aware else None)
-                    loss = _loss(output, batch, config.ta_weight)
+                    loss = _loss(output, batch, config)
                 else:
                     loss = _mixed_loss(model, batch, real, config, text_aware)
             accelerator.backward(loss)

@@ -12,6 +12,8 @@ from qamdt.config import ConfigBase
 from qamdt.errors import ConfigError
 from qamdt.training.precision import check_mixed_precision
 
+REGRESSION_LOSSES = ("mse", "l1")
+
 
 @dataclasses.dataclass(frozen=True)
 class MosTrainConfig(ConfigBase):
@@ -31,6 +33,9 @@ class MosTrainConfig(ConfigBase):
         weight_decay: AdamW weight decay.
         warmup_steps: Linear warm-up before the cosine decay.
         grad_clip: Gradient-norm clip.
+        regression_loss: The score's regression term: "mse" (squared error: the score is
+            the mean quality of the clips that sound alike) or "l1" (absolute error: their
+            median, which hidden mild damage pulls down less).
         ta_weight: Weight of the text-alignment loss (text-aware models with TA targets).
         max_minutes: Stop after this much training time (None: no limit).
         patience: Stop after this many epochs without a better validation SRCC (None:
@@ -117,6 +122,7 @@ class MosTrainConfig(ConfigBase):
     weight_decay: float = 1e-4
     warmup_steps: int = 50
     grad_clip: float = 1.0
+    regression_loss: str = "mse"
     ta_weight: float = 1.0
     max_minutes: float | None = None
     patience: int | None = None
@@ -168,6 +174,11 @@ class MosTrainConfig(ConfigBase):
             raise ConfigError(f"gain_augment_db must be in [0, 40], got {self.gain_augment_db}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be within (0, 1) (or null), got {self.ema_decay}")
+        if self.regression_loss not in REGRESSION_LOSSES:
+            raise ConfigError(
+                f"regression_loss must be one of {list(REGRESSION_LOSSES)}, "
+                f"got {self.regression_loss!r}"
+            )
         if self.patience is not None and self.patience <= 0:
             raise ConfigError(f"patience must be > 0 (or null), got {self.patience}")
         check_real_settings(self)

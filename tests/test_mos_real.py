@@ -477,6 +477,35 @@ def test_cross_rank_term_orders_other_excerpts_and_corpus_clips_by_hand():
         MosTrainConfig.from_dict({"data": "corpus:x", "cross_rank_weight": -1}, "test")
 
 
+def test_regression_loss_l1_is_the_mean_absolute_error_over_corpus_and_real_clips(pool):
+    model = build_mos_model(MosModelConfig.from_dict({"kind": "embedded", "window_seconds": 2.0}))
+    model.eval()
+    waves = torch.from_numpy(pool.waves[0, :3].astype(np.float32))
+    corpus = {"wave": waves[:2], "mos": torch.tensor([3.0, 4.0])}
+    real = {
+        "wave": waves,
+        "mos": torch.tensor([5.0, 2.0, 1.0]),
+        "group": torch.zeros(3, dtype=torch.int64),
+        "regress": torch.ones(3, dtype=torch.bool),
+    }
+    with torch.no_grad():
+        scores = model(torch.cat([corpus["wave"], real["wave"]])).omq
+    errors = scores - torch.cat([corpus["mos"], real["mos"]])
+    losses = {}
+    for kind in ("mse", "l1"):
+        config = MosTrainConfig.from_dict(
+            {"data": "corpus:x", "rank_weight": 0.0, "regression_loss": kind}, "test"
+        )
+        with torch.no_grad():
+            losses[kind] = float(_mixed_loss(model, corpus, real, config, text_aware=False))
+    assert losses["l1"] == pytest.approx(float(errors.abs().mean()), rel=1e-5)
+    assert losses["mse"] == pytest.approx(float(errors.square().mean()), rel=1e-5)
+    with pytest.raises(
+        ConfigError, match=r"regression_loss must be one of \['mse', 'l1'\], got 'l2'"
+    ):
+        MosTrainConfig.from_dict({"data": "corpus:x", "regression_loss": "l2"}, "test")
+
+
 def test_centred_difference_loss_by_hand():
     pred = torch.tensor([4.0, 3.0, 1.0, 2.0])
     target = torch.tensor([5.0, 1.0, 3.0, 3.0])
