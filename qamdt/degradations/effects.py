@@ -84,20 +84,9 @@ def tilt(x: np.ndarray, sr: int, db_per_octave: float) -> np.ndarray:
     return np.fft.irfft(spectrum * 10.0 ** (gain_db / 20.0), x.size)
 
 
-# A spectral slope within this many dB per octave either way is a mastering equaliser's
-# choice, not damage: real-music training tilts clean excerpts within it at reference
-# quality 5 (``real_tilt_range``), so ``eq_tilt`` starts beyond it.
-MASTERING_TILT_DB_PER_OCTAVE = 2.0
-
-
 def eq_tilt(x, sr, severity, rng):
-    """Spectral tilt around 1 kHz, dull (negative) or harsh, beyond what mastering chooses.
-
-    The slope grows linearly from :data:`MASTERING_TILT_DB_PER_OCTAVE` (s = 0, no loss of
-    quality) to 9 dB per octave (s = 1).
-    """
-    magnitude = MASTERING_TILT_DB_PER_OCTAVE + (9.0 - MASTERING_TILT_DB_PER_OCTAVE) * severity
-    slope = magnitude * (1.0 if rng.random() < 0.5 else -1.0)
+    """Spectral tilt around 1 kHz of up to 9 dB per octave, dull (negative) or harsh."""
+    slope = 9.0 * severity * (1.0 if rng.random() < 0.5 else -1.0)
     return tilt(x, sr, slope), {"db_per_octave": round(slope, 2)}
 
 
