@@ -33,9 +33,9 @@ class MosTrainConfig(ConfigBase):
         weight_decay: AdamW weight decay.
         warmup_steps: Linear warm-up before the cosine decay.
         grad_clip: Gradient-norm clip.
-        regression_loss: The score's regression term: "mse" (squared error: the score is
-            the mean quality of the clips that sound alike) or "l1" (absolute error: their
-            median, which hidden mild damage pulls down less).
+        regression_loss: The score's regression term, on corpus clips and real versions:
+            "mse" (squared error: a score learns the mean quality of the clips that sound
+            alike) or "l1" (absolute error: their median).
         ta_weight: Weight of the text-alignment loss (text-aware models with TA targets).
         max_minutes: Stop after this much training time (None: no limit).
         patience: Stop after this many epochs without a better validation SRCC (None:
