@@ -87,15 +87,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from mos_predictor.models import load_mos_model
-    from mos_predictor.protocol import ProtocolSettings, read_clean_excerpts, recorded_holdouts
+    from mos_predictor.protocol import read_clean_excerpts, settings_for_model
 
     models = [load_mos_model(m) for m in args.models]
     rate, seconds = models[0].config.sample_rate, models[0].config.window_seconds
-    settings = ProtocolSettings(
-        sources=(args.source,),
-        holdout_families=(),
-        excerpts_per_file=args.excerpts_per_file,
-        min_kbps_per_channel=recorded_holdouts(args.models[0])["real_min_kbps_per_channel"],
+    settings = settings_for_model(
+        args.models[0], [args.source], [], excerpts_per_file=args.excerpts_per_file
     )
     excerpts, _, _ = read_clean_excerpts(settings, rate, seconds)
     clean = [np.asarray(w, dtype=np.float32) for w in excerpts]

@@ -34,22 +34,17 @@ def main() -> None:
     from mos_predictor.metrics import evaluate_predictions
     from mos_predictor.models import load_mos_model
     from mos_predictor.protocol import (
-        ProtocolSettings,
         make_protocol_clips,
         recorded_holdouts,
         score_protocol,
+        settings_for_model,
     )
     from mos_predictor.train import predict_clips
 
     holdouts = [recorded_holdouts(m) for m in args.models]
     if any(h != holdouts[0] for h in holdouts):
         raise SystemExit("measure_mos_ensemble: the models were trained with other hold-outs")
-    settings = ProtocolSettings(
-        sources=tuple(holdouts[0]["holdout_sources"]),
-        holdout_families=tuple(holdouts[0]["holdout_families"]),
-        workers=args.workers,
-        min_kbps_per_channel=holdouts[0]["real_min_kbps_per_channel"],
-    )
+    settings = settings_for_model(args.models[0], workers=args.workers)
     models = [load_mos_model(m) for m in args.models]
     config = models[0].config
     clips = make_protocol_clips(settings, config.sample_rate, config.window_seconds)

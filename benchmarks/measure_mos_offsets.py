@@ -60,12 +60,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from mos_predictor.models import load_mos_model
-    from mos_predictor.protocol import (
-        ProtocolSettings,
-        make_protocol_clips,
-        recorded_holdouts,
-        score_protocol,
-    )
+    from mos_predictor.protocol import make_protocol_clips, score_protocol, settings_for_model
     from qamdt.audio_io import normalize_waveform
     from qamdt.degradations import apply_chain, check_kinds
 
@@ -77,13 +72,11 @@ def main() -> None:
             probes.append((kind, float(severity)))
         except ValueError:
             parser.error(f"--probe {text!r}: give KIND:SEVERITY, e.g. mp3:0.5")
-    holdouts = recorded_holdouts(args.model)
-    settings = ProtocolSettings(
-        sources=(args.source,) if args.source else tuple(holdouts["holdout_sources"]),
-        holdout_families=tuple(holdouts["holdout_families"]),
+    settings = settings_for_model(
+        args.model,
+        [args.source] if args.source else None,
         excerpts_per_file=args.excerpts_per_file,
         workers=args.workers,
-        min_kbps_per_channel=holdouts["real_min_kbps_per_channel"],
     )
     model = load_mos_model(args.model)
     rate = model.config.sample_rate

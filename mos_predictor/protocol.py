@@ -101,6 +101,39 @@ def recorded_holdouts(model_dir: str | Path) -> dict[str, Any]:
     return recorded
 
 
+def settings_for_model(
+    model_dir: str | Path,
+    sources: Sequence[str] | None = None,
+    families: Sequence[str] | None = None,
+    min_kbps_per_channel: float | None = None,
+    **fields: Any,
+) -> ProtocolSettings:
+    """The protocol's settings for a model, its recorded hold-outs filling what is not given.
+
+    Args:
+        model_dir: The model's folder (:func:`recorded_holdouts`).
+        sources: Held-out sources (None or empty: the recorded ones).
+        families: Held-out kinds (None: the recorded ones).
+        min_kbps_per_channel: Bitrate floor of the clean recordings (None: the recorded one).
+        **fields: Other :class:`ProtocolSettings` fields.
+
+    Raises:
+        ConfigError: As :class:`ProtocolSettings`, e.g. when no held-out source is given
+            or recorded.
+    """
+    recorded = recorded_holdouts(model_dir)
+    return ProtocolSettings(
+        sources=tuple(sources or recorded["holdout_sources"]),
+        holdout_families=tuple(recorded["holdout_families"] if families is None else families),
+        min_kbps_per_channel=(
+            recorded["real_min_kbps_per_channel"]
+            if min_kbps_per_channel is None
+            else min_kbps_per_channel
+        ),
+        **fields,
+    )
+
+
 def _kind_seed(seed: int, index: int, kind: str) -> int:
     digest = hashlib.sha1(f"{seed}:{index}:{kind}".encode()).digest()
     return int.from_bytes(digest[:8], "big")

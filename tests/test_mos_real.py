@@ -29,6 +29,7 @@ from mos_predictor.protocol import (
     make_protocol_clips,
     run_protocol,
     score_protocol,
+    settings_for_model,
 )
 from mos_predictor.real_music import (
     Excerpt,
@@ -622,3 +623,17 @@ def test_training_with_real_music_and_the_protocol_end_to_end(music, corpus, tmp
 def test_eval_needs_data_or_protocol(capsys):
     assert main(["mos", "eval", "--model", "x"]) == 2
     assert "give --data, --protocol or both" in capsys.readouterr().err
+
+
+def test_protocol_settings_take_the_models_recorded_holdouts_unless_given(tmp_path):
+    recorded = {"holdout_sources": ["src-a"], "holdout_families": ["opus", "eq_tilt"],
+                "real_min_kbps_per_channel": 48}  # fmt: skip
+    (tmp_path / "train_config.json").write_text(json.dumps(recorded))
+    settings = settings_for_model(tmp_path, workers=1)
+    assert settings.sources == ("src-a",) and settings.holdout_families == ("opus", "eq_tilt")
+    assert settings.min_kbps_per_channel == 48 and settings.workers == 1
+    given = settings_for_model(tmp_path, ["src-b"], [], 0.0, excerpts_per_file=2)
+    assert given.sources == ("src-b",) and given.holdout_families == ()
+    assert given.min_kbps_per_channel == 0.0 and given.excerpts_per_file == 2
+    with pytest.raises(ConfigError, match="no held-out sources"):
+        settings_for_model(tmp_path / "missing")

@@ -259,33 +259,20 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_protocol(args: argparse.Namespace, model) -> dict:
-    from mos_predictor.protocol import (
-        ProtocolSettings,
-        format_protocol,
-        recorded_holdouts,
-        run_protocol,
-    )
+    from mos_predictor.protocol import format_protocol, run_protocol, settings_for_model
 
-    recorded = recorded_holdouts(args.model) if Path(args.model).is_dir() else {}
-    sources = args.holdout_sources or recorded.get("holdout_sources") or []
-    families = args.holdout_families
-    if families is None:
-        families = recorded.get("holdout_families") or []
-    settings = ProtocolSettings(
-        sources=tuple(sources),
-        holdout_families=tuple(families),
+    settings = settings_for_model(
+        args.model,
+        args.holdout_sources,
+        args.holdout_families,
+        args.min_kbps_per_channel,
         excerpts_per_file=args.excerpts_per_file,
         workers=args.workers,
         excerpt_seconds=args.excerpt_seconds,
-        min_kbps_per_channel=(
-            args.min_kbps_per_channel
-            if args.min_kbps_per_channel is not None
-            else recorded.get("real_min_kbps_per_channel")
-        ),
     )
     protocol = run_protocol(model, settings, args.batch_size, progress=not args.json)
     if not args.json:
-        print(f"protocol (held-out sources {list(sources)})")
+        print(f"protocol (held-out sources {list(settings.sources)})")
         print(format_protocol(protocol))
     return protocol
 
