@@ -102,22 +102,15 @@ class QualityEmbedding(nn.Module):
         # The range check reads values back (a host sync, a graph break), so compiled
         # code skips it: sampling checks the levels once before its loop, training takes
         # the manifest's labels.
-        checked = not torch.compiler.is_compiling()
-        if not levels.is_floating_point():
-            if checked and (levels.min() < 0 or levels.max() > self.num_levels):
+        if not torch.compiler.is_compiling():
+            below = (levels < 1) & (levels != 0) if levels.is_floating_point() else levels < 0
+            if bool((below | (levels > self.num_levels)).any()):
                 raise ConfigError(
                     f"quality level out of range: {levels.tolist()}; use 1..{self.num_levels} "
                     "or 0 for none"
                 )
+        if not levels.is_floating_point():
             return self.table(levels)
-        null = levels == 0
-        if checked and (
-            bool(((levels < 1) & ~null).any()) or bool((levels > self.num_levels).any())
-        ):
-            raise ConfigError(
-                f"quality level out of range: {levels.tolist()}; use 1..{self.num_levels} "
-                "or 0 for none"
-            )
         lower = levels.floor().long()
         upper = levels.ceil().long()
         weight = (levels - lower.to(levels.dtype))[:, None]
